@@ -1,0 +1,175 @@
+//! Counter slots of the per-CPU counter arrays.
+//!
+//! Every frame a program sees bumps [`Counter::Packets`] and exactly one
+//! *class* counter (so the classes sum to the total), plus any *flag*
+//! counters that describe it further (a VLAN tag, IPv4 options).
+
+use crate::parse::Class;
+
+/// Number of slots in each counter array. Larger than what is used today so
+/// that later counters need no map resize (a resize would break pinned maps).
+pub const COUNTER_SLOTS: u32 = 64;
+
+/// What a counter slot counts.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Every frame the program ran on.
+    Packets = 0,
+    // Classes: exactly one per frame.
+    Ipv4Tcp = 1,
+    Ipv4Udp = 2,
+    Ipv4Other = 3,
+    Ipv6Tcp = 4,
+    Ipv6Udp = 5,
+    Ipv6Other = 6,
+    FragmentFirst = 7,
+    FragmentLater = 8,
+    NonIp = 9,
+    TruncatedEthernet = 10,
+    TruncatedVlan = 11,
+    TruncatedIpv4 = 12,
+    TruncatedIpv6 = 13,
+    TruncatedL4 = 14,
+    MalformedIp = 15,
+    // Flags: any number per frame.
+    Vlan = 32,
+    Ipv4Options = 33,
+}
+
+/// Whether a counter is the total, one of the exclusive classes, or a flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CounterKind {
+    Total,
+    Class,
+    Flag,
+}
+
+impl Counter {
+    /// Every counter, in slot order.
+    pub const ALL: [Counter; 18] = [
+        Counter::Packets,
+        Counter::Ipv4Tcp,
+        Counter::Ipv4Udp,
+        Counter::Ipv4Other,
+        Counter::Ipv6Tcp,
+        Counter::Ipv6Udp,
+        Counter::Ipv6Other,
+        Counter::FragmentFirst,
+        Counter::FragmentLater,
+        Counter::NonIp,
+        Counter::TruncatedEthernet,
+        Counter::TruncatedVlan,
+        Counter::TruncatedIpv4,
+        Counter::TruncatedIpv6,
+        Counter::TruncatedL4,
+        Counter::MalformedIp,
+        Counter::Vlan,
+        Counter::Ipv4Options,
+    ];
+
+    /// The slot in the counter array.
+    pub const fn index(self) -> u32 {
+        self as u32
+    }
+
+    /// The label value used in metrics and tables.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Packets => "packets",
+            Counter::Ipv4Tcp => "ipv4_tcp",
+            Counter::Ipv4Udp => "ipv4_udp",
+            Counter::Ipv4Other => "ipv4_other",
+            Counter::Ipv6Tcp => "ipv6_tcp",
+            Counter::Ipv6Udp => "ipv6_udp",
+            Counter::Ipv6Other => "ipv6_other",
+            Counter::FragmentFirst => "fragment_first",
+            Counter::FragmentLater => "fragment_later",
+            Counter::NonIp => "non_ip",
+            Counter::TruncatedEthernet => "truncated_ethernet",
+            Counter::TruncatedVlan => "truncated_vlan",
+            Counter::TruncatedIpv4 => "truncated_ipv4",
+            Counter::TruncatedIpv6 => "truncated_ipv6",
+            Counter::TruncatedL4 => "truncated_l4",
+            Counter::MalformedIp => "malformed_ip",
+            Counter::Vlan => "vlan",
+            Counter::Ipv4Options => "ipv4_options",
+        }
+    }
+
+    pub const fn kind(self) -> CounterKind {
+        match self {
+            Counter::Packets => CounterKind::Total,
+            Counter::Vlan | Counter::Ipv4Options => CounterKind::Flag,
+            _ => CounterKind::Class,
+        }
+    }
+
+    /// The class counter of a parse outcome.
+    pub const fn of_class(class: Class) -> Counter {
+        match class {
+            Class::Ipv4Tcp => Counter::Ipv4Tcp,
+            Class::Ipv4Udp => Counter::Ipv4Udp,
+            Class::Ipv4Other => Counter::Ipv4Other,
+            Class::Ipv6Tcp => Counter::Ipv6Tcp,
+            Class::Ipv6Udp => Counter::Ipv6Udp,
+            Class::Ipv6Other => Counter::Ipv6Other,
+            Class::FragmentFirst => Counter::FragmentFirst,
+            Class::FragmentLater => Counter::FragmentLater,
+            Class::NonIp => Counter::NonIp,
+            Class::TruncatedEthernet => Counter::TruncatedEthernet,
+            Class::TruncatedVlan => Counter::TruncatedVlan,
+            Class::TruncatedIpv4 => Counter::TruncatedIpv4,
+            Class::TruncatedIpv6 => Counter::TruncatedIpv6,
+            Class::TruncatedL4 => Counter::TruncatedL4,
+            Class::MalformedIp => Counter::MalformedIp,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_unique_in_range_and_in_order() {
+        let mut last = None;
+        for c in Counter::ALL {
+            assert!(c.index() < COUNTER_SLOTS, "{c:?} out of range");
+            if let Some(prev) = last {
+                assert!(c.index() > prev, "{c:?} out of order");
+            }
+            last = Some(c.index());
+        }
+    }
+
+    #[test]
+    fn names_are_unique_and_prometheus_safe() {
+        for (i, a) in Counter::ALL.iter().enumerate() {
+            assert!(
+                a.name()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit())
+            );
+            for b in &Counter::ALL[i + 1..] {
+                assert_ne!(a.name(), b.name());
+            }
+        }
+    }
+
+    #[test]
+    fn every_class_maps_to_a_class_counter() {
+        for c in Counter::ALL {
+            if c.kind() == CounterKind::Class {
+                let class = Class::ALL
+                    .iter()
+                    .copied()
+                    .find(|k| Counter::of_class(*k) == c);
+                assert!(class.is_some(), "{c:?} has no class");
+            }
+        }
+        for k in Class::ALL {
+            assert_eq!(Counter::of_class(k).kind(), CounterKind::Class);
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Bounds-checked reads of packet memory: the kernel side of
+//! [`ingress_common::parse::Frame`].
+
+use ingress_common::parse::Frame;
+
+/// The `[data, data_end)` window of an XDP or TC context.
+pub struct PacketBounds {
+    start: usize,
+    end: usize,
+}
+
+impl PacketBounds {
+    #[inline(always)]
+    pub fn new(start: usize, end: usize) -> Self {
+        PacketBounds { start, end }
+    }
+}
+
+impl Frame for PacketBounds {
+    #[inline(always)]
+    fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let at = self.start + offset;
+        // The comparison against `end` (data_end) is what lets the verifier
+        // accept the read below.
+        if at + N > self.end {
+            return None;
+        }
+        // SAFETY: [at, at + N) lies inside the packet, checked just above.
+        Some(unsafe { core::ptr::read_unaligned(at as *const [u8; N]) })
+    }
+}

@@ -1,0 +1,51 @@
+//! Entry points of the kernel programs. Each one is thin: it wraps the
+//! context in a bounds-checked [`frame::PacketBounds`] and hands over to the
+//! module that owns the concern.
+#![no_std]
+#![no_main]
+
+mod frame;
+mod observe;
+mod stats;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_PIPE, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+
+use crate::frame::PacketBounds;
+
+/// XDP on the node's uplink: parse and count, pass everything for now.
+#[xdp]
+pub fn ingress_xdp(ctx: XdpContext) -> u32 {
+    let frame = PacketBounds::new(ctx.data(), ctx.data_end());
+    observe::frame(&ctx, &frame, &stats::XDP_COUNTERS);
+    xdp_action::XDP_PASS
+}
+
+/// TC egress on the same interfaces: count and pass (reverse translation
+/// comes with the L4 path). `TC_ACT_PIPE` lets any later program in the TCX
+/// chain run too.
+#[classifier]
+pub fn ingress_tc_egress(ctx: TcContext) -> i32 {
+    // Headers of locally generated skbs may sit outside the linear part;
+    // pull what the parser can need so direct packet access sees it.
+    let want = core::cmp::min(ctx.len(), observe::PARSE_WINDOW);
+    if ctx.data_end() - ctx.data() < want as usize {
+        let _ = ctx.pull_data(want);
+    }
+    let frame = PacketBounds::new(ctx.data(), ctx.data_end());
+    observe::frame(&ctx, &frame, &stats::TC_COUNTERS);
+    TC_ACT_PIPE
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,119 @@
+//! Reading the per-CPU counter arrays and exporting them as metrics.
+
+use aya::maps::{MapData, PerCpuArray};
+use ingress_common::counters::{Counter, CounterKind};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter},
+};
+
+use super::DatapathError;
+
+/// Which program a counter array belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Xdp,
+    Tc,
+}
+
+impl Hook {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::Xdp => "xdp",
+            Hook::Tc => "tc_egress",
+        }
+    }
+}
+
+/// One program's counter array.
+pub struct CounterMap {
+    pub hook: Hook,
+    map: PerCpuArray<MapData, u64>,
+}
+
+impl std::fmt::Debug for CounterMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CounterMap")
+            .field("hook", &self.hook)
+            .finish()
+    }
+}
+
+impl CounterMap {
+    pub fn new(hook: Hook, map: PerCpuArray<MapData, u64>) -> Self {
+        CounterMap { hook, map }
+    }
+
+    /// The value of one counter, summed over CPUs.
+    pub fn get(&self, counter: Counter) -> Result<u64, DatapathError> {
+        let values =
+            self.map
+                .get(&counter.index(), 0)
+                .map_err(|source| DatapathError::ReadCounters {
+                    hook: self.hook.name(),
+                    source,
+                })?;
+        Ok(values.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
+    }
+
+    /// Every counter with its value.
+    pub fn read_all(&self) -> Result<Vec<(Counter, u64)>, DatapathError> {
+        Counter::ALL
+            .iter()
+            .map(|c| Ok((*c, self.get(*c)?)))
+            .collect()
+    }
+}
+
+/// Exports the counter arrays on each scrape.
+#[derive(Debug, Default)]
+pub struct DatapathCollector {
+    pub maps: Vec<CounterMap>,
+}
+
+impl Collector for DatapathCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut rows: Vec<(&'static str, Counter, u64)> = Vec::new();
+        for m in &self.maps {
+            match m.read_all() {
+                Ok(values) => rows.extend(values.into_iter().map(|(c, v)| (m.hook.name(), c, v))),
+                Err(e) => tracing::warn!(error = %e, "reading eBPF counters for /metrics"),
+            }
+        }
+        let families: [(&str, &str, CounterKind, &str); 3] = [
+            (
+                "ingress_datapath_packets",
+                "Frames seen by each eBPF program.",
+                CounterKind::Total,
+                "",
+            ),
+            (
+                "ingress_datapath_packet_class",
+                "Frames by class (exactly one per frame: protocol, fragment, truncated or malformed).",
+                CounterKind::Class,
+                "class",
+            ),
+            (
+                "ingress_datapath_packet_flags",
+                "Frames carrying a VLAN tag or IPv4 options.",
+                CounterKind::Flag,
+                "flag",
+            ),
+        ];
+        for (name, help, kind, label) in families {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (hook, c, v) in rows.iter().filter(|r| r.1.kind() == kind) {
+                let counter = ConstCounter::new(*v);
+                if label.is_empty() {
+                    let labels = [("hook", *hook)];
+                    counter.encode(family.encode_family(&labels)?)?;
+                } else {
+                    let labels = [("hook", *hook), (label, c.name())];
+                    counter.encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

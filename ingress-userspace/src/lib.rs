@@ -1,0 +1,8 @@
+//! The ingress agent as a library: the binary (`main.rs`) parses the command
+//! line and calls [`agent::run`]; tests drive the same modules directly.
+
+pub mod admin;
+pub mod agent;
+pub mod cli;
+pub mod datapath;
+pub mod telemetry;

@@ -1,0 +1,22 @@
+use std::process::ExitCode;
+
+use ingress_userspace::{agent, cli, telemetry};
+
+fn main() -> ExitCode {
+    let cli = match cli::parse() {
+        Ok(cli) => cli,
+        Err(exit) => return exit,
+    };
+    telemetry::init(cli.log_format);
+    let result = match cli.command {
+        cli::Command::Run(opts) => agent::run(opts),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line naming the cause, as operators read it in `kubectl logs`.
+            eprintln!("ingress: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
