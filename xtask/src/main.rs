@@ -1,1 +1,41 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Check the prerequisites and install what is missing (Debian packages,
+    /// nightly rust-src, bpf-linker built against LLVM 22).
+    Setup,
+    /// Build the eBPF object for bpfel-unknown-none and report on it.
+    BuildEbpf,
+    /// Run every check and test: fmt, clippy, unit, packet fixtures, end to end.
+    Test,
+    /// Build everything, bring up a namespace topology, send real traffic
+    /// through the attached programs and show the counters moving.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => xtask::setup::run(),
+        Task::BuildEbpf => xtask::build_ebpf::run().map(|_| ()),
+        Task::Test => xtask::test::run(),
+        Task::Demo => xtask::demo::run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
