@@ -5,4 +5,6 @@ pub mod admin;
 pub mod agent;
 pub mod cli;
 pub mod datapath;
+pub mod model;
+pub mod source;
 pub mod telemetry;

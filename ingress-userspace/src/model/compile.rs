@@ -1,0 +1,438 @@
+//! `compile`: ClusterState -> Snapshot, pure and deterministic.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Service, ServicePort},
+        networking::v1::{Ingress, IngressBackend, IngressServiceBackend},
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+
+use super::{
+    Backend, BackendId, ClusterState, Diagnostic, Endpoint, ObjectKey, Snapshot,
+    router::{PathKind, RouterBuilder, normalize_prefix},
+    snapshot::ServedIngress,
+    state::key_of,
+};
+
+/// The `spec.controller` value of IngressClasses this agent implements.
+pub const CONTROLLER_NAME: &str = "ingress-ebpf.dev/controller";
+/// The annotation that makes an IngressClass the cluster default.
+pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
+/// The pre-IngressClass annotation some Ingresses still carry.
+pub const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    /// The IngressClass name this agent serves.
+    pub ingress_class: String,
+    /// This node's name, carried into the snapshot.
+    pub node_name: String,
+}
+
+/// Compiles the whole state. Never fails: what cannot be served is left out
+/// (or answers 503) and reported in `Snapshot::diagnostics`.
+pub fn compile(state: &ClusterState, opts: &CompileOptions) -> Snapshot {
+    let mut c = Compiler {
+        state,
+        backends: Vec::new(),
+        backend_ids: HashMap::new(),
+        diagnostics: Vec::new(),
+    };
+    let ours = our_ingresses(state, opts, &mut c.diagnostics);
+    let mut router = RouterBuilder::default();
+    // Who holds each (host, kind, path) and the default backend, to name the
+    // winner when a younger Ingress loses a conflict.
+    let mut owners: HashMap<(Option<String>, PathKind, String), ObjectKey> = HashMap::new();
+    let mut default_owner: Option<ObjectKey> = None;
+    let mut served = Vec::new();
+
+    for (key, ing) in ours {
+        let object = format!("Ingress {key}");
+        let Some(spec) = ing.spec.as_ref() else {
+            c.diagnostics
+                .push(Diagnostic::error(&object, "spec", "missing"));
+            continue;
+        };
+        let mut hosts = Vec::new();
+        if let Some(def) = &spec.default_backend
+            && let Some(id) = c.backend(&key, def, &object, "spec.defaultBackend")
+        {
+            if router.set_default(id) {
+                default_owner = Some(key.clone());
+            } else {
+                let winner = default_owner
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                c.diagnostics.push(Diagnostic::warning(
+                    &object,
+                    "spec.defaultBackend",
+                    format!("ignored: the older Ingress {winner} already sets the default backend"),
+                ));
+            }
+        }
+        for (ri, rule) in spec.rules.iter().flatten().enumerate() {
+            let host = match rule.host.as_deref().filter(|h| !h.is_empty()) {
+                None => None,
+                Some(h) => match validate_host(h) {
+                    Ok(()) => Some(h.to_ascii_lowercase()),
+                    Err(why) => {
+                        c.diagnostics.push(Diagnostic::error(
+                            &object,
+                            format!("spec.rules[{ri}].host"),
+                            why,
+                        ));
+                        continue;
+                    }
+                },
+            };
+            hosts.push(host.clone().unwrap_or_else(|| "*".to_string()));
+            let Some(http) = &rule.http else { continue };
+            for (pi, p) in http.paths.iter().enumerate() {
+                let field = format!("spec.rules[{ri}].http.paths[{pi}]");
+                let path = p.path.as_deref().unwrap_or("/");
+                let kind = match p.path_type.as_str() {
+                    "Exact" => PathKind::Exact,
+                    "Prefix" | "ImplementationSpecific" => PathKind::Prefix,
+                    other => {
+                        c.diagnostics.push(Diagnostic::error(
+                            &object,
+                            format!("{field}.pathType"),
+                            format!("'{other}' is not Exact, Prefix or ImplementationSpecific"),
+                        ));
+                        continue;
+                    }
+                };
+                if !path.starts_with('/') {
+                    c.diagnostics.push(Diagnostic::error(
+                        &object,
+                        format!("{field}.path"),
+                        format!("'{path}' must start with '/'"),
+                    ));
+                    continue;
+                }
+                let Some(id) = c.backend(&key, &p.backend, &object, &format!("{field}.backend"))
+                else {
+                    continue;
+                };
+                let norm = match kind {
+                    PathKind::Exact => path.to_string(),
+                    PathKind::Prefix => normalize_prefix(path),
+                };
+                let owner_key = (host.clone(), kind, norm);
+                if router.add(host.as_deref(), kind, path, id) {
+                    owners.insert(owner_key, key.clone());
+                } else {
+                    let winner = owners
+                        .get(&owner_key)
+                        .map(ToString::to_string)
+                        .unwrap_or_default();
+                    c.diagnostics.push(Diagnostic::warning(
+                        &object,
+                        field,
+                        format!(
+                            "conflict lost: host {} path {path} ({kind:?}) is already served by the older Ingress {winner}",
+                            host.as_deref().unwrap_or("*")
+                        ),
+                    ));
+                }
+            }
+        }
+        hosts.sort();
+        hosts.dedup();
+        served.push(ServedIngress { key, hosts });
+    }
+
+    Snapshot {
+        router: router.build(),
+        backends: c.backends,
+        served,
+        diagnostics: c.diagnostics,
+        node_name: opts.node_name.clone(),
+    }
+}
+
+/// A host as the Ingress spec allows it: a DNS name, optionally with a
+/// leading `*.` wildcard label; no IP addresses, no port.
+pub fn validate_host(h: &str) -> Result<(), String> {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    if name.parse::<IpAddr>().is_ok() {
+        return Err(format!(
+            "'{h}' is an IP address; Ingress hosts must be DNS names"
+        ));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!(
+            "'{h}' is not a valid DNS name (or *.name wildcard)"
+        ));
+    }
+    Ok(())
+}
+
+/// Our Ingresses, oldest first (creationTimestamp, then namespace/name).
+fn our_ingresses<'a>(
+    state: &'a ClusterState,
+    opts: &CompileOptions,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Vec<(ObjectKey, &'a Ingress)> {
+    let class = &opts.ingress_class;
+    let our_class = state.ingress_classes.get(class);
+    if let Some(ic) = our_class {
+        let controller = ic
+            .spec
+            .as_ref()
+            .and_then(|s| s.controller.as_deref())
+            .unwrap_or("");
+        if controller != CONTROLLER_NAME {
+            diagnostics.push(Diagnostic::warning(
+                format!("IngressClass {class}"),
+                "spec.controller",
+                format!("is '{controller}', not '{CONTROLLER_NAME}'; served anyway because --ingress-class names it"),
+            ));
+        }
+    }
+    let we_are_default = our_class.is_some_and(|ic| {
+        ic.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
+            .is_some_and(|v| v == "true")
+    });
+    let mut ours: Vec<(ObjectKey, &Ingress)> = state
+        .ingresses
+        .iter()
+        .filter(|(_, ing)| {
+            let named = ing
+                .spec
+                .as_ref()
+                .and_then(|s| s.ingress_class_name.as_deref());
+            let legacy = ing
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(LEGACY_CLASS_ANNOTATION))
+                .map(String::as_str);
+            match (named, legacy) {
+                (Some(n), _) => n == class,
+                (None, Some(l)) => l == class,
+                (None, None) => we_are_default,
+            }
+        })
+        .map(|(k, ing)| (k.clone(), ing))
+        .collect();
+    ours.sort_by(|(ka, a), (kb, b)| {
+        let ta = a.metadata.creation_timestamp.as_ref();
+        let tb = b.metadata.creation_timestamp.as_ref();
+        // Objects without a timestamp (hand-written files) sort after
+        // those with one, then by namespace/name.
+        ta.is_none()
+            .cmp(&tb.is_none())
+            .then(ta.cmp(&tb))
+            .then(ka.cmp(kb))
+    });
+    ours
+}
+
+struct Compiler<'a> {
+    state: &'a ClusterState,
+    backends: Vec<Backend>,
+    backend_ids: HashMap<(ObjectKey, String), BackendId>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Compiler<'_> {
+    /// Resolves an Ingress backend, reporting problems on `field`. A missing
+    /// Service or port still yields a backend (answering 503); an
+    /// unsupported backend kind yields none (the path is skipped).
+    fn backend(
+        &mut self,
+        ing: &ObjectKey,
+        b: &IngressBackend,
+        object: &str,
+        field: &str,
+    ) -> Option<BackendId> {
+        let Some(svc) = &b.service else {
+            let what = if b.resource.is_some() {
+                "resource backends are not supported"
+            } else {
+                "has neither service nor resource"
+            };
+            self.diagnostics
+                .push(Diagnostic::error(object, field, what));
+            return None;
+        };
+        let key = ObjectKey::new(&ing.namespace, &svc.name);
+        let port = match svc
+            .port
+            .as_ref()
+            .and_then(|p| p.number.map(|n| n.to_string()).or_else(|| p.name.clone()))
+        {
+            Some(p) => p,
+            None => {
+                self.diagnostics.push(Diagnostic::error(
+                    object,
+                    format!("{field}.service.port"),
+                    "needs a number or a name",
+                ));
+                return None;
+            }
+        };
+        // Intern by the resolved Service port, so that `number: 80` and
+        // `name: http` for the same port share one backend (and its pool).
+        let resolved = self.service_port(&key, svc);
+        let port = match &resolved {
+            Ok((_, sp)) => sp.port.to_string(),
+            Err(_) => port,
+        };
+        if let Some(id) = self.backend_ids.get(&(key.clone(), port.clone())) {
+            if let Some(problem) = &self.backends[id.0].problem {
+                self.diagnostics.push(Diagnostic::error(
+                    object,
+                    format!("{field}.service"),
+                    problem.clone(),
+                ));
+            }
+            return Some(*id);
+        }
+        let (endpoints, problem) = match resolved {
+            Ok((service, sp)) => (self.endpoints_of(&key, service, sp), None),
+            Err(problem) => (Vec::new(), Some(problem)),
+        };
+        if let Some(problem) = &problem {
+            self.diagnostics.push(Diagnostic::error(
+                object,
+                format!("{field}.service"),
+                problem.clone(),
+            ));
+        }
+        let id = BackendId(self.backends.len());
+        self.backends.push(Backend {
+            service: key.clone(),
+            port: port.clone(),
+            endpoints: Arc::from(endpoints),
+            problem,
+            cursor: Default::default(),
+        });
+        self.backend_ids.insert((key, port), id);
+        Some(id)
+    }
+
+    /// The Service and the port of it that `b` names.
+    fn service_port(
+        &self,
+        key: &ObjectKey,
+        b: &IngressServiceBackend,
+    ) -> Result<(&Service, &ServicePort), String> {
+        let service = self
+            .state
+            .services
+            .get(key)
+            .ok_or_else(|| format!("Service {key} not found"))?;
+        let spec = service
+            .spec
+            .as_ref()
+            .ok_or_else(|| format!("Service {key} has no spec"))?;
+        if spec.type_.as_deref() == Some("ExternalName") {
+            return Err(format!(
+                "Service {key} is ExternalName, which is not supported"
+            ));
+        }
+        let want = b.port.as_ref();
+        let sp = spec
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| match want {
+                Some(w) if w.number.is_some() => Some(p.port) == w.number,
+                Some(w) => p.name.is_some() && p.name == w.name,
+                None => false,
+            })
+            .ok_or_else(|| {
+                let w = want
+                    .and_then(|w| w.number.map(|n| n.to_string()).or(w.name.clone()))
+                    .unwrap_or_default();
+                format!("Service {key} has no port {w}")
+            })?;
+        Ok((service, sp))
+    }
+
+    /// The usable endpoints of a Service port across its EndpointSlices:
+    /// ready ones, or serving ones when none is ready.
+    fn endpoints_of(&self, key: &ObjectKey, _service: &Service, sp: &ServicePort) -> Vec<Endpoint> {
+        let port_name = sp.name.as_deref().unwrap_or("");
+        let fallback_port = match &sp.target_port {
+            Some(IntOrString::Int(n)) => Some(*n),
+            Some(IntOrString::String(_)) => None,
+            None => Some(sp.port),
+        };
+        let mut found: BTreeMap<SocketAddr, Endpoint> = BTreeMap::new();
+        let slices = self.state.endpoint_slices.values().filter(|s| {
+            key_of(&s.metadata).namespace == key.namespace
+                && s.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                    == Some(&key.name)
+        });
+        for slice in slices {
+            if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+                continue;
+            }
+            let port = match &slice.ports {
+                Some(ports) if !ports.is_empty() => ports
+                    .iter()
+                    .find(|p| p.name.as_deref().unwrap_or("") == port_name)
+                    .and_then(|p| p.port),
+                _ => fallback_port,
+            };
+            let Some(port) = port.and_then(|p| u16::try_from(p).ok()) else {
+                continue;
+            };
+            for ep in &slice.endpoints {
+                let cond = ep.conditions.as_ref();
+                let ready = cond.and_then(|c| c.ready).unwrap_or(true);
+                let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
+                if !ready && !serving {
+                    continue;
+                }
+                for a in &ep.addresses {
+                    let Ok(ip) = a.parse::<IpAddr>() else {
+                        continue;
+                    };
+                    let addr = SocketAddr::new(ip, port);
+                    let e = found.entry(addr).or_insert(Endpoint {
+                        addr,
+                        node_name: ep.node_name.clone(),
+                        ready,
+                    });
+                    e.ready |= ready;
+                }
+            }
+        }
+        let all: Vec<Endpoint> = found.into_values().collect();
+        if all.iter().any(|e| e.ready) {
+            all.into_iter().filter(|e| e.ready).collect()
+        } else {
+            all
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

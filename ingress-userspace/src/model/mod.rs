@@ -1,0 +1,17 @@
+//! The pure heart of the control path: a [`ClusterState`] of Kubernetes
+//! objects goes through [`compile`] into an immutable [`Snapshot`] that the
+//! data paths read, plus [`Diagnostic`]s for everything that was wrong with
+//! the input. No I/O here; sources (files, the API) fill the state, the
+//! proxy and the datapath consume the snapshot.
+
+pub mod compile;
+pub mod diagnostics;
+pub mod router;
+pub mod snapshot;
+pub mod state;
+
+pub use compile::{CompileOptions, compile};
+pub use diagnostics::{Diagnostic, Severity};
+pub use router::{RouteTarget, Router};
+pub use snapshot::{Backend, BackendId, Endpoint, Snapshot};
+pub use state::{ClusterState, ObjectKey};

@@ -1,0 +1,78 @@
+//! The immutable result of a compile: what the proxy routes by.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicUsize},
+};
+
+use super::{Diagnostic, ObjectKey, Router};
+
+/// Index into [`Snapshot::backends`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BackendId(pub usize);
+
+/// One pod endpoint of a backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// The node the pod runs on (kept for the L4 path's Local policy).
+    pub node_name: Option<String>,
+    /// `ready`, or only `serving` (terminating, still draining).
+    pub ready: bool,
+}
+
+/// A Service port an Ingress path points at, resolved to pod endpoints.
+#[derive(Debug)]
+pub struct Backend {
+    pub service: ObjectKey,
+    /// The Service port as the Ingress named it (`8080` or `http`).
+    pub port: String,
+    /// Usable endpoints: the ready ones, or when none is ready the serving
+    /// ones. Empty means 503.
+    pub endpoints: Arc<[Endpoint]>,
+    /// Why this backend cannot serve (missing Service or port), for the 503
+    /// answer and the logs.
+    pub problem: Option<String>,
+    /// Round-robin position.
+    pub cursor: AtomicUsize,
+}
+
+impl Backend {
+    /// `ns/name:port`, the label used in logs and metrics.
+    pub fn label(&self) -> String {
+        format!("{}:{}", self.service, self.port)
+    }
+}
+
+impl PartialEq for Backend {
+    fn eq(&self, other: &Self) -> bool {
+        self.service == other.service
+            && self.port == other.port
+            && self.endpoints == other.endpoints
+            && self.problem == other.problem
+    }
+}
+
+/// An Ingress this agent serves, and the status it should show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServedIngress {
+    pub key: ObjectKey,
+    pub hosts: Vec<String>,
+}
+
+/// Everything the data paths need, swapped whole.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub router: Router,
+    pub backends: Vec<Backend>,
+    pub served: Vec<ServedIngress>,
+    pub diagnostics: Vec<Diagnostic>,
+    /// This node's name (`--node-name`), for the L4 path.
+    pub node_name: String,
+}
+
+impl Snapshot {
+    pub fn backend(&self, id: BackendId) -> Option<&Backend> {
+        self.backends.get(id.0)
+    }
+}

@@ -1,0 +1,6 @@
+//! Where the ClusterState comes from. Standalone mode reads manifest files
+//! (`files`); cluster mode (a later change) watches the API. Both hand whole
+//! states to the same compile -> apply path in `agent`.
+
+pub mod files;
+pub mod manifest;
