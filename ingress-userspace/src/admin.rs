@@ -21,6 +21,8 @@ use tokio::{net::TcpListener, sync::watch};
 pub struct AdminState {
     ready: AtomicBool,
     registry: Registry,
+    /// JSON of the served Ingresses and their status addresses.
+    status: arc_swap::ArcSwap<String>,
 }
 
 impl AdminState {
@@ -28,11 +30,16 @@ impl AdminState {
         Arc::new(AdminState {
             ready: AtomicBool::new(false),
             registry,
+            status: arc_swap::ArcSwap::from_pointee("{\"items\":[]}".to_string()),
         })
     }
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn set_status(&self, json: String) {
+        self.status.store(Arc::new(json));
     }
 
     pub fn is_ready(&self) -> bool {
@@ -54,6 +61,12 @@ impl AdminState {
             "/healthz" => plain(StatusCode::OK, "ok\n"),
             "/readyz" if self.is_ready() => plain(StatusCode::OK, "ready\n"),
             "/readyz" => plain(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+            "/status/ingresses" => Response::builder()
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(
+                    self.status.load().as_bytes().to_vec(),
+                )))
+                .unwrap_or_default(),
             "/metrics" => {
                 let mut text = String::new();
                 if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry)

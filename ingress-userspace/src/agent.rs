@@ -1,18 +1,29 @@
-//! `ingress run`: wires the data path and the admin listener together and
-//! runs until SIGINT or SIGTERM.
+//! `ingress run`: wires the config source, compile, the proxy, the data
+//! path and the admin listener together, and runs until SIGINT or SIGTERM.
+
+use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Instant};
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tokio::{
+    net::TcpListener,
     signal::unix::{SignalKind, signal},
     sync::watch,
 };
 
 use crate::{
     admin::{self, AdminState},
-    cli::RunOpts,
+    cli::{ConfigOpts, RunOpts},
     datapath::{Datapath, DatapathConfig, counters::DatapathCollector},
+    metrics::ProxyMetrics,
+    model::{ClusterState, CompileOptions, Diagnostic, Severity, Snapshot, compile},
+    proxy::{Proxy, server},
+    source::files,
 };
+
+/// How long file events settle before a reload (an editor's save is often
+/// several events).
+const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(15);
 
 pub fn run(opts: RunOpts) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -22,19 +33,26 @@ pub fn run(opts: RunOpts) -> anyhow::Result<()> {
     rt.block_on(run_async(opts))
 }
 
+async fn bind(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the {what} listener on {addr}: {e}"))
+}
+
 async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
     let admin_listener = admin::bind(opts.admin_listen).await?;
+    let http_listener = bind("HTTP", opts.http_listen).await?;
 
-    let config = DatapathConfig {
+    let dp_config = DatapathConfig {
         interfaces: opts.interfaces.clone(),
         xdp_mode: opts.xdp_mode,
     };
     let mut collector = DatapathCollector::default();
-    let datapath = if config.enabled() {
-        let (dp, maps) = Datapath::start(&config)?;
+    let datapath = if dp_config.enabled() {
+        let (dp, maps) = Datapath::start(&dp_config)?;
         collector.maps = maps;
         Some(dp)
     } else {
@@ -44,23 +62,157 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
 
     let mut registry = Registry::default();
     registry.register_collector(Box::new(collector));
+    let metrics = Arc::new(ProxyMetrics::register(&mut registry));
     let state = AdminState::new(registry);
+    let proxy = Proxy::new(opts.proxy.proxy_config(), metrics.clone());
+    let status_address = opts.publish_status_address.clone().or_else(|| {
+        (!opts.http_listen.ip().is_unspecified()).then(|| opts.http_listen.ip().to_string())
+    });
+    let applier = Applier {
+        proxy: proxy.clone(),
+        admin: state.clone(),
+        compile_options: CompileOptions {
+            ingress_class: opts.config.ingress_class.clone(),
+            node_name: opts.config.node_name(),
+        },
+        status_address,
+        generation: 0,
+    };
+
     let (stop_tx, stop_rx) = watch::channel(false);
-    let admin_task = tokio::spawn(admin::serve(admin_listener, state.clone(), stop_rx));
-    state.set_ready(true);
-    tracing::info!(admin = %opts.admin_listen, "agent ready");
+    let admin_task = tokio::spawn(admin::serve(admin_listener, state.clone(), stop_rx.clone()));
+    let source_task = start_source(&opts.config, applier)?;
+    let http_task = tokio::spawn(server::serve(
+        http_listener,
+        proxy.clone(),
+        stop_rx,
+        opts.proxy.drain_timeout,
+    ));
+    tracing::info!(http = %opts.http_listen, admin = %opts.admin_listen, "agent ready");
 
     let which = tokio::select! {
         _ = sigterm.recv() => "SIGTERM",
         _ = sigint.recv() => "SIGINT",
     };
-    tracing::info!(signal = which, "shutting down");
+    tracing::info!(signal = which, "shutting down: not ready, draining");
     state.set_ready(false);
     let _ = stop_tx.send(true);
+    let _ = http_task.await;
+    source_task.abort();
     let _ = admin_task.await;
     if let Some(dp) = datapath {
         dp.detach();
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts the configuration source: manifests (watched), or, without any,
+/// an empty configuration (cluster mode is not built yet). The first
+/// snapshot is applied before this returns, so readiness follows it.
+fn start_source(
+    config: &ConfigOpts,
+    mut applier: Applier,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    if config.manifests.is_empty() {
+        tracing::warn!(
+            "no --manifests given and cluster mode is not available yet: serving an empty configuration"
+        );
+        applier.apply(ClusterState::default(), Vec::new(), Instant::now());
+        return Ok(tokio::spawn(async {}));
+    }
+    let paths = config.manifests.clone();
+    let (watcher, mut events) = files::watch(&paths)?;
+    let started = Instant::now();
+    let (state, diags) = files::load(&paths);
+    applier.apply(state, diags, started);
+    Ok(tokio::spawn(async move {
+        let _watcher = watcher;
+        while events.recv().await.is_some() {
+            let started = Instant::now();
+            tokio::time::sleep(DEBOUNCE).await;
+            while events.try_recv().is_ok() {}
+            let paths = paths.clone();
+            let loaded = tokio::task::spawn_blocking(move || files::load(&paths)).await;
+            match loaded {
+                Ok((state, diags)) => applier.apply(state, diags, started),
+                Err(e) => tracing::error!(error = %e, "reloading manifests"),
+            }
+        }
+    }))
+}
+
+/// Compiles states and swaps the results in.
+struct Applier {
+    proxy: Arc<Proxy>,
+    admin: Arc<AdminState>,
+    compile_options: CompileOptions,
+    status_address: Option<String>,
+    generation: i64,
+}
+
+impl Applier {
+    fn apply(&mut self, state: ClusterState, source_diags: Vec<Diagnostic>, started: Instant) {
+        let mut snapshot = compile(&state, &self.compile_options);
+        let mut diags = source_diags;
+        diags.append(&mut snapshot.diagnostics);
+        snapshot.diagnostics = diags;
+        for d in &snapshot.diagnostics {
+            match d.severity {
+                Severity::Error => {
+                    tracing::error!(object = %d.object, field = %d.field, "{}", d.message)
+                }
+                Severity::Warning => {
+                    tracing::warn!(object = %d.object, field = %d.field, "{}", d.message)
+                }
+            }
+        }
+        let live: HashSet<SocketAddr> = snapshot
+            .backends
+            .iter()
+            .flat_map(|b| b.endpoints.iter().map(|e| e.addr))
+            .collect();
+        self.generation += 1;
+        let status = status_json(&snapshot, self.status_address.as_deref());
+        let (routes, backends, diagnostics) = (
+            snapshot.router.tables().len(),
+            snapshot.backends.len(),
+            snapshot.diagnostics.len(),
+        );
+        self.proxy.snapshot.store(Arc::new(snapshot));
+        self.proxy.upstreams.retain(&live);
+        self.admin.set_status(status);
+        self.admin.set_ready(true);
+        let m = &self.proxy.metrics;
+        m.snapshot_generation.set(self.generation);
+        m.snapshot_apply_seconds
+            .set(started.elapsed().as_secs_f64());
+        m.config_diagnostics.set(diagnostics as i64);
+        tracing::info!(
+            generation = self.generation,
+            hosts = routes,
+            backends,
+            diagnostics,
+            apply_ms = started.elapsed().as_secs_f64() * 1e3,
+            "configuration applied"
+        );
+    }
+}
+
+/// The Ingresses served and the address their status shows, as JSON for
+/// the admin listener's `/status/ingresses`.
+fn status_json(snapshot: &Snapshot, address: Option<&str>) -> String {
+    let items: Vec<serde_json::Value> = snapshot
+        .served
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "namespace": s.key.namespace,
+                "name": s.key.name,
+                "hosts": s.hosts,
+                "loadBalancer": {"ingress": address.map(|a| vec![serde_json::json!({"ip": a})]).unwrap_or_default()},
+            })
+        })
+        .collect();
+    serde_json::json!({ "items": items }).to_string()
 }

@@ -1,8 +1,10 @@
 //! Command-line contract of the `ingress` binary (see docs/architecture.md).
 
-use std::{net::SocketAddr, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::proxy::{LoadBalance, ProxyConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,7 +24,111 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent: attach the eBPF programs and serve until SIGINT/SIGTERM.
-    Run(RunOpts),
+    Run(Box<RunOpts>),
+    /// Compile manifests, print the route table and every diagnostic; exit 1
+    /// when any object is invalid.
+    Check(CheckOpts),
+}
+
+/// Where the configuration comes from and whose it is.
+#[derive(Debug, Args, Clone)]
+pub struct ConfigOpts {
+    /// Standalone mode: YAML (or JSON) manifest files or directories,
+    /// watched for changes. Repeat for several.
+    #[arg(long = "manifests", value_name = "PATH")]
+    pub manifests: Vec<PathBuf>,
+
+    /// The IngressClass this agent serves.
+    #[arg(long, default_value = "ingress-ebpf", env = "INGRESS_CLASS")]
+    pub ingress_class: String,
+
+    /// This node's name (for node-local endpoint choices). Defaults to
+    /// $NODE_NAME, then the hostname.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+}
+
+impl ConfigOpts {
+    pub fn node_name(&self) -> String {
+        self.node_name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_string())
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct CheckOpts {
+    #[command(flatten)]
+    pub config: ConfigOpts,
+}
+
+/// Proxy limits and timeouts (defaults follow ingress-nginx's).
+#[derive(Debug, Args, Clone)]
+pub struct ProxyOpts {
+    /// Time allowed to connect to a pod.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub proxy_connect_timeout: Duration,
+    /// Time allowed for a pod's response head.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub proxy_read_timeout: Duration,
+    /// Idle time after which kept-alive connections (client and upstream) close.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub proxy_idle_timeout: Duration,
+    /// Largest request body; larger ones get 413 (k, m, g suffixes).
+    #[arg(long, default_value = "1m", value_parser = parse_size)]
+    pub proxy_body_size: u64,
+    /// Largest request URI; longer ones get 414.
+    #[arg(long, default_value = "8k", value_parser = parse_size)]
+    pub max_uri_size: u64,
+    /// Largest request header block; larger ones get 431.
+    #[arg(long, default_value = "32k", value_parser = parse_size)]
+    pub max_header_size: u64,
+    /// Other endpoints tried when connecting to one fails.
+    #[arg(long, default_value_t = 2)]
+    pub proxy_retries: usize,
+    /// How to choose among a Service's endpoints.
+    #[arg(long, value_enum, default_value_t = LoadBalance::RoundRobin)]
+    pub load_balance: LoadBalance,
+    /// How long in-flight requests may finish after SIGTERM.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+impl ProxyOpts {
+    pub fn proxy_config(&self) -> ProxyConfig {
+        ProxyConfig {
+            connect_timeout: self.proxy_connect_timeout,
+            read_timeout: self.proxy_read_timeout,
+            idle_timeout: self.proxy_idle_timeout,
+            max_body_bytes: self.proxy_body_size,
+            max_uri_bytes: self.max_uri_size as usize,
+            max_header_bytes: self.max_header_size as usize,
+            retries: self.proxy_retries,
+            load_balance: self.load_balance,
+            ..ProxyConfig::default()
+        }
+    }
+}
+
+/// Sizes as ingress-nginx writes them: `512`, `8k`, `1m`, `1g`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim().to_ascii_lowercase();
+    let (num, mul) = match s.chars().last() {
+        Some('k') => (&s[..s.len() - 1], 1024),
+        Some('m') => (&s[..s.len() - 1], 1024 * 1024),
+        Some('g') => (&s[..s.len() - 1], 1024 * 1024 * 1024),
+        _ => (s.as_str(), 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .ok_or_else(|| format!("'{s}' is not a size like 512, 8k, 1m"))
 }
 
 #[derive(Debug, Args, Clone)]
@@ -39,6 +145,21 @@ pub struct RunOpts {
     /// Address of the admin listener (/healthz, /readyz, /metrics).
     #[arg(long, default_value = "127.0.0.1:9100")]
     pub admin_listen: SocketAddr,
+
+    /// Address of the HTTP listener.
+    #[arg(long, default_value = "0.0.0.0:80")]
+    pub http_listen: SocketAddr,
+
+    /// The address Ingress status shows (defaults to the HTTP listener's
+    /// address when it is not a wildcard).
+    #[arg(long)]
+    pub publish_status_address: Option<String>,
+
+    #[command(flatten)]
+    pub config: ConfigOpts,
+
+    #[command(flatten)]
+    pub proxy: ProxyOpts,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -112,7 +233,8 @@ mod tests {
         let mut full = vec!["ingress", "run"];
         full.extend_from_slice(args);
         Cli::try_parse_from(full).map(|c| match c.command {
-            Command::Run(o) => o,
+            Command::Run(o) => *o,
+            Command::Check(_) => unreachable!(),
         })
     }
 
@@ -122,6 +244,35 @@ mod tests {
         assert!(o.interfaces.is_empty());
         assert_eq!(o.xdp_mode, XdpModeArg::Native);
         assert_eq!(o.admin_listen, "127.0.0.1:9100".parse().unwrap());
+        assert_eq!(o.http_listen, "0.0.0.0:80".parse().unwrap());
+        let p = o.proxy.proxy_config();
+        assert_eq!(p.connect_timeout, Duration::from_secs(5));
+        assert_eq!(p.read_timeout, Duration::from_secs(60));
+        assert_eq!(p.max_body_bytes, 1024 * 1024);
+        assert_eq!(o.proxy.drain_timeout, Duration::from_secs(30));
+        assert_eq!(o.config.ingress_class, "ingress-ebpf");
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("8k"), Ok(8192));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert!(parse_size("lots").is_err());
+        let o = run_opts(&[
+            "--proxy-body-size",
+            "10m",
+            "--proxy-read-timeout",
+            "1500ms",
+            "--manifests",
+            "a",
+            "--manifests",
+            "b",
+        ])
+        .unwrap();
+        assert_eq!(o.proxy.proxy_body_size, 10 << 20);
+        assert_eq!(o.proxy.proxy_read_timeout, Duration::from_millis(1500));
+        assert_eq!(o.config.manifests.len(), 2);
     }
 
     #[test]

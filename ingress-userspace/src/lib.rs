@@ -3,8 +3,11 @@
 
 pub mod admin;
 pub mod agent;
+pub mod check;
 pub mod cli;
 pub mod datapath;
+pub mod metrics;
 pub mod model;
+pub mod proxy;
 pub mod source;
 pub mod telemetry;

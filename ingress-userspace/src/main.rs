@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use ingress_userspace::{agent, cli, telemetry};
+use ingress_userspace::{agent, check, cli, telemetry};
 
 fn main() -> ExitCode {
     let cli = match cli::parse() {
@@ -9,7 +9,12 @@ fn main() -> ExitCode {
     };
     telemetry::init(cli.log_format);
     let result = match cli.command {
-        cli::Command::Run(opts) => agent::run(opts),
+        cli::Command::Run(opts) => agent::run(*opts),
+        cli::Command::Check(opts) => match check::run(&opts) {
+            Ok(true) => return ExitCode::SUCCESS,
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

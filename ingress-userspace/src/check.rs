@@ -1,0 +1,97 @@
+//! `ingress check`: compile manifests and print what would be served.
+
+use std::fmt::Write as _;
+
+use crate::{
+    cli::CheckOpts,
+    model::{CompileOptions, RouteTarget, Severity, Snapshot, compile},
+    source::files,
+};
+
+/// Prints the table and diagnostics; `Ok(false)` when any object is invalid.
+pub fn run(opts: &CheckOpts) -> anyhow::Result<bool> {
+    if opts.config.manifests.is_empty() {
+        anyhow::bail!("ingress check needs --manifests PATH");
+    }
+    let (state, mut diags) = files::load(&opts.config.manifests);
+    let mut snap = compile(
+        &state,
+        &CompileOptions {
+            ingress_class: opts.config.ingress_class.clone(),
+            node_name: opts.config.node_name(),
+        },
+    );
+    diags.append(&mut snap.diagnostics);
+    snap.diagnostics = diags;
+    print!("{}", render(&snap));
+    Ok(!snap
+        .diagnostics
+        .iter()
+        .any(|d| d.severity == Severity::Error))
+}
+
+/// The route table and diagnostics as text.
+pub fn render(snap: &Snapshot) -> String {
+    let mut rows: Vec<[String; 5]> = Vec::new();
+    let backend_cols = |id| match snap.backend(id) {
+        Some(b) => {
+            let eps = if let Some(p) = &b.problem {
+                format!("(503: {p})")
+            } else if b.endpoints.is_empty() {
+                "(503: no ready endpoint)".to_string()
+            } else {
+                b.endpoints
+                    .iter()
+                    .map(|e| e.addr.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            (b.label(), eps)
+        }
+        None => ("?".into(), String::new()),
+    };
+    for (host, table) in snap.router.tables() {
+        for (kind, path, id) in table.entries() {
+            let (svc, eps) = backend_cols(id);
+            rows.push([host.clone(), path, format!("{kind:?}"), svc, eps]);
+        }
+    }
+    if let Some(id) = snap.router.default_backend() {
+        let (svc, eps) = backend_cols(id);
+        rows.push(["*".into(), "(default backend)".into(), "-".into(), svc, eps]);
+    } else if let RouteTarget::NotFound = snap.router.route(None, "/") {
+        rows.push([
+            "*".into(),
+            "(default backend)".into(),
+            "-".into(),
+            "built-in 404".into(),
+            String::new(),
+        ]);
+    }
+    let header = ["HOST", "PATH", "TYPE", "SERVICE", "ENDPOINTS"].map(String::from);
+    let widths: Vec<usize> = (0..5)
+        .map(|i| {
+            rows.iter()
+                .chain(std::iter::once(&header))
+                .map(|r| r[i].len())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in std::iter::once(&header).chain(rows.iter()) {
+        let line: Vec<String> = (0..5)
+            .map(|i| format!("{:<w$}", r[i], w = widths[i]))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    if snap.diagnostics.is_empty() {
+        let _ = writeln!(out, "\nno problems found");
+    } else {
+        let _ = writeln!(out, "\n{} problem(s):", snap.diagnostics.len());
+        for d in &snap.diagnostics {
+            let _ = writeln!(out, "  {d}");
+        }
+    }
+    out
+}

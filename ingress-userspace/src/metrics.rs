@@ -1,0 +1,102 @@
+//! The agent's own metrics (prometheus-client), beside the eBPF counters
+//! that `datapath::counters` exports.
+
+use std::{sync::atomic::AtomicU64, time::Duration};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `2xx` .. `5xx`.
+    pub status_class: String,
+    /// A host the configuration names, or `other`.
+    pub host: String,
+    /// `ns/name:port`, or `none` for the proxy's own answers.
+    pub service: String,
+}
+
+#[derive(Debug)]
+pub struct ProxyMetrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Histogram,
+    pub upstream_connect_errors: Counter,
+    pub upstream_retries: Counter,
+    pub open_connections: Gauge,
+    pub snapshot_generation: Gauge,
+    pub snapshot_apply_seconds: Gauge<f64, AtomicU64>,
+    pub config_diagnostics: Gauge,
+}
+
+impl ProxyMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = ProxyMetrics {
+            requests: Family::default(),
+            request_duration: Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0, 60.0,
+            ]),
+            upstream_connect_errors: Counter::default(),
+            upstream_retries: Counter::default(),
+            open_connections: Gauge::default(),
+            snapshot_generation: Gauge::default(),
+            snapshot_apply_seconds: Gauge::default(),
+            config_diagnostics: Gauge::default(),
+        };
+        registry.register(
+            "ingress_http_requests",
+            "HTTP requests answered, by status class, host and service.",
+            m.requests.clone(),
+        );
+        registry.register(
+            "ingress_http_request_duration_seconds",
+            "Time from request head to the end of the response body.",
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "ingress_upstream_connect_errors",
+            "Failed connection attempts to pod endpoints.",
+            m.upstream_connect_errors.clone(),
+        );
+        registry.register(
+            "ingress_upstream_retries",
+            "Requests retried on another endpoint after a failed connect.",
+            m.upstream_retries.clone(),
+        );
+        registry.register(
+            "ingress_http_open_connections",
+            "Client connections open now.",
+            m.open_connections.clone(),
+        );
+        registry.register(
+            "ingress_snapshot_generation",
+            "Generation of the configuration snapshot being served.",
+            m.snapshot_generation.clone(),
+        );
+        registry.register(
+            "ingress_snapshot_apply_seconds",
+            "Time the last configuration change took to load, compile and apply.",
+            m.snapshot_apply_seconds.clone(),
+        );
+        registry.register(
+            "ingress_config_diagnostics",
+            "Problems found in the configuration being served.",
+            m.config_diagnostics.clone(),
+        );
+        m
+    }
+
+    pub fn observe_request(&self, status: u16, host: &str, service: &str, duration: Duration) {
+        let labels = RequestLabels {
+            status_class: format!("{}xx", status / 100),
+            host: host.to_string(),
+            service: service.to_string(),
+        };
+        self.requests.get_or_create(&labels).inc();
+        self.request_duration.observe(duration.as_secs_f64());
+    }
+}

@@ -1,0 +1,33 @@
+//! The proxy's own answers: a status and a short plain-text body.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Response, StatusCode, header};
+
+use super::upstream::UpBody;
+
+pub fn plain(status: StatusCode, message: &str) -> Response<UpBody> {
+    let body = format!(
+        "{} {}: {message}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+pub fn not_found() -> Response<UpBody> {
+    plain(
+        StatusCode::NOT_FOUND,
+        "no Ingress rule matches this request",
+    )
+}
