@@ -5,7 +5,16 @@
 //! privileges they fail with a message saying so.
 #![allow(dead_code, unused_imports)]
 
-use std::path::PathBuf;
+pub mod backend;
+pub mod manifests;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
 
 pub use xtask::testbed::{
     Namespaces,
@@ -41,4 +50,130 @@ pub fn attached_programs(ns: &str, iface: &str) -> (usize, usize) {
             .expect("querying TCX egress")
     });
     (xdp, tc)
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "ingress-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Writes `name` atomically (temp file, then rename over).
+    pub fn write(&self, name: &str, text: &str) {
+        let tmp = self.0.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.0.join(name)).unwrap();
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The agent on loopback serving `dir`, with its HTTP address.
+pub fn start_local_agent(dir: &Path, extra: &[&str]) -> (Agent, SocketAddr) {
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let http_s = http.to_string();
+    let dir_s = dir.display().to_string();
+    let mut args = vec![
+        "--manifests",
+        &dir_s,
+        "--http-listen",
+        &http_s,
+        "--xdp-mode",
+        "off",
+    ];
+    args.extend_from_slice(extra);
+    (Agent::start_local(&ingress_bin(), &args, admin), http)
+}
+
+/// A parsed HTTP/1.1 response.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// Sends raw bytes (which should ask for `Connection: close`) and reads the
+/// whole answer. `Err` when the connection fails before a status line.
+pub fn raw(addr: SocketAddr, request: &[u8]) -> std::io::Result<RawResponse> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(request)?;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| {
+            std::io::Error::other(format!(
+                "no response head in {:?}",
+                String::from_utf8_lossy(&buf)
+            ))
+        })?;
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line: {head}")))?;
+    Ok(RawResponse {
+        status,
+        head,
+        body: buf[split + 4..].to_vec(),
+    })
+}
+
+/// `GET path` with `Host: host` and `Connection: close`.
+pub fn get(addr: SocketAddr, host: &str, path: &str) -> std::io::Result<RawResponse> {
+    raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
 }

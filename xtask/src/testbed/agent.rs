@@ -13,10 +13,12 @@ use std::{
 
 use super::in_netns;
 
-/// The agent running inside a namespace; killed on drop if still running.
+/// The agent running inside a namespace (or on the host's loopback); killed
+/// on drop if still running.
 pub struct Agent {
     pub child: Child,
-    pub ns: String,
+    /// `None`: the agent runs in this process's namespace.
+    pub ns: Option<String>,
     pub admin: SocketAddr,
     /// The agent's stderr goes to a file, so a chatty agent never blocks on
     /// a full pipe.
@@ -27,12 +29,31 @@ impl Agent {
     /// Starts `ingress run ARGS` in `ns` (`ip netns exec` execs it, so the
     /// child's pid is the agent's) and waits for /readyz.
     pub fn start(bin: &Path, ns: &str, args: &[&str], admin: SocketAddr) -> Agent {
-        let log = std::env::temp_dir().join(format!("{ns}-agent-{}.log", admin.port()));
+        Self::spawn(bin, Some(ns), args, admin)
+    }
+
+    /// Starts `ingress run ARGS` in this namespace (loopback tests).
+    pub fn start_local(bin: &Path, args: &[&str], admin: SocketAddr) -> Agent {
+        Self::spawn(bin, None, args, admin)
+    }
+
+    fn spawn(bin: &Path, ns: Option<&str>, args: &[&str], admin: SocketAddr) -> Agent {
+        let log = std::env::temp_dir().join(format!(
+            "{}-agent-{}-{}.log",
+            ns.unwrap_or("local"),
+            std::process::id(),
+            admin.port()
+        ));
         let log_file = std::fs::File::create(&log).expect("creating the agent log");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns])
-            .arg(bin)
-            .arg("run")
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.arg("run")
             .args(args)
             .arg("--admin-listen")
             .arg(admin.to_string())
@@ -42,7 +63,7 @@ impl Agent {
         let child = cmd.spawn().expect("spawning the agent");
         let mut agent = Agent {
             child,
-            ns: ns.to_string(),
+            ns: ns.map(str::to_string),
             admin,
             log,
         };
@@ -62,8 +83,11 @@ impl Agent {
 
     /// GET on the admin listener: (status, body).
     pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
-        let (ns, addr, path) = (self.ns.clone(), self.admin, path.to_string());
-        in_netns(&ns, move || http_get(addr, &path))
+        let (addr, path) = (self.admin, path.to_string());
+        match &self.ns {
+            Some(ns) => in_netns(ns, move || http_get(addr, &path)),
+            None => http_get(addr, &path),
+        }
     }
 
     /// The agent's metrics as `name{labels}` -> value.
@@ -71,6 +95,17 @@ impl Agent {
         let (status, body) = self.get("/metrics").expect("GET /metrics");
         assert_eq!(status, 200);
         parse_metrics(&body)
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` without waiting.
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
     }
 
     /// Sends `signal` and waits (bounded) for the exit status.
