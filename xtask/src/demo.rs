@@ -1,9 +1,24 @@
-//! `cargo xtask demo`: builds the agent, brings up a client and an ingress
-//! node in network namespaces joined by a veth pair, attaches the programs to
-//! the node's uplink, sends real TCP and UDP across it and shows the
-//! counters moving; then stops the agent and shows nothing stays attached.
+//! `cargo xtask demo`: builds the agent and brings up a small cluster in
+//! network namespaces:
+//!
+//! ```text
+//!   client 198.18.0.2 --veth-- eth0 198.18.0.1 [node: ingress agent] eth1 198.18.1.1 --veth-- pods 198.18.1.2, .3
+//! ```
+//!
+//! The agent attaches XDP and TC egress to the node's uplink (eth0) and
+//! serves the embedded manifests (`xtask/demo/*.yaml`) on 198.18.0.1:80.
+//! The demo sends real TCP and UDP across the uplink and shows the eBPF
+//! counters moving, sends HTTP through the proxy to the pods, changes the
+//! Ingress live and times how fast traffic follows, then stops the agent
+//! and shows nothing stays attached.
 
-use std::{collections::BTreeMap, net::SocketAddr, process::Command};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, bail};
 
@@ -13,12 +28,17 @@ use crate::{
         Namespaces,
         agent::Agent,
         sh,
-        traffic::{tcp_echo_server, tcp_round_trips, udp_echo_server, udp_round_trips},
+        traffic::{
+            http_echo_server, http_get_from, tcp_echo_server, tcp_round_trips, udp_echo_server,
+            udp_round_trips,
+        },
     },
 };
 
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 2;
 const PER_ROUND: usize = 10;
+const MANIFESTS: &str = include_str!("../demo/manifests.yaml");
+const INGRESS: &str = include_str!("../demo/ingress.yaml");
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().expect("literal address")
@@ -34,6 +54,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::new("cargo")
             .args([
                 "build",
+                "--quiet",
                 "--release",
                 "--package",
                 "ingress-userspace",
@@ -45,31 +66,66 @@ pub fn run() -> anyhow::Result<()> {
     .context("building the agent (missing toolchain? run `cargo xtask setup`)")?;
     let bin = root.join("target/release/ingress");
 
-    let ns = Namespaces::new(&["node", "client"]);
+    let ns = Namespaces::new(&["node", "client", "pods"]);
     ns.link(
         "node",
         "eth0",
-        &["198.18.0.1/24", "fd00::1/64"],
+        &["198.18.0.1/24"],
         "client",
         "eth0",
-        &["198.18.0.2/24", "fd00::2/64"],
+        &["198.18.0.2/24"],
     );
-    let (node, client) = (ns.name("node").to_string(), ns.name("client").to_string());
+    ns.link(
+        "node",
+        "eth1",
+        &["198.18.1.1/24"],
+        "pods",
+        "eth0",
+        &["198.18.1.2/24", "198.18.1.3/24"],
+    );
+    let (node, client, pods) = (
+        ns.name("node").to_string(),
+        ns.name("client").to_string(),
+        ns.name("pods").to_string(),
+    );
     println!(
-        "demo: topology  client {client} (198.18.0.2) <-veth-> (198.18.0.1, eth0) node {node}"
+        "demo: client 198.18.0.2 <-> eth0 198.18.0.1 [node] eth1 198.18.1.1 <-> pods 198.18.1.2, 198.18.1.3"
     );
 
+    let lifetime = Duration::from_secs(60);
+    let _pods = [
+        http_echo_server(&pods, sa("198.18.1.2:8080"), "web-1", lifetime),
+        http_echo_server(&pods, sa("198.18.1.3:8080"), "web-2", lifetime),
+        http_echo_server(&pods, sa("198.18.1.3:9090"), "api-1", lifetime),
+    ];
+    let dir = ManifestDir::new()?;
+    dir.write("cluster.yaml", MANIFESTS)?;
+    dir.write("ingress.yaml", INGRESS)?;
+
     let admin = sa("127.0.0.1:9100");
+    let manifests = dir.0.display().to_string();
     let agent = Agent::start(
         &bin,
         &node,
-        &["--interface", "eth0", "--xdp-mode", "native"],
+        &[
+            "--interface",
+            "eth0",
+            "--xdp-mode",
+            "native",
+            "--manifests",
+            &manifests,
+            "--http-listen",
+            "198.18.0.1:80",
+        ],
         admin,
     );
-    println!("demo: agent running in {node}: XDP (native) and TC egress on eth0, admin on {admin}");
+    println!(
+        "demo: agent in the node: XDP (native) + TC egress on eth0, HTTP on 198.18.0.1:80, admin on {admin}\n"
+    );
 
-    let mut first = counters(&agent);
-    let baseline = first.clone();
+    println!("== L4 path: real TCP and UDP across the uplink, counted by XDP and TC ==");
+    let baseline = counters(&agent);
+    let mut before = baseline.clone();
     for round in 1..=ROUNDS {
         let tcp = tcp_echo_server(&node, sa("198.18.0.1:8080"), PER_ROUND);
         let udp = udp_echo_server(&node, sa("198.18.0.1:8081"), PER_ROUND);
@@ -84,16 +140,81 @@ pub fn run() -> anyhow::Result<()> {
         let _ = udp.join();
         let now = counters(&agent);
         println!(
-            "\nround {round}: {t}/{PER_ROUND} TCP connections and {u}/{PER_ROUND} UDP datagrams echoed through eth0"
+            "\nround {round}: {t}/{PER_ROUND} TCP connections and {u}/{PER_ROUND} UDP datagrams echoed"
         );
-        print_table(&first, &now);
-        first = now;
+        print_table(&before, &now);
+        before = now;
     }
-    let total_moved: f64 = first
+
+    println!("\n== L7 path: HTTP through the proxy to the pods ==");
+    let proxy = sa("198.18.0.1:80");
+    let mut http_ok = 0;
+    for (host, path) in [
+        ("demo.local", "/"),
+        ("demo.local", "/"),
+        ("demo.local", "/index.html"),
+        ("demo.local", "/api/users"),
+        ("demo.local", "/apiary"),
+        ("unknown.local", "/"),
+    ] {
+        match http_get_from(&client, proxy, host, path) {
+            Ok((status, body)) => {
+                let pod = body
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .trim_start_matches("pod=");
+                println!(
+                    "  GET http://{host}{path:<14} -> {status} {}",
+                    if status == 200 { pod } else { body.trim() }
+                );
+                if status == 200 || (host == "unknown.local" && status == 404) {
+                    http_ok += 1;
+                }
+            }
+            Err(e) => println!("  GET http://{host}{path:<14} -> failed: {e}"),
+        }
+    }
+
+    println!(
+        "\n== live change: /api moves from Service api to Service web (atomic file rename) =="
+    );
+    let changed = INGRESS.replace(
+        "name: api, port: {name: http}",
+        "name: web, port: {number: 80}",
+    );
+    let t0 = Instant::now();
+    dir.write("ingress.yaml", &changed)?;
+    let mut moved_after = None;
+    while t0.elapsed() < Duration::from_secs(5) {
+        if let Ok((200, body)) = http_get_from(&client, proxy, "demo.local", "/api/users")
+            && body.contains("pod=web-")
+        {
+            moved_after = Some(t0.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    match moved_after {
+        Some(d) => println!(
+            "  /api/users served by web after {:.1} ms, no restart, no reload",
+            d.as_secs_f64() * 1e3
+        ),
+        None => println!("  /api/users did not move within 5 s"),
+    }
+    let m = agent.metrics();
+    let requests: f64 = m
         .iter()
-        .filter(|(k, _)| k.contains("packets_total"))
-        .map(|(k, v)| v - baseline.get(k).copied().unwrap_or(0.0))
+        .filter(|(k, _)| k.starts_with("ingress_http_requests_total"))
+        .map(|(_, v)| v)
         .sum();
+    println!(
+        "  agent metrics: {requests} HTTP requests, snapshot generation {}",
+        m.get("ingress_snapshot_generation").copied().unwrap_or(0.0)
+    );
+
+    println!("\n== counters over the whole demo ==");
+    print_table(&baseline, &counters(&agent));
 
     let (status, _log) = agent.stop(libc::SIGINT);
     let link = sh(&["ip", "-n", &node, "-j", "-d", "link", "show", "dev", "eth0"]);
@@ -106,11 +227,35 @@ pub fn run() -> anyhow::Result<()> {
             "none"
         }
     );
-    if !status.success() || still_attached || total_moved <= 0.0 {
+    if !status.success() || still_attached || http_ok < 6 || moved_after.is_none() {
         bail!("the demo did not go as expected");
     }
     println!("demo: done; namespaces removed");
     Ok(())
+}
+
+/// A temporary directory for the manifests, removed on drop.
+struct ManifestDir(PathBuf);
+
+impl ManifestDir {
+    fn new() -> anyhow::Result<Self> {
+        let p = std::env::temp_dir().join(format!("ingress-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(ManifestDir(p))
+    }
+
+    /// Writes atomically: a temp file renamed over the target.
+    fn write(&self, name: &str, text: &str) -> anyhow::Result<()> {
+        let tmp = self.0.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, self.0.join(name)).with_context(|| format!("renaming into {name}"))
+    }
+}
+
+impl Drop for ManifestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The data-path counters from /metrics, keyed by metric and labels.
@@ -123,14 +268,14 @@ fn counters(agent: &Agent) -> BTreeMap<String, f64> {
 }
 
 fn print_table(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) {
-    println!("  {:<62} {:>10} {:>8}", "counter", "total", "+round");
+    println!("  {:<56} {:>8} {:>8}", "counter", "total", "+since");
     for (k, v) in after {
         let delta = v - before.get(k).copied().unwrap_or(0.0);
         if *v > 0.0 {
             let name = k
                 .trim_start_matches("ingress_datapath_")
                 .replace("_total{", "{");
-            println!("  {name:<62} {v:>10} {delta:>+8}");
+            println!("  {name:<56} {v:>8} {delta:>+8}");
         }
     }
 }

@@ -84,3 +84,106 @@ pub fn udp_round_trips(ns: &str, from: SocketAddr, addr: SocketAddr, n: usize) -
             .count()
     })
 }
+
+/// An HTTP/1.1 server standing in for a pod: answers every request with
+/// `200` and a body naming `pod` and the request line, keeps connections
+/// alive, and stops accepting after `lifetime`.
+pub fn http_echo_server(
+    ns: &str,
+    addr: SocketAddr,
+    pod: &str,
+    lifetime: Duration,
+) -> JoinHandle<()> {
+    let listener = in_netns(ns, move || TcpListener::bind(addr))
+        .unwrap_or_else(|e| panic!("binding http {addr}: {e}"));
+    let pod = pod.to_string();
+    thread::spawn(move || {
+        let deadline = std::time::Instant::now() + lifetime;
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        while std::time::Instant::now() < deadline {
+            match listener.accept() {
+                Ok((s, _)) => {
+                    let pod = pod.clone();
+                    thread::spawn(move || serve_http_echo(s, &pod, deadline));
+                }
+                Err(_) => thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    })
+}
+
+fn serve_http_echo(mut s: TcpStream, pod: &str, deadline: std::time::Instant) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while std::time::Instant::now() < deadline {
+        let n = match s.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(_) => return,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        // Requests without bodies: answer each complete head.
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end + 4);
+            let line = head.lines().next().unwrap_or("").to_string();
+            let host = head
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("host: ")
+                        .or_else(|| l.strip_prefix("Host: "))
+                })
+                .unwrap_or("-");
+            let body = format!("pod={pod} host={host} request=\"{line}\"\n");
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nServer: echo\r\n\r\n{body}",
+                body.len()
+            );
+            if s.write_all(resp.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A plain `GET` from `ns` to `addr` with `Host: host`: (status, body).
+pub fn http_get_from(
+    ns: &str,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
+    let (host, path) = (host.to_string(), path.to_string());
+    in_netns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        let status = out
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad response {out:?}")))?;
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    })
+}
