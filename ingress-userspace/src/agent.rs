@@ -1,7 +1,7 @@
 //! `ingress run`: wires the config source, compile, the proxy, the data
 //! path and the admin listener together, and runs until SIGINT or SIGTERM.
 
-use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Instant};
+use std::{sync::Arc, time::Instant};
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;
@@ -17,7 +17,7 @@ use crate::{
     datapath::{Datapath, DatapathConfig, counters::DatapathCollector},
     metrics::ProxyMetrics,
     model::{ClusterState, CompileOptions, Diagnostic, Severity, Snapshot, compile},
-    proxy::{Proxy, server},
+    proxy::{Proxy, listen, server},
     source::files,
 };
 
@@ -25,18 +25,50 @@ use crate::{
 /// several events).
 const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(15);
 
+/// The control runtime (admin, config source, eBPF logs, signals) is small;
+/// the proxy runs on its own worker threads.
 pub fn run(opts: RunOpts) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("control")
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     rt.block_on(run_async(opts))
 }
 
-async fn bind(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("binding the {what} listener on {addr}: {e}"))
+/// Runs one proxy worker on its own thread and current-thread runtime until
+/// shutdown and drain are over.
+fn spawn_worker(
+    index: usize,
+    listener: std::net::TcpListener,
+    proxy: Arc<Proxy>,
+    stop: watch::Receiver<bool>,
+    drain: std::time::Duration,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("proxy-{index}"))
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, worker = index, "starting a proxy worker runtime");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(l) => server::serve(l, proxy, stop, drain).await,
+                    Err(e) => {
+                        tracing::error!(error = %e, worker = index, "registering the HTTP listener")
+                    }
+                }
+            });
+        })
+        .context("starting a proxy worker thread")
 }
 
 async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
@@ -44,7 +76,9 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
     let admin_listener = admin::bind(opts.admin_listen).await?;
-    let http_listener = bind("HTTP", opts.http_listen).await?;
+    let workers = opts.proxy.worker_count();
+    let http_listeners = listen::bind(opts.http_listen, workers)
+        .map_err(|e| anyhow::anyhow!("binding the HTTP listener on {}: {e}", opts.http_listen))?;
 
     let dp_config = DatapathConfig {
         interfaces: opts.interfaces.clone(),
@@ -82,13 +116,17 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let admin_task = tokio::spawn(admin::serve(admin_listener, state.clone(), stop_rx.clone()));
     let source_task = start_source(&opts.config, applier)?;
-    let http_task = tokio::spawn(server::serve(
-        http_listener,
-        proxy.clone(),
-        stop_rx,
-        opts.proxy.drain_timeout,
-    ));
-    tracing::info!(http = %opts.http_listen, admin = %opts.admin_listen, "agent ready");
+    let mut worker_threads = Vec::new();
+    for (i, l) in http_listeners.into_iter().enumerate() {
+        worker_threads.push(spawn_worker(
+            i,
+            l,
+            proxy.clone(),
+            stop_rx.clone(),
+            opts.proxy.drain_timeout,
+        )?);
+    }
+    tracing::info!(http = %opts.http_listen, admin = %opts.admin_listen, workers, "agent ready");
 
     let which = tokio::select! {
         _ = sigterm.recv() => "SIGTERM",
@@ -97,7 +135,12 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
     tracing::info!(signal = which, "shutting down: not ready, draining");
     state.set_ready(false);
     let _ = stop_tx.send(true);
-    let _ = http_task.await;
+    let _ = tokio::task::spawn_blocking(move || {
+        for t in worker_threads {
+            let _ = t.join();
+        }
+    })
+    .await;
     source_task.abort();
     let _ = admin_task.await;
     if let Some(dp) = datapath {
@@ -167,11 +210,6 @@ impl Applier {
                 }
             }
         }
-        let live: HashSet<SocketAddr> = snapshot
-            .backends
-            .iter()
-            .flat_map(|b| b.endpoints.iter().map(|e| e.addr))
-            .collect();
         self.generation += 1;
         let status = status_json(&snapshot, self.status_address.as_deref());
         let (routes, backends, diagnostics) = (
@@ -179,8 +217,7 @@ impl Applier {
             snapshot.backends.len(),
             snapshot.diagnostics.len(),
         );
-        self.proxy.snapshot.store(Arc::new(snapshot));
-        self.proxy.upstreams.retain(&live);
+        self.proxy.apply(snapshot);
         self.admin.set_status(status);
         self.admin.set_ready(true);
         let m = &self.proxy.metrics;

@@ -95,12 +95,25 @@ pub struct ProxyOpts {
     /// How to choose among a Service's endpoints.
     #[arg(long, value_enum, default_value_t = LoadBalance::RoundRobin)]
     pub load_balance: LoadBalance,
+    /// Proxy worker threads, each with its own runtime, listener
+    /// (SO_REUSEPORT) and upstream pools; 0 means one per CPU this process
+    /// may run on.
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
     /// How long in-flight requests may finish after SIGTERM.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 }
 
 impl ProxyOpts {
+    /// The number of proxy workers to run.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            return self.workers;
+        }
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+
     pub fn proxy_config(&self) -> ProxyConfig {
         ProxyConfig {
             connect_timeout: self.proxy_connect_timeout,

@@ -21,7 +21,7 @@ use super::{
     body::{AccessRecord, BodyError, BodyTooLarge, LoggedBody, prebuffer},
     headers::{self, Forwarded},
     responses::{not_found, plain},
-    upstream::{BoxError, ConnectError, UpBody},
+    upstream::{BoxError, ConnectError, UpBody, Upstreams},
 };
 use crate::model::{RouteTarget, Snapshot, router::normalize_request_host};
 
@@ -36,13 +36,14 @@ pub struct ConnInfo {
 /// Serves one request; never fails (errors become status codes).
 pub async fn handle(
     proxy: Arc<Proxy>,
+    pool: Arc<Upstreams>,
     conn: ConnInfo,
     mut req: Request<Incoming>,
 ) -> Response<LoggedBody> {
     let start = Instant::now();
     let request_id = headers::ensure_request_id(req.headers_mut());
     let raw_host = request_host(&req);
-    let snapshot = proxy.snapshot.load_full();
+    let snapshot = proxy.snapshot();
     let host = raw_host.as_deref().and_then(normalize_request_host);
     let host_label = match &host {
         Some(h) if snapshot.router.knows_host(h) => h.clone(),
@@ -62,7 +63,17 @@ pub async fn handle(
         upstream_time: None,
         bytes_in: 0,
     };
-    let resp = forward(&proxy, &snapshot, conn, req, raw_host, host, &mut record).await;
+    let resp = forward(
+        &proxy,
+        &pool,
+        &snapshot,
+        conn,
+        req,
+        raw_host,
+        host,
+        &mut record,
+    )
+    .await;
     record.status = resp.status().as_u16();
     let (parts, body) = resp.into_parts();
     Response::from_parts(parts, LoggedBody::new(body, record))
@@ -78,8 +89,10 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     proxy: &Proxy,
+    pool: &Upstreams,
     snapshot: &Snapshot,
     conn: ConnInfo,
     mut req: Request<Incoming>,
@@ -158,7 +171,7 @@ async fn forward(
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last_error: Option<ConnectError> = None;
     let attempts = 1 + cfg.retries;
-    while let Some(addr) = balancer::pick(cfg.load_balance, backend, &proxy.upstreams, &tried) {
+    while let Some(addr) = balancer::pick(cfg.load_balance, backend, pool, &tried) {
         if tried.len() >= attempts {
             break;
         }
@@ -167,7 +180,7 @@ async fn forward(
         }
         tried.push(addr);
         record.upstream = Some(addr);
-        let mut pooled = match proxy.upstreams.checkout(addr).await {
+        let mut pooled = match pool.checkout(addr).await {
             Ok(c) => c,
             Err(e) => {
                 proxy.metrics.upstream_connect_errors.inc();
@@ -195,7 +208,7 @@ async fn forward(
                     match unsent {
                         Some(back) if fresh_retry => {
                             fresh_retry = false;
-                            match proxy.upstreams.connect(addr).await {
+                            match pool.connect(addr).await {
                                 Ok(sender) => {
                                     pooled.sender = sender;
                                     upreq = back;
@@ -219,7 +232,7 @@ async fn forward(
             Ok(r) => r,
             Err(answer) => return answer,
         };
-        proxy.upstreams.observe_latency(&endpoint, elapsed);
+        pool.observe_latency(&endpoint, elapsed);
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client) = client_upgrade {
                 let upstream = hyper::upgrade::on(&mut resp);
@@ -235,7 +248,7 @@ async fn forward(
                 "upstream switched protocols without being asked",
             );
         }
-        proxy.upstreams.release(pooled.sender, endpoint);
+        pool.release(pooled.sender, endpoint);
         headers::strip_hop_by_hop(resp.headers_mut());
         return resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed());
     }

@@ -15,11 +15,17 @@ pub mod balancer;
 pub mod body;
 pub mod handler;
 pub mod headers;
+pub mod listen;
 pub mod responses;
 pub mod server;
 pub mod upstream;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use arc_swap::ArcSwap;
 
@@ -74,25 +80,55 @@ impl Default for ProxyConfig {
     }
 }
 
-/// What every request handler shares.
+/// What every worker shares: the configuration snapshot, limits, metrics.
+/// Upstream pools are per worker (a worker is one thread with its own
+/// runtime and listener), so connections never hop threads.
 pub struct Proxy {
     pub config: ProxyConfig,
-    pub snapshot: ArcSwap<Snapshot>,
-    pub upstreams: upstream::Upstreams,
+    snapshot: ArcSwap<Snapshot>,
     pub metrics: Arc<ProxyMetrics>,
+    pools: RwLock<Vec<Arc<upstream::Upstreams>>>,
 }
 
 impl Proxy {
     pub fn new(config: ProxyConfig, metrics: Arc<ProxyMetrics>) -> Arc<Self> {
         Arc::new(Proxy {
-            upstreams: upstream::Upstreams::new(
-                config.connect_timeout,
-                config.idle_timeout,
-                config.max_idle_per_endpoint,
-            ),
             config,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             metrics,
+            pools: RwLock::new(Vec::new()),
         })
+    }
+
+    /// The snapshot requests route by now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// A new upstream pool for one worker, kept in step with snapshots.
+    pub fn new_pool(&self) -> Arc<upstream::Upstreams> {
+        let pool = Arc::new(upstream::Upstreams::new(
+            self.config.connect_timeout,
+            self.config.idle_timeout,
+            self.config.max_idle_per_endpoint,
+        ));
+        self.pools
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(pool.clone());
+        pool
+    }
+
+    /// Swaps in a whole new snapshot; pools forget endpoints it no longer has.
+    pub fn apply(&self, snapshot: Snapshot) {
+        let live: HashSet<SocketAddr> = snapshot
+            .backends
+            .iter()
+            .flat_map(|b| b.endpoints.iter().map(|e| e.addr))
+            .collect();
+        self.snapshot.store(Arc::new(snapshot));
+        for pool in self.pools.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            pool.retain(&live);
+        }
     }
 }

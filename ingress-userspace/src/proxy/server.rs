@@ -38,6 +38,7 @@ pub async fn serve(
         )
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let graceful = GracefulShutdown::new();
+    let pool = proxy.new_pool();
     let local = listener.local_addr().ok();
     loop {
         let (stream, peer) = tokio::select! {
@@ -58,10 +59,10 @@ pub async fn serve(
             local: stream.local_addr().ok().or(local).unwrap_or(peer),
             scheme: "http",
         };
-        let p = proxy.clone();
+        let (p, u) = (proxy.clone(), pool.clone());
         let svc = service_fn(move |req| {
-            let p = p.clone();
-            async move { Ok::<_, Infallible>(handle(p, info, req).await) }
+            let (p, u) = (p.clone(), u.clone());
+            async move { Ok::<_, Infallible>(handle(p, u, info, req).await) }
         });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
