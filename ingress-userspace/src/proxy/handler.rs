@@ -248,7 +248,7 @@ async fn forward(
                 "upstream switched protocols without being asked",
             );
         }
-        pool.release(pooled.sender, endpoint);
+        pool.release(pooled.sender, &endpoint);
         headers::strip_hop_by_hop(resp.headers_mut());
         return resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed());
     }

@@ -110,19 +110,23 @@ impl Upstreams {
             .retain(|a, _| live.contains(a));
     }
 
-    /// An idle connection to `addr` if one is alive, else a new one.
+    /// A ready pooled connection to `addr` if there is one, else a new one.
+    ///
+    /// The pool holds connections from the moment their response head came
+    /// back: one still carrying its response body is not ready yet and is
+    /// passed over (and kept); one the peer closed, or idle too long, is
+    /// dropped. This way returning a connection costs no task and no wakeup.
     pub async fn checkout(&self, addr: SocketAddr) -> Result<PooledConn, ConnectError> {
         let endpoint = self.endpoint(addr);
         let reused = {
             let mut idle = endpoint.idle.lock().unwrap_or_else(|p| p.into_inner());
-            let mut found = None;
-            while let Some(c) = idle.pop() {
-                if c.since.elapsed() < self.idle_timeout && c.sender.is_ready() {
-                    found = Some(c.sender);
-                    break;
-                }
-            }
-            found
+            let now = Instant::now();
+            idle.retain(|c| {
+                !c.sender.is_closed() && now.duration_since(c.since) < self.idle_timeout
+            });
+            idle.iter()
+                .rposition(|c| c.sender.is_ready())
+                .map(|i| idle.swap_remove(i).sender)
         };
         if let Some(sender) = reused {
             return Ok(PooledConn {
@@ -161,21 +165,16 @@ impl Upstreams {
         Ok(sender)
     }
 
-    /// Returns the connection to the pool once the response it carries is
-    /// complete and the connection can take another request.
-    pub fn release(&self, mut sender: http1::SendRequest<UpBody>, endpoint: Arc<EndpointState>) {
-        let max = self.max_idle;
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                let mut idle = endpoint.idle.lock().unwrap_or_else(|p| p.into_inner());
-                if idle.len() < max {
-                    idle.push(Idle {
-                        sender,
-                        since: Instant::now(),
-                    });
-                }
-            }
-        });
+    /// Puts a connection whose response head has arrived back in the pool;
+    /// it becomes usable once its response body is done (see `checkout`).
+    pub fn release(&self, sender: http1::SendRequest<UpBody>, endpoint: &EndpointState) {
+        let mut idle = endpoint.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
     }
 
     /// Records the time to response head of one request (peak EWMA:
