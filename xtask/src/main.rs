@@ -21,6 +21,13 @@ enum Task {
     /// Build everything, bring up a namespace topology, send real traffic
     /// through the attached programs and show the counters moving.
     Demo,
+    /// Benchmark on loopback against a reference run side by side, and
+    /// write the results into docs/benchmarks.md.
+    Bench {
+        /// Which bench.
+        #[arg(value_enum)]
+        what: xtask::bench::What,
+    },
 }
 
 fn main() -> ExitCode {
@@ -30,6 +37,7 @@ fn main() -> ExitCode {
         Task::BuildEbpf => xtask::build_ebpf::run().map(|_| ()),
         Task::Test => xtask::test::run(),
         Task::Demo => xtask::demo::run(),
+        Task::Bench { what } => xtask::bench::run(what),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
