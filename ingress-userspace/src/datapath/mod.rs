@@ -3,6 +3,7 @@
 //! and detach on shutdown.
 
 pub mod counters;
+pub mod l4sync;
 pub mod object;
 pub mod privileges;
 

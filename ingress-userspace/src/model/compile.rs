@@ -1,24 +1,16 @@
 //! `compile`: ClusterState -> Snapshot, pure and deterministic.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-};
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
-use k8s_openapi::{
-    api::{
-        core::v1::{Service, ServicePort},
-        networking::v1::{Ingress, IngressBackend, IngressServiceBackend},
-    },
-    apimachinery::pkg::util::intstr::IntOrString,
+use k8s_openapi::api::{
+    core::v1::{Service, ServicePort},
+    networking::v1::{Ingress, IngressBackend, IngressServiceBackend},
 };
 
 use super::{
-    Backend, BackendId, ClusterState, Diagnostic, Endpoint, ObjectKey, Snapshot,
+    Backend, BackendId, ClusterState, Diagnostic, Endpoint, ObjectKey, Snapshot, endpoints,
     router::{PathKind, RouterBuilder, normalize_prefix},
     snapshot::ServedIngress,
-    state::key_of,
 };
 
 /// The `spec.controller` value of IngressClasses this agent implements.
@@ -311,7 +303,7 @@ impl Compiler<'_> {
             return Some(*id);
         }
         let (endpoints, problem) = match resolved {
-            Ok((service, sp)) => (self.endpoints_of(&key, service, sp), None),
+            Ok((_, sp)) => (self.endpoints_of(&key, sp), None),
             Err(problem) => (Vec::new(), Some(problem)),
         };
         if let Some(problem) = &problem {
@@ -372,60 +364,10 @@ impl Compiler<'_> {
         Ok((service, sp))
     }
 
-    /// The usable endpoints of a Service port across its EndpointSlices:
-    /// ready ones, or serving ones when none is ready.
-    fn endpoints_of(&self, key: &ObjectKey, _service: &Service, sp: &ServicePort) -> Vec<Endpoint> {
-        let port_name = sp.name.as_deref().unwrap_or("");
-        let fallback_port = match &sp.target_port {
-            Some(IntOrString::Int(n)) => Some(*n),
-            Some(IntOrString::String(_)) => None,
-            None => Some(sp.port),
-        };
-        let mut found: BTreeMap<SocketAddr, Endpoint> = BTreeMap::new();
-        let slices = self.state.endpoint_slices.values().filter(|s| {
-            key_of(&s.metadata).namespace == key.namespace
-                && s.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                    == Some(&key.name)
-        });
-        for slice in slices {
-            if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
-                continue;
-            }
-            let port = match &slice.ports {
-                Some(ports) if !ports.is_empty() => ports
-                    .iter()
-                    .find(|p| p.name.as_deref().unwrap_or("") == port_name)
-                    .and_then(|p| p.port),
-                _ => fallback_port,
-            };
-            let Some(port) = port.and_then(|p| u16::try_from(p).ok()) else {
-                continue;
-            };
-            for ep in &slice.endpoints {
-                let cond = ep.conditions.as_ref();
-                let ready = cond.and_then(|c| c.ready).unwrap_or(true);
-                let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
-                if !ready && !serving {
-                    continue;
-                }
-                for a in &ep.addresses {
-                    let Ok(ip) = a.parse::<IpAddr>() else {
-                        continue;
-                    };
-                    let addr = SocketAddr::new(ip, port);
-                    let e = found.entry(addr).or_insert(Endpoint {
-                        addr,
-                        node_name: ep.node_name.clone(),
-                        ready,
-                    });
-                    e.ready |= ready;
-                }
-            }
-        }
-        let all: Vec<Endpoint> = found.into_values().collect();
+    /// The usable endpoints of a Service port: ready ones, or serving ones
+    /// (terminating pods still draining) when none is ready.
+    fn endpoints_of(&self, key: &ObjectKey, sp: &ServicePort) -> Vec<Endpoint> {
+        let all = endpoints::of_service_port(self.state, key, sp);
         if all.iter().any(|e| e.ready) {
             all.into_iter().filter(|e| e.ready).collect()
         } else {

@@ -6,6 +6,8 @@
 
 pub mod compile;
 pub mod diagnostics;
+pub mod endpoints;
+pub mod l4;
 pub mod router;
 pub mod snapshot;
 pub mod state;

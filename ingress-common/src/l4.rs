@@ -1,0 +1,120 @@
+//! Keys and values of the L4 service maps, as the XDP program reads them and
+//! the agent writes them. Addresses are 16 bytes: IPv6 as is, IPv4 as an
+//! IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), so one map serves both.
+//! Ports are in network byte order, as they sit in the packet.
+
+/// Service lookup: (address, port, protocol) -> [`ServiceValue`].
+pub const L4_SERVICES: &str = "L4_SERVICES";
+/// Backend id -> [`BackendValue`].
+pub const L4_BACKENDS: &str = "L4_BACKENDS";
+/// Maglev slots: `service id * table size + slot` -> backend id.
+pub const L4_MAGLEV: &str = "L4_MAGLEV";
+
+/// Default capacities (flags override them).
+pub const DEFAULT_MAX_SERVICES: u32 = 16_384;
+pub const DEFAULT_MAX_BACKENDS: u32 = 65_536;
+
+/// A backend id that names no backend (an empty Maglev slot).
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// `ServiceValue::flags`: only this node's endpoints, client address kept,
+/// no SNAT (`externalTrafficPolicy: Local`).
+pub const SVC_LOCAL_POLICY: u32 = 1 << 0;
+/// `sessionAffinity: ClientIP`.
+pub const SVC_CLIENT_AFFINITY: u32 = 1 << 1;
+/// The service has `loadBalancerSourceRanges`: check the source first.
+pub const SVC_SOURCE_RANGES: u32 = 1 << 2;
+
+/// `BackendValue::flags`: the pod runs on this node (DNAT, then pass to the
+/// stack; no SNAT).
+pub const BACKEND_LOCAL: u8 = 1 << 0;
+/// The endpoint is terminating: existing flows keep it, new ones never get it.
+pub const BACKEND_TERMINATING: u8 = 1 << 1;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// An IPv4 address as the maps store it.
+pub const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
+/// Whether a stored address is IPv4 (IPv4-mapped).
+pub const fn is_v4_mapped(a: &[u8; 16]) -> bool {
+    a[0] == 0
+        && a[1] == 0
+        && a[2] == 0
+        && a[3] == 0
+        && a[4] == 0
+        && a[5] == 0
+        && a[6] == 0
+        && a[7] == 0
+        && a[8] == 0
+        && a[9] == 0
+        && a[10] == 0xff
+        && a[11] == 0xff
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceKey {
+    pub addr: [u8; 16],
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// Index of the service's Maglev table.
+    pub id: u32,
+    /// Backends that new flows may get (0: answer TCP with RST).
+    pub backend_count: u32,
+    pub flags: u32,
+    /// ClientIP affinity timeout in seconds.
+    pub affinity_timeout: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendValue {
+    pub addr: [u8; 16],
+    /// Network byte order.
+    pub port: u16,
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] data with explicit padding fields.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceValue {}
+    unsafe impl aya::Pod for super::BackendValue {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_are_what_the_kernel_reads() {
+        assert_eq!(core::mem::size_of::<ServiceKey>(), 20);
+        assert_eq!(core::mem::size_of::<ServiceValue>(), 16);
+        assert_eq!(core::mem::size_of::<BackendValue>(), 20);
+    }
+
+    #[test]
+    fn v4_mapping() {
+        let a = v4_mapped([198, 18, 0, 1]);
+        assert!(is_v4_mapped(&a));
+        assert_eq!(&a[12..], &[198, 18, 0, 1]);
+        let mut v6 = [0u8; 16];
+        v6[0] = 0xfd;
+        assert!(!is_v4_mapped(&v6));
+    }
+}

@@ -1,0 +1,69 @@
+//! Endpoints of a Service port, from its EndpointSlices: what both the L7
+//! backends and the L4 services are built from.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+};
+
+use k8s_openapi::{api::core::v1::ServicePort, apimachinery::pkg::util::intstr::IntOrString};
+
+use super::{ClusterState, Endpoint, ObjectKey, compile::SERVICE_NAME_LABEL, state::key_of};
+
+/// Every endpoint of Service `key`'s port `sp` that is ready or at least
+/// serving, once per address, sorted. The port is the slice port named like
+/// the Service port; a slice without ports uses a numeric `targetPort` (or
+/// the port itself when there is no targetPort).
+pub fn of_service_port(state: &ClusterState, key: &ObjectKey, sp: &ServicePort) -> Vec<Endpoint> {
+    let port_name = sp.name.as_deref().unwrap_or("");
+    let fallback_port = match &sp.target_port {
+        Some(IntOrString::Int(n)) => Some(*n),
+        Some(IntOrString::String(_)) => None,
+        None => Some(sp.port),
+    };
+    let mut found: BTreeMap<SocketAddr, Endpoint> = BTreeMap::new();
+    let slices = state.endpoint_slices.values().filter(|s| {
+        key_of(&s.metadata).namespace == key.namespace
+            && s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                == Some(&key.name)
+    });
+    for slice in slices {
+        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+            continue;
+        }
+        let port = match &slice.ports {
+            Some(ports) if !ports.is_empty() => ports
+                .iter()
+                .find(|p| p.name.as_deref().unwrap_or("") == port_name)
+                .and_then(|p| p.port),
+            _ => fallback_port,
+        };
+        let Some(port) = port.and_then(|p| u16::try_from(p).ok()) else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            let cond = ep.conditions.as_ref();
+            let ready = cond.and_then(|c| c.ready).unwrap_or(true);
+            let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
+            if !ready && !serving {
+                continue;
+            }
+            for a in &ep.addresses {
+                let Ok(ip) = a.parse::<IpAddr>() else {
+                    continue;
+                };
+                let addr = SocketAddr::new(ip, port);
+                let e = found.entry(addr).or_insert(Endpoint {
+                    addr,
+                    node_name: ep.node_name.clone(),
+                    ready,
+                });
+                e.ready |= ready;
+            }
+        }
+    }
+    found.into_values().collect()
+}
