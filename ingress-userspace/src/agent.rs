@@ -105,10 +105,7 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
     let applier = Applier {
         proxy: proxy.clone(),
         admin: state.clone(),
-        compile_options: CompileOptions {
-            ingress_class: opts.config.ingress_class.clone(),
-            node_name: opts.config.node_name(),
-        },
+        compile_options: opts.config.compile_options(),
         status_address,
         generation: 0,
     };

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use crate::{
     cli::CheckOpts,
-    model::{CompileOptions, RouteTarget, Severity, Snapshot, compile},
+    model::{RouteTarget, Severity, Snapshot, compile},
     source::files,
 };
 
@@ -14,13 +14,7 @@ pub fn run(opts: &CheckOpts) -> anyhow::Result<bool> {
         anyhow::bail!("ingress check needs --manifests PATH");
     }
     let (state, mut diags) = files::load(&opts.config.manifests);
-    let mut snap = compile(
-        &state,
-        &CompileOptions {
-            ingress_class: opts.config.ingress_class.clone(),
-            node_name: opts.config.node_name(),
-        },
-    );
+    let mut snap = compile(&state, &opts.config.compile_options());
     diags.append(&mut snap.diagnostics);
     snap.diagnostics = diags;
     print!("{}", render(&snap));
@@ -84,6 +78,36 @@ pub fn render(snap: &Snapshot) -> String {
             .map(|i| format!("{:<w$}", r[i], w = widths[i]))
             .collect();
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    if !snap.l4.services.is_empty() {
+        let _ = writeln!(out, "\nL4 FRONTEND / PROTO -> SERVICE (POLICY): BACKENDS");
+        for ((fe, proto), svc) in &snap.l4.services {
+            let backends: Vec<String> = svc
+                .backends
+                .iter()
+                .map(|b| {
+                    let mut s = b.addr.to_string();
+                    if b.local {
+                        s.push_str("(local)");
+                    }
+                    if b.terminating {
+                        s.push_str("(terminating)");
+                    }
+                    s
+                })
+                .collect();
+            let policy = if svc.local_policy { "Local" } else { "Cluster" };
+            let backends = if backends.is_empty() {
+                "(none: TCP gets RST)".to_string()
+            } else {
+                backends.join(",")
+            };
+            let _ = writeln!(
+                out,
+                "{fe} {proto:?} -> {}:{} ({policy}): {backends}",
+                svc.service, svc.port
+            );
+        }
     }
     if snap.diagnostics.is_empty() {
         let _ = writeln!(out, "\nno problems found");

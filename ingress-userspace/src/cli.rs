@@ -46,9 +46,22 @@ pub struct ConfigOpts {
     /// $NODE_NAME, then the hostname.
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+
+    /// An address of this node that NodePorts answer on. Repeat for
+    /// several (IPv4 and IPv6).
+    #[arg(long = "node-ip", value_name = "IP")]
+    pub node_ips: Vec<std::net::IpAddr>,
 }
 
 impl ConfigOpts {
+    pub fn compile_options(&self) -> crate::model::CompileOptions {
+        crate::model::CompileOptions {
+            ingress_class: self.ingress_class.clone(),
+            node_name: self.node_name(),
+            node_ips: self.node_ips.clone(),
+        }
+    }
+
     pub fn node_name(&self) -> String {
         self.node_name
             .clone()

@@ -8,7 +8,7 @@ use k8s_openapi::api::{
 };
 
 use super::{
-    Backend, BackendId, ClusterState, Diagnostic, Endpoint, ObjectKey, Snapshot, endpoints,
+    Backend, BackendId, ClusterState, Diagnostic, Endpoint, ObjectKey, Snapshot, endpoints, l4,
     router::{PathKind, RouterBuilder, normalize_prefix},
     snapshot::ServedIngress,
 };
@@ -28,6 +28,8 @@ pub struct CompileOptions {
     pub ingress_class: String,
     /// This node's name, carried into the snapshot.
     pub node_name: String,
+    /// The addresses NodePorts answer on.
+    pub node_ips: Vec<std::net::IpAddr>,
 }
 
 /// Compiles the whole state. Never fails: what cannot be served is left out
@@ -144,8 +146,17 @@ pub fn compile(state: &ClusterState, opts: &CompileOptions) -> Snapshot {
         served.push(ServedIngress { key, hosts });
     }
 
+    let l4 = l4::compile_l4(
+        state,
+        &l4::L4Options {
+            node_name: opts.node_name.clone(),
+            node_ips: opts.node_ips.clone(),
+        },
+        &mut c.diagnostics,
+    );
     Snapshot {
         router: router.build(),
+        l4,
         backends: c.backends,
         served,
         diagnostics: c.diagnostics,

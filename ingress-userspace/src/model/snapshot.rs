@@ -65,6 +65,8 @@ pub struct ServedIngress {
 pub struct Snapshot {
     pub router: Router,
     pub backends: Vec<Backend>,
+    /// The L4 frontends (NodePorts, LoadBalancer IPs, externalIPs).
+    pub l4: super::l4::L4Table,
     pub served: Vec<ServedIngress>,
     pub diagnostics: Vec<Diagnostic>,
     /// This node's name (`--node-name`), for the L4 path.

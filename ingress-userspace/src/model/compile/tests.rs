@@ -16,6 +16,7 @@ fn opts() -> CompileOptions {
     CompileOptions {
         ingress_class: "ours".into(),
         node_name: "node-a".into(),
+        node_ips: Vec::new(),
     }
 }
 
