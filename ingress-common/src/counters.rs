@@ -35,6 +35,22 @@ pub enum Counter {
     // Flags: any number per frame.
     Vlan = 32,
     Ipv4Options = 33,
+    // L4 events: what the service path did with a frame.
+    /// The destination is a service frontend.
+    L4ServiceHit = 40,
+    /// A known flow went to its recorded backend.
+    L4FlowHit = 41,
+    /// A new flow got a backend from the Maglev table.
+    L4NewFlow = 42,
+    /// The service has no usable backend.
+    L4NoBackend = 43,
+    /// Translated to a pod on this node and passed to the stack.
+    L4DnatLocal = 44,
+    /// The backend is on another node: forwarding with SNAT is not built
+    /// yet, so the frame passes untranslated.
+    L4RemoteNotYet = 45,
+    /// A reply's source translated back to the frontend (TC egress).
+    L4RevNat = 46,
 }
 
 /// Whether a counter is the total, one of the exclusive classes, or a flag.
@@ -43,11 +59,12 @@ pub enum CounterKind {
     Total,
     Class,
     Flag,
+    Event,
 }
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 18] = [
+    pub const ALL: [Counter; 25] = [
         Counter::Packets,
         Counter::Ipv4Tcp,
         Counter::Ipv4Udp,
@@ -66,6 +83,13 @@ impl Counter {
         Counter::MalformedIp,
         Counter::Vlan,
         Counter::Ipv4Options,
+        Counter::L4ServiceHit,
+        Counter::L4FlowHit,
+        Counter::L4NewFlow,
+        Counter::L4NoBackend,
+        Counter::L4DnatLocal,
+        Counter::L4RemoteNotYet,
+        Counter::L4RevNat,
     ];
 
     /// The slot in the counter array.
@@ -94,6 +118,13 @@ impl Counter {
             Counter::MalformedIp => "malformed_ip",
             Counter::Vlan => "vlan",
             Counter::Ipv4Options => "ipv4_options",
+            Counter::L4ServiceHit => "l4_service_hit",
+            Counter::L4FlowHit => "l4_flow_hit",
+            Counter::L4NewFlow => "l4_new_flow",
+            Counter::L4NoBackend => "l4_no_backend",
+            Counter::L4DnatLocal => "l4_dnat_local",
+            Counter::L4RemoteNotYet => "l4_remote_not_yet",
+            Counter::L4RevNat => "l4_revnat",
         }
     }
 
@@ -101,6 +132,13 @@ impl Counter {
         match self {
             Counter::Packets => CounterKind::Total,
             Counter::Vlan | Counter::Ipv4Options => CounterKind::Flag,
+            Counter::L4ServiceHit
+            | Counter::L4FlowHit
+            | Counter::L4NewFlow
+            | Counter::L4NoBackend
+            | Counter::L4DnatLocal
+            | Counter::L4RemoteNotYet
+            | Counter::L4RevNat => CounterKind::Event,
             _ => CounterKind::Class,
         }
     }

@@ -10,9 +10,18 @@ pub const L4_BACKENDS: &str = "L4_BACKENDS";
 /// Maglev slots: `service id * table size + slot` -> backend id.
 pub const L4_MAGLEV: &str = "L4_MAGLEV";
 
-/// Default capacities (flags override them).
-pub const DEFAULT_MAX_SERVICES: u32 = 16_384;
+/// The connection table: a flow (client -> frontend) -> [`FlowValue`].
+pub const L4_FLOWS: &str = "L4_FLOWS";
+/// Reverse translation: a reply flow (pod -> client) -> [`RevValue`].
+pub const L4_REVNAT: &str = "L4_REVNAT";
+/// The global holding the Maglev table size the agent chose.
+pub const MAGLEV_SIZE_GLOBAL: &str = "MAGLEV_SIZE";
+
+/// Default capacities. The Maglev array is `max services * table size`
+/// slots of 4 bytes: 4,096 services of 1,021 slots take 16 MiB.
+pub const DEFAULT_MAX_SERVICES: u32 = 4_096;
 pub const DEFAULT_MAX_BACKENDS: u32 = 65_536;
+pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
 
 /// A backend id that names no backend (an empty Maglev slot).
 pub const NO_BACKEND: u32 = u32::MAX;
@@ -89,8 +98,72 @@ pub struct BackendValue {
     pub _pad: u8,
 }
 
+/// One direction of a flow. Also the key of the reverse table, where it is
+/// the reply direction (pod -> client).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Network byte order.
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Where a flow was sent: the backend's address, not its id, so that an id
+/// reused later never captures an old flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowValue {
+    pub backend: [u8; 16],
+    /// Network byte order.
+    pub backend_port: u16,
+    /// The backend's flags when the flow started.
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+/// What a reply's source is translated back to: the frontend the client used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RevValue {
+    pub frontend: [u8; 16],
+    /// Network byte order.
+    pub frontend_port: u16,
+    pub _pad: [u8; 2],
+}
+
+/// The flow hash the XDP program uses to pick a Maglev slot: every bit of
+/// the 5-tuple reaches every bit of the result.
+#[inline(always)]
+pub fn flow_hash(k: &FlowKey) -> u64 {
+    let w = |a: &[u8; 16], i: usize| {
+        u64::from_le_bytes([
+            a[i],
+            a[i + 1],
+            a[i + 2],
+            a[i + 3],
+            a[i + 4],
+            a[i + 5],
+            a[i + 6],
+            a[i + 7],
+        ])
+    };
+    let ports = ((k.sport as u64) << 32) | ((k.dport as u64) << 16) | k.proto as u64;
+    let mut h = crate::maglev::mix64(w(&k.src, 0) ^ 0x9e37_79b9_7f4a_7c15);
+    h = crate::maglev::mix64(h ^ w(&k.src, 8));
+    h = crate::maglev::mix64(h ^ w(&k.dst, 0));
+    h = crate::maglev::mix64(h ^ w(&k.dst, 8));
+    crate::maglev::mix64(h ^ ports)
+}
+
 #[cfg(feature = "user")]
 mod pod {
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::RevValue {}
     // SAFETY: plain #[repr(C)] data with explicit padding fields.
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::ServiceValue {}
@@ -106,6 +179,32 @@ mod tests {
         assert_eq!(core::mem::size_of::<ServiceKey>(), 20);
         assert_eq!(core::mem::size_of::<ServiceValue>(), 16);
         assert_eq!(core::mem::size_of::<BackendValue>(), 20);
+        assert_eq!(core::mem::size_of::<FlowKey>(), 40);
+        assert_eq!(core::mem::size_of::<FlowValue>(), 20);
+        assert_eq!(core::mem::size_of::<RevValue>(), 20);
+    }
+
+    #[test]
+    fn flow_hash_depends_on_every_field() {
+        let k = FlowKey {
+            src: v4_mapped([198, 18, 0, 2]),
+            dst: v4_mapped([198, 18, 0, 1]),
+            sport: 40000u16.to_be(),
+            dport: 30080u16.to_be(),
+            proto: PROTO_TCP,
+            _pad: [0; 3],
+        };
+        let h = flow_hash(&k);
+        let mut other = k;
+        other.sport = 40001u16.to_be();
+        assert_ne!(flow_hash(&other), h);
+        other = k;
+        other.src[15] ^= 1;
+        assert_ne!(flow_hash(&other), h);
+        other = k;
+        other.proto = PROTO_UDP;
+        assert_ne!(flow_hash(&other), h);
+        assert_eq!(flow_hash(&k), h);
     }
 
     #[test]

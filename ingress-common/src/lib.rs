@@ -12,6 +12,7 @@ pub mod csum;
 pub mod l4;
 pub mod maglev;
 pub mod maps;
+pub mod nat;
 pub mod parse;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -1,7 +1,7 @@
 //! Bounds-checked reads of packet memory: the kernel side of
 //! [`ingress_common::parse::Frame`].
 
-use ingress_common::parse::Frame;
+use ingress_common::{nat::FrameMut, parse::Frame};
 
 /// The `[data, data_end)` window of an XDP or TC context.
 pub struct PacketBounds {
@@ -27,5 +27,19 @@ impl Frame for PacketBounds {
         }
         // SAFETY: [at, at + N) lies inside the packet, checked just above.
         Some(unsafe { core::ptr::read_unaligned(at as *const [u8; N]) })
+    }
+}
+
+impl FrameMut for PacketBounds {
+    #[inline(always)]
+    fn write<const N: usize>(&mut self, offset: usize, bytes: [u8; N]) -> bool {
+        let at = self.start + offset;
+        if at + N > self.end {
+            return false;
+        }
+        // SAFETY: [at, at + N) lies inside the packet, checked just above;
+        // XDP data and a pulled TC skb head are writable.
+        unsafe { core::ptr::write_unaligned(at as *mut [u8; N], bytes) };
+        true
     }
 }

@@ -5,23 +5,25 @@
 #![no_main]
 
 mod frame;
+mod lb;
 mod observe;
 mod stats;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_PIPE, xdp_action},
+    bindings::TC_ACT_PIPE,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 
 use crate::frame::PacketBounds;
 
-/// XDP on the node's uplink: parse and count, pass everything for now.
+/// XDP on the node's uplink: parse and count; frames to a service frontend
+/// go through the L4 path, everything else passes.
 #[xdp]
 pub fn ingress_xdp(ctx: XdpContext) -> u32 {
-    let frame = PacketBounds::new(ctx.data(), ctx.data_end());
-    observe::frame(&ctx, &frame, &stats::XDP_COUNTERS);
-    xdp_action::XDP_PASS
+    let mut frame = PacketBounds::new(ctx.data(), ctx.data_end());
+    let parsed = observe::frame(&ctx, &frame, &stats::XDP_COUNTERS);
+    lb::ingress(&mut frame, &parsed, &stats::XDP_COUNTERS)
 }
 
 /// TC egress on the same interfaces: count and pass (reverse translation
@@ -36,7 +38,15 @@ pub fn ingress_tc_egress(ctx: TcContext) -> i32 {
         let _ = ctx.pull_data(want);
     }
     let frame = PacketBounds::new(ctx.data(), ctx.data_end());
-    observe::frame(&ctx, &frame, &stats::TC_COUNTERS);
+    let parsed = observe::frame(&ctx, &frame, &stats::TC_COUNTERS);
+    if let Some(rev) = lb::reply_of(&frame, &parsed) {
+        // Make the head writable (TCP sends clones), then look again: the
+        // pull moves the packet, so earlier bounds checks no longer hold.
+        let _ = ctx.pull_data(core::cmp::min(ctx.len(), observe::PARSE_WINDOW));
+        let mut frame = PacketBounds::new(ctx.data(), ctx.data_end());
+        let parsed = ingress_common::parse::parse(&frame);
+        lb::egress(&mut frame, &parsed, &rev, &stats::TC_COUNTERS);
+    }
     TC_ACT_PIPE
 }
 

@@ -4,7 +4,7 @@ use aya_ebpf::{EbpfContext, maps::PerCpuArray};
 use aya_log_ebpf::debug;
 use ingress_common::{
     counters::Counter,
-    parse::{self, Class, Frame},
+    parse::{self, Class, Frame, Parsed},
 };
 
 use crate::stats::bump;
@@ -13,9 +13,10 @@ use crate::stats::bump;
 /// tags, IPv6 with extension headers and a TCP header fit in the common case.
 pub const PARSE_WINDOW: u32 = 256;
 
-/// Parses `frame`, bumps the total, its class and its flags.
+/// Parses `frame`, bumps the total, its class and its flags, and returns
+/// what it found.
 #[inline(always)]
-pub fn frame<C: EbpfContext, F: Frame>(ctx: &C, frame: &F, counters: &PerCpuArray<u64>) {
+pub fn frame<C: EbpfContext, F: Frame>(ctx: &C, frame: &F, counters: &PerCpuArray<u64>) -> Parsed {
     let parsed = parse::parse(frame);
     bump(counters, Counter::Packets);
     bump(counters, Counter::of_class(parsed.class));
@@ -31,4 +32,5 @@ pub fn frame<C: EbpfContext, F: Frame>(ctx: &C, frame: &F, counters: &PerCpuArra
             "malformed IP header, l3 offset {}", parsed.l3_offset as u32
         );
     }
+    parsed
 }

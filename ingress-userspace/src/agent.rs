@@ -14,7 +14,7 @@ use tokio::{
 use crate::{
     admin::{self, AdminState},
     cli::{ConfigOpts, RunOpts},
-    datapath::{Datapath, DatapathConfig, counters::DatapathCollector},
+    datapath::{Datapath, DatapathConfig, counters::DatapathCollector, l4maps::L4Maps},
     metrics::ProxyMetrics,
     model::{ClusterState, CompileOptions, Diagnostic, Severity, Snapshot, compile},
     proxy::{Proxy, listen, server},
@@ -85,9 +85,11 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
         xdp_mode: opts.xdp_mode,
     };
     let mut collector = DatapathCollector::default();
+    let mut l4_maps = None;
     let datapath = if dp_config.enabled() {
-        let (dp, maps) = Datapath::start(&dp_config)?;
+        let (dp, maps, l4) = Datapath::start(&dp_config)?;
         collector.maps = maps;
+        l4_maps = Some(l4);
         Some(dp)
     } else {
         tracing::info!("eBPF data path off (no --interface, or --xdp-mode off)");
@@ -108,6 +110,7 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
         compile_options: opts.config.compile_options(),
         status_address,
         generation: 0,
+        l4_maps,
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -189,6 +192,8 @@ struct Applier {
     compile_options: CompileOptions,
     status_address: Option<String>,
     generation: i64,
+    /// The eBPF L4 maps, when the data path is attached.
+    l4_maps: Option<L4Maps>,
 }
 
 impl Applier {
@@ -208,6 +213,16 @@ impl Applier {
             }
         }
         self.generation += 1;
+        if let Some(maps) = &mut self.l4_maps {
+            match maps.apply(&snapshot.l4) {
+                Ok(skipped) => {
+                    for e in skipped {
+                        tracing::error!(error = %e, "L4 service skipped");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "writing the L4 maps"),
+            }
+        }
         let status = status_json(&snapshot, self.status_address.as_deref());
         let (routes, backends, diagnostics) = (
             snapshot.router.tables().len(),

@@ -81,7 +81,7 @@ impl Collector for DatapathCollector {
                 Err(e) => tracing::warn!(error = %e, "reading eBPF counters for /metrics"),
             }
         }
-        let families: [(&str, &str, CounterKind, &str); 3] = [
+        let families: [(&str, &str, CounterKind, &str); 4] = [
             (
                 "ingress_datapath_packets",
                 "Frames seen by each eBPF program.",
@@ -99,6 +99,12 @@ impl Collector for DatapathCollector {
                 "Frames carrying a VLAN tag or IPv4 options.",
                 CounterKind::Flag,
                 "flag",
+            ),
+            (
+                "ingress_datapath_l4_events",
+                "What the L4 service path did: frontend hits, connection-table hits, new flows, translations.",
+                CounterKind::Event,
+                "event",
             ),
         ];
         for (name, help, kind, label) in families {

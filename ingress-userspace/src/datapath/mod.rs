@@ -3,6 +3,7 @@
 //! and detach on shutdown.
 
 pub mod counters;
+pub mod l4maps;
 pub mod l4sync;
 pub mod object;
 pub mod privileges;
@@ -184,7 +185,9 @@ pub struct Datapath {
 impl Datapath {
     /// Loads the programs and attaches them to every interface. On any
     /// error what was attached so far is detached (by drop) before returning.
-    pub fn start(config: &DatapathConfig) -> Result<(Self, Vec<CounterMap>), DatapathError> {
+    pub fn start(
+        config: &DatapathConfig,
+    ) -> Result<(Self, Vec<CounterMap>, l4maps::L4Maps), DatapathError> {
         for iface in &config.interfaces {
             if !interface_exists(iface) {
                 return Err(DatapathError::UnknownInterface(iface.clone()));
@@ -223,7 +226,8 @@ impl Datapath {
             dp.programs.take_counters(Hook::Xdp)?,
             dp.programs.take_counters(Hook::Tc)?,
         ];
-        Ok((dp, counters))
+        let l4 = l4maps::L4Maps::take(&mut dp.programs)?;
+        Ok((dp, counters, l4))
     }
 
     /// Detaches every program from every interface.

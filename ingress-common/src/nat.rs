@@ -1,0 +1,195 @@
+//! Address and port rewrites with incremental checksum fix-up, shared by the
+//! XDP (DNAT) and TC (reverse NAT) programs and unit-tested on the host
+//! against checksums recomputed from scratch.
+
+use crate::{
+    csum,
+    parse::{Frame, IPPROTO_TCP, IPPROTO_UDP, IpVersion, Parsed},
+};
+
+/// Byte writes to a frame, bounds-checked like [`Frame::bytes`].
+pub trait FrameMut: Frame {
+    /// Writes `bytes` at `offset`; false (and nothing written) past the end.
+    fn write<const N: usize>(&mut self, offset: usize, bytes: [u8; N]) -> bool;
+}
+
+impl FrameMut for [u8] {
+    fn write<const N: usize>(&mut self, offset: usize, bytes: [u8; N]) -> bool {
+        let Some(end) = offset.checked_add(N) else {
+            return false;
+        };
+        match self.get_mut(offset..end) {
+            Some(dst) => {
+                dst.copy_from_slice(&bytes);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Which end of the flow a rewrite changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    Source,
+    Destination,
+}
+
+/// Offset of the L4 checksum field, for TCP and UDP.
+fn l4_csum_offset(proto: u8) -> Option<usize> {
+    match proto {
+        IPPROTO_TCP => Some(16),
+        IPPROTO_UDP => Some(6),
+        _ => None,
+    }
+}
+
+/// Rewrites one end (address and port) of an IPv4 TCP or UDP packet and
+/// fixes the IP header checksum and the L4 checksum (the address is in the
+/// pseudo-header). A zero UDP checksum ("none") stays zero. Returns false,
+/// having written nothing, when the frame is not such a packet.
+#[inline(always)]
+pub fn rewrite_v4<F: FrameMut + ?Sized>(
+    frame: &mut F,
+    p: &Parsed,
+    end: End,
+    addr: [u8; 4],
+    port: u16,
+) -> bool {
+    if p.ip != IpVersion::V4 {
+        return false;
+    }
+    let Some(csum_off) = l4_csum_offset(p.l4_proto) else {
+        return false;
+    };
+    let (addr_off, port_off) = match end {
+        End::Source => (p.l3_offset + 12, p.l4_offset),
+        End::Destination => (p.l3_offset + 16, p.l4_offset + 2),
+    };
+    let (Some(old_addr), Some(old_port), Some(ip_check), Some(l4_check)) = (
+        frame.bytes::<4>(addr_off),
+        frame.bytes::<2>(port_off),
+        frame.bytes::<2>(p.l3_offset + 10),
+        frame.bytes::<2>(p.l4_offset + csum_off),
+    ) else {
+        return false;
+    };
+    let (old_a, new_a) = (u32::from_be_bytes(old_addr), u32::from_be_bytes(addr));
+    let (old_p, new_p) = (u16::from_be_bytes(old_port), port);
+    let ip_check = csum::replace32(u16::from_be_bytes(ip_check), old_a, new_a);
+    let old_l4 = u16::from_be_bytes(l4_check);
+    let l4 = if p.l4_proto == IPPROTO_UDP && old_l4 == 0 {
+        0
+    } else {
+        let c = csum::replace16(csum::replace32(old_l4, old_a, new_a), old_p, new_p);
+        if p.l4_proto == IPPROTO_UDP && c == 0 {
+            0xffff
+        } else {
+            c
+        }
+    };
+    frame.write(addr_off, addr)
+        && frame.write(port_off, new_p.to_be_bytes())
+        && frame.write(p.l3_offset + 10, ip_check.to_be_bytes())
+        && frame.write(p.l4_offset + csum_off, l4.to_be_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::vec::Vec;
+
+    use super::*;
+    use crate::{parse::parse, testing::PacketBuilder};
+
+    fn check(before: PacketBuilder, after: PacketBuilder, end: End, addr: [u8; 4], port: u16) {
+        let mut f: Vec<u8> = before.build();
+        let p = parse(&f[..]);
+        assert!(rewrite_v4(&mut f[..], &p, end, addr, port));
+        assert_eq!(
+            f,
+            after.build(),
+            "incremental fix-up must equal a fresh build"
+        );
+    }
+
+    #[test]
+    fn dnat_tcp_and_udp_equal_recomputed_packets() {
+        let (c, n, pod) = ([198, 18, 0, 2], [198, 18, 0, 1], [198, 18, 3, 2]);
+        check(
+            PacketBuilder::tcp4(c, n, 40000, 30080),
+            PacketBuilder::tcp4(c, pod, 40000, 8080),
+            End::Destination,
+            pod,
+            8080,
+        );
+        check(
+            PacketBuilder::udp4(c, n, 40000, 30053),
+            PacketBuilder::udp4(c, pod, 40000, 5353),
+            End::Destination,
+            pod,
+            5353,
+        );
+        // Reverse NAT of a reply: the pod's source becomes the frontend.
+        check(
+            PacketBuilder::tcp4(pod, c, 8080, 40000),
+            PacketBuilder::tcp4(n, c, 30080, 40000),
+            End::Source,
+            n,
+            30080,
+        );
+        check(
+            PacketBuilder::tcp4(c, n, 1, 30080)
+                .with_vlan(5)
+                .with_ipv4_options(&[1, 1, 1, 1]),
+            PacketBuilder::tcp4(c, pod, 1, 8080)
+                .with_vlan(5)
+                .with_ipv4_options(&[1, 1, 1, 1]),
+            End::Destination,
+            pod,
+            8080,
+        );
+    }
+
+    #[test]
+    fn a_zero_udp_checksum_stays_zero() {
+        let mut f = PacketBuilder::udp4([198, 18, 0, 2], [198, 18, 0, 1], 1, 30053).build();
+        let p = parse(&f[..]);
+        f[p.l4_offset + 6] = 0;
+        f[p.l4_offset + 7] = 0;
+        assert!(rewrite_v4(
+            &mut f[..],
+            &p,
+            End::Destination,
+            [198, 18, 3, 2],
+            53
+        ));
+        assert_eq!(&f[p.l4_offset + 6..p.l4_offset + 8], &[0, 0]);
+    }
+
+    #[test]
+    fn non_tcp_udp_and_truncated_frames_are_left_alone() {
+        let mut f = PacketBuilder::tcp6(crate::testing::v6(2), crate::testing::v6(1), 1, 2).build();
+        let p = parse(&f[..]);
+        let copy = f.clone();
+        assert!(!rewrite_v4(
+            &mut f[..],
+            &p,
+            End::Destination,
+            [1, 2, 3, 4],
+            5
+        ));
+        assert_eq!(f, copy);
+        let mut t = PacketBuilder::tcp4([198, 18, 0, 2], [198, 18, 0, 1], 1, 2).build();
+        let p = parse(&t[..]);
+        t.truncate(40); // the TCP checksum is out of reach
+        let copy = t.clone();
+        assert!(!rewrite_v4(
+            &mut t[..],
+            &p,
+            End::Destination,
+            [1, 2, 3, 4],
+            5
+        ));
+        assert_eq!(t, copy);
+    }
+}

@@ -1,0 +1,94 @@
+//! Writes the L4 table into the kernel maps, by diff and in the safe order
+//! that `l4sync::plan` gives.
+
+use aya::maps::{Array, HashMap, MapData};
+use ingress_common::{
+    l4::{BackendValue, L4_BACKENDS, L4_MAGLEV, L4_SERVICES, NO_BACKEND, ServiceKey, ServiceValue},
+    maglev::DEFAULT_TABLE_SIZE,
+};
+
+use super::{
+    DatapathError, LoadedPrograms,
+    l4sync::{CapacityError, Ids, MapImage, MapOp, plan},
+};
+use crate::model::l4::L4Table;
+
+/// The L4 maps of a loaded object, and what they hold now.
+pub struct L4Maps {
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    backends: HashMap<MapData, u32, BackendValue>,
+    maglev: Array<MapData, u32>,
+    ids: Ids,
+    image: MapImage,
+    table_size: u32,
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+impl L4Maps {
+    /// Takes the maps out of `programs`.
+    pub fn take(programs: &mut LoadedPrograms) -> Result<Self, DatapathError> {
+        let mut take = |name: &'static str| {
+            programs
+                .ebpf
+                .take_map(name)
+                .ok_or(DatapathError::MissingMap(name))
+        };
+        let services = HashMap::try_from(take(L4_SERVICES)?).map_err(map_err(L4_SERVICES))?;
+        let backends = HashMap::try_from(take(L4_BACKENDS)?).map_err(map_err(L4_BACKENDS))?;
+        let maglev: Array<MapData, u32> =
+            Array::try_from(take(L4_MAGLEV)?).map_err(map_err(L4_MAGLEV))?;
+        let table_size = DEFAULT_TABLE_SIZE;
+        let max_services = maglev.len() / table_size;
+        Ok(L4Maps {
+            services,
+            backends,
+            maglev,
+            ids: Ids::new(max_services, ingress_common::l4::DEFAULT_MAX_BACKENDS),
+            image: MapImage::default(),
+            table_size,
+        })
+    }
+
+    /// Brings the maps to `table`. What does not fit is returned (and left
+    /// out whole); the rest is applied.
+    pub fn apply(&mut self, table: &L4Table) -> Result<Vec<CapacityError>, DatapathError> {
+        let (next, errors) = self.ids.image(table, self.table_size);
+        for op in plan(&self.image, &next) {
+            self.execute(op)?;
+        }
+        self.image = next;
+        Ok(errors)
+    }
+
+    fn execute(&mut self, op: MapOp) -> Result<(), DatapathError> {
+        match op {
+            MapOp::PutBackend(id, b) => {
+                self.backends.insert(id, b, 0).map_err(map_err(L4_BACKENDS))
+            }
+            MapOp::PutMaglev(sid, table) => {
+                let base = sid * self.table_size;
+                for (i, b) in table.iter().enumerate() {
+                    self.maglev
+                        .set(base + i as u32, *b, 0)
+                        .map_err(map_err(L4_MAGLEV))?;
+                }
+                Ok(())
+            }
+            MapOp::PutService(k, v) => self.services.insert(k, v, 0).map_err(map_err(L4_SERVICES)),
+            MapOp::DeleteService(k) => self.services.remove(&k).map_err(map_err(L4_SERVICES)),
+            MapOp::ClearMaglev(sid) => {
+                let base = sid * self.table_size;
+                for i in 0..self.table_size {
+                    self.maglev
+                        .set(base + i, NO_BACKEND, 0)
+                        .map_err(map_err(L4_MAGLEV))?;
+                }
+                Ok(())
+            }
+            MapOp::DeleteBackend(id) => self.backends.remove(&id).map_err(map_err(L4_BACKENDS)),
+        }
+    }
+}
