@@ -11,6 +11,7 @@ use crate::cmd::{self, succeeds};
 /// - llvm-22-dev and companions: bpf-linker links against LLVM 22 (the
 ///   nightly's LLVM).
 /// - iproute2, ethtool, util-linux: namespaces, veth, offload switches, setpriv.
+/// - iptables, nftables: the L4 tests assert the node has no rule at all.
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -19,6 +20,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
     "util-linux",
+    "iptables",
+    "nftables",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
