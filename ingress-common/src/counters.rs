@@ -46,11 +46,22 @@ pub enum Counter {
     L4NoBackend = 43,
     /// Translated to a pod on this node and passed to the stack.
     L4DnatLocal = 44,
-    /// The backend is on another node: forwarding with SNAT is not built
-    /// yet, so the frame passes untranslated.
-    L4RemoteNotYet = 45,
+    /// The backend is on another node but the agent has no IPv4 SNAT
+    /// address (`--node-ip`): the frame passes untranslated.
+    L4NoSnatAddress = 45,
     /// A reply's source translated back to the frontend (TC egress).
     L4RevNat = 46,
+    /// Translated (DNAT + SNAT) towards a pod on another node.
+    L4DnatRemote = 47,
+    /// A remote pod's reply translated back to the client (XDP).
+    L4ReplyRemote = 48,
+    /// Sent out again with XDP_TX or a redirect after a FIB lookup.
+    L4Forwarded = 49,
+    /// The FIB had no answer (no route or neighbour yet): passed to the
+    /// stack to forward.
+    L4FibPass = 50,
+    /// No free SNAT port after the probes: the flow is dropped.
+    L4SnatExhausted = 51,
 }
 
 /// Whether a counter is the total, one of the exclusive classes, or a flag.
@@ -64,7 +75,7 @@ pub enum CounterKind {
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 25] = [
+    pub const ALL: [Counter; 30] = [
         Counter::Packets,
         Counter::Ipv4Tcp,
         Counter::Ipv4Udp,
@@ -88,8 +99,13 @@ impl Counter {
         Counter::L4NewFlow,
         Counter::L4NoBackend,
         Counter::L4DnatLocal,
-        Counter::L4RemoteNotYet,
+        Counter::L4NoSnatAddress,
         Counter::L4RevNat,
+        Counter::L4DnatRemote,
+        Counter::L4ReplyRemote,
+        Counter::L4Forwarded,
+        Counter::L4FibPass,
+        Counter::L4SnatExhausted,
     ];
 
     /// The slot in the counter array.
@@ -123,8 +139,13 @@ impl Counter {
             Counter::L4NewFlow => "l4_new_flow",
             Counter::L4NoBackend => "l4_no_backend",
             Counter::L4DnatLocal => "l4_dnat_local",
-            Counter::L4RemoteNotYet => "l4_remote_not_yet",
+            Counter::L4NoSnatAddress => "l4_no_snat_address",
             Counter::L4RevNat => "l4_revnat",
+            Counter::L4DnatRemote => "l4_dnat_remote",
+            Counter::L4ReplyRemote => "l4_reply_remote",
+            Counter::L4Forwarded => "l4_forwarded",
+            Counter::L4FibPass => "l4_fib_pass",
+            Counter::L4SnatExhausted => "l4_snat_exhausted",
         }
     }
 
@@ -137,8 +158,13 @@ impl Counter {
             | Counter::L4NewFlow
             | Counter::L4NoBackend
             | Counter::L4DnatLocal
-            | Counter::L4RemoteNotYet
-            | Counter::L4RevNat => CounterKind::Event,
+            | Counter::L4NoSnatAddress
+            | Counter::L4RevNat
+            | Counter::L4DnatRemote
+            | Counter::L4ReplyRemote
+            | Counter::L4Forwarded
+            | Counter::L4FibPass
+            | Counter::L4SnatExhausted => CounterKind::Event,
             _ => CounterKind::Class,
         }
     }

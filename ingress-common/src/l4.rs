@@ -16,6 +16,17 @@ pub const L4_FLOWS: &str = "L4_FLOWS";
 pub const L4_REVNAT: &str = "L4_REVNAT";
 /// The global holding the Maglev table size the agent chose.
 pub const MAGLEV_SIZE_GLOBAL: &str = "MAGLEV_SIZE";
+/// The globals holding the SNAT address (IPv4, network order as bytes) and
+/// port range for flows to backends on other nodes.
+pub const SNAT_IPV4_GLOBAL: &str = "SNAT_IPV4";
+pub const SNAT_PORT_MIN_GLOBAL: &str = "SNAT_PORT_MIN";
+pub const SNAT_PORT_SPAN_GLOBAL: &str = "SNAT_PORT_SPAN";
+/// Default SNAT ports: below the NodePort range and the kernel's ephemeral
+/// ports, so a translated flow never collides with a local socket.
+pub const DEFAULT_SNAT_PORT_MIN: u16 = 20_000;
+pub const DEFAULT_SNAT_PORT_SPAN: u16 = 10_000;
+/// SNAT ports tried for a new flow before it is sent stateless.
+pub const SNAT_PROBES: u16 = 8;
 
 /// Default capacities. The Maglev array is `max services * table size`
 /// slots of 4 bytes: 4,096 services of 1,021 slots take 16 MiB.
@@ -120,19 +131,29 @@ pub struct FlowValue {
     pub backend: [u8; 16],
     /// Network byte order.
     pub backend_port: u16,
+    /// The SNAT source port for a remote backend (network order), else 0.
+    pub snat_port: u16,
     /// The backend's flags when the flow started.
     pub flags: u8,
-    pub _pad: u8,
+    pub _pad: [u8; 3],
 }
 
-/// What a reply's source is translated back to: the frontend the client used.
+/// `RevValue::flags`: the reply comes back through the node from another
+/// node (SNAT undone on XDP ingress), not from a local pod (TC egress).
+pub const REV_REMOTE: u8 = 1 << 0;
+
+/// How a reply is translated back: its source becomes the frontend the
+/// client used; for a remote backend its destination becomes the client.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RevValue {
     pub frontend: [u8; 16],
+    pub client: [u8; 16],
     /// Network byte order.
     pub frontend_port: u16,
-    pub _pad: [u8; 2],
+    pub client_port: u16,
+    pub flags: u8,
+    pub _pad: [u8; 3],
 }
 
 /// The flow hash the XDP program uses to pick a Maglev slot: every bit of
@@ -180,8 +201,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<ServiceValue>(), 16);
         assert_eq!(core::mem::size_of::<BackendValue>(), 20);
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
-        assert_eq!(core::mem::size_of::<FlowValue>(), 20);
-        assert_eq!(core::mem::size_of::<RevValue>(), 20);
+        assert_eq!(core::mem::size_of::<FlowValue>(), 24);
+        assert_eq!(core::mem::size_of::<RevValue>(), 40);
     }
 
     #[test]

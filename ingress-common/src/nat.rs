@@ -66,12 +66,18 @@ pub fn rewrite_v4<F: FrameMut + ?Sized>(
         End::Source => (p.l3_offset + 12, p.l4_offset),
         End::Destination => (p.l3_offset + 16, p.l4_offset + 2),
     };
-    let (Some(old_addr), Some(old_port), Some(ip_check), Some(l4_check)) = (
-        frame.bytes::<4>(addr_off),
-        frame.bytes::<2>(port_off),
-        frame.bytes::<2>(p.l3_offset + 10),
-        frame.bytes::<2>(p.l4_offset + csum_off),
-    ) else {
+    // One read per statement: a tuple of Options lets LLVM merge the
+    // loads in ways the verifier reads as uninitialized registers.
+    let Some(old_addr) = frame.bytes::<4>(addr_off) else {
+        return false;
+    };
+    let Some(old_port) = frame.bytes::<2>(port_off) else {
+        return false;
+    };
+    let Some(ip_check) = frame.bytes::<2>(p.l3_offset + 10) else {
+        return false;
+    };
+    let Some(l4_check) = frame.bytes::<2>(p.l4_offset + csum_off) else {
         return false;
     };
     let (old_a, new_a) = (u32::from_be_bytes(old_addr), u32::from_be_bytes(addr));
@@ -92,6 +98,27 @@ pub fn rewrite_v4<F: FrameMut + ?Sized>(
         && frame.write(port_off, new_p.to_be_bytes())
         && frame.write(p.l3_offset + 10, ip_check.to_be_bytes())
         && frame.write(p.l4_offset + csum_off, l4.to_be_bytes())
+}
+
+/// Decrements the IPv4 TTL as a forwarding hop must, fixing the header
+/// checksum. Returns false (nothing written) when the TTL is 1 or less: the
+/// packet must go to the stack, which answers with an ICMP error.
+#[inline(always)]
+pub fn decrement_ttl_v4<F: FrameMut + ?Sized>(frame: &mut F, p: &Parsed) -> bool {
+    let Some(word) = frame.bytes::<2>(p.l3_offset + 8) else {
+        return false;
+    };
+    let Some(check) = frame.bytes::<2>(p.l3_offset + 10) else {
+        return false;
+    };
+    if word[0] <= 1 {
+        return false;
+    }
+    let old = u16::from_be_bytes(word);
+    let new = old - 0x0100;
+    let check = csum::replace16(u16::from_be_bytes(check), old, new);
+    frame.write(p.l3_offset + 8, new.to_be_bytes())
+        && frame.write(p.l3_offset + 10, check.to_be_bytes())
 }
 
 #[cfg(test)]
@@ -148,6 +175,17 @@ mod tests {
             pod,
             8080,
         );
+    }
+
+    #[test]
+    fn ttl_decrement_keeps_the_header_checksum_right() {
+        let mut f = PacketBuilder::tcp4([198, 18, 0, 2], [198, 18, 0, 1], 1, 2).build();
+        let p = parse(&f[..]);
+        assert!(decrement_ttl_v4(&mut f[..], &p));
+        assert_eq!(f[p.l3_offset + 8], 63);
+        assert_eq!(csum::checksum(0, &f[p.l3_offset..p.l3_offset + 20]), 0);
+        f[p.l3_offset + 8] = 1;
+        assert!(!decrement_ttl_v4(&mut f[..], &p));
     }
 
     #[test]

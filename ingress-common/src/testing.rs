@@ -24,6 +24,7 @@ pub enum L3 {
         options: Vec<u8>,
         /// The flags + fragment offset word (0x2000 = more fragments).
         frag: u16,
+        ttl: u8,
     },
     V6 {
         src: [u8; 16],
@@ -80,6 +81,7 @@ impl PacketBuilder {
                 dst,
                 options: Vec::new(),
                 frag: 0x4000,
+                ttl: 64,
             },
             l4: L4::Tcp {
                 sport,
@@ -142,6 +144,13 @@ impl PacketBuilder {
     pub fn with_frag(mut self, word: u16) -> Self {
         if let L3::V4 { frag, .. } = &mut self.l3 {
             *frag = word;
+        }
+        self
+    }
+
+    pub fn with_ttl(mut self, value: u8) -> Self {
+        if let L3::V4 { ttl, .. } = &mut self.l3 {
+            *ttl = value;
         }
         self
     }
@@ -214,6 +223,7 @@ impl PacketBuilder {
                 dst,
                 options,
                 frag,
+                ttl,
             } => {
                 let (src, dst) = (*src, *dst);
                 let l4 = self.l4_bytes(|p, len| csum::pseudo_header_v4(src, dst, p, len as u16));
@@ -228,7 +238,7 @@ impl PacketBuilder {
                 h.extend_from_slice(&((ihl + l4.len()) as u16).to_be_bytes());
                 h.extend_from_slice(&0x1234u16.to_be_bytes());
                 h.extend_from_slice(&frag.to_be_bytes());
-                h.push(64);
+                h.push(*ttl);
                 h.push(self.l4_proto());
                 h.extend_from_slice(&[0, 0]);
                 h.extend_from_slice(&src);

@@ -16,9 +16,17 @@ impl PacketBounds {
     }
 }
 
+/// No header the programs read lies further in than this; the bound also
+/// tells the verifier that an offset read back from the stack (in a
+/// function that is not inlined) is small.
+const MAX_OFFSET: usize = 0xffff;
+
 impl Frame for PacketBounds {
     #[inline(always)]
     fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        if offset > MAX_OFFSET {
+            return None;
+        }
         let at = self.start + offset;
         // The comparison against `end` (data_end) is what lets the verifier
         // accept the read below.
@@ -33,6 +41,9 @@ impl Frame for PacketBounds {
 impl FrameMut for PacketBounds {
     #[inline(always)]
     fn write<const N: usize>(&mut self, offset: usize, bytes: [u8; N]) -> bool {
+        if offset > MAX_OFFSET {
+            return false;
+        }
         let at = self.start + offset;
         if at + N > self.end {
             return false;

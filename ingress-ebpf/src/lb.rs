@@ -1,25 +1,34 @@
 //! The L4 service path: frontend lookup, the connection table, Maglev,
 //! DNAT on the way in (XDP) and reverse translation on the way out (TC).
 //!
-//! Built so far: IPv4 TCP and UDP to pods on this node. Backends on other
-//! nodes (SNAT, FIB lookup, XDP_TX), IPv6, ICMP errors, affinity, source
-//! ranges and RSTs for empty services come next; until then such frames
-//! pass untranslated and are counted.
+//! Built so far: IPv4 TCP and UDP, to pods on this node (DNAT, then the
+//! stack delivers; TC egress translates the reply) and to pods on other
+//! nodes (DNAT + SNAT to the node address, TTL decrement, FIB lookup, then
+//! XDP_TX or redirect; the reply is translated back on XDP ingress). IPv6,
+//! ICMP errors, affinity, source ranges and RSTs for empty services come
+//! next.
+
+// Map keys are passed by reference on purpose: by value they would be
+// copied onto the 512-byte verifier stack first.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    EbpfContext,
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
+    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::XdpContext,
 };
 use ingress_common::{
     counters::Counter,
     l4::{
         BACKEND_LOCAL, BackendValue, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES,
-        FlowKey, FlowValue, NO_BACKEND, RevValue, ServiceKey, ServiceValue, flow_hash,
-        is_v4_mapped, v4_mapped,
+        DEFAULT_SNAT_PORT_MIN, DEFAULT_SNAT_PORT_SPAN, FlowKey, FlowValue, NO_BACKEND, REV_REMOTE,
+        RevValue, SNAT_PROBES, ServiceKey, ServiceValue, flow_hash, is_v4_mapped, v4_mapped,
     },
     maglev::DEFAULT_TABLE_SIZE,
-    nat::{End, FrameMut, rewrite_v4},
+    nat::{End, FrameMut, decrement_ttl_v4, rewrite_v4},
     parse::{Class, Parsed},
 };
 
@@ -41,9 +50,37 @@ static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(DEFA
 #[map(name = "L4_REVNAT")]
 static REVNAT: LruHashMap<FlowKey, RevValue> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
+/// Per-CPU scratch space for the keys and values a new flow writes: kept
+/// off the 512-byte verifier stack.
+#[repr(C)]
+pub struct Scratch {
+    key: ServiceKey,
+    flow: FlowValue,
+    rev: RevValue,
+    reply: FlowKey,
+}
+
+#[map(name = "L4_SCRATCH")]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
 /// Slots per Maglev table; the agent sets it at load time.
 #[unsafe(no_mangle)]
 static MAGLEV_SIZE: u32 = DEFAULT_TABLE_SIZE;
+
+/// The node's IPv4 address used as the source towards remote pods (bytes in
+/// network order); zero means "none configured".
+#[unsafe(no_mangle)]
+static SNAT_IPV4: [u8; 4] = [0; 4];
+#[unsafe(no_mangle)]
+static SNAT_PORT_MIN: u16 = DEFAULT_SNAT_PORT_MIN;
+#[unsafe(no_mangle)]
+static SNAT_PORT_SPAN: u16 = DEFAULT_SNAT_PORT_SPAN;
+
+#[inline(always)]
+fn global<T: Copy>(g: &T) -> T {
+    // SAFETY: a plain read of a global the loader may have rewritten.
+    unsafe { core::ptr::read_volatile(g) }
+}
 
 /// The IPv4 5-tuple of a parsed TCP or UDP frame, as a flow key.
 #[inline(always)]
@@ -60,11 +97,10 @@ fn flow_v4<F: FrameMut>(frame: &F, p: &Parsed) -> Option<FlowKey> {
     })
 }
 
-/// A new flow's backend: the Maglev slot of its hash.
+/// A new flow's backend: the Maglev slot of its hash (read in place).
 #[inline(always)]
-fn pick(svc: &ServiceValue, flow: &FlowKey) -> Option<BackendValue> {
-    // SAFETY: a plain read of a global the loader may have rewritten.
-    let m = unsafe { core::ptr::read_volatile(&MAGLEV_SIZE) };
+fn pick(svc: &ServiceValue, flow: &FlowKey) -> Option<&'static BackendValue> {
+    let m = global(&MAGLEV_SIZE);
     if m == 0 {
         return None;
     }
@@ -73,86 +109,297 @@ fn pick(svc: &ServiceValue, flow: &FlowKey) -> Option<BackendValue> {
     if id == NO_BACKEND {
         return None;
     }
-    // SAFETY: the value is copied out at once.
-    unsafe { BACKENDS.get(&id) }.copied()
+    // SAFETY: map values stay valid for the rest of the program run.
+    unsafe { BACKENDS.get(&id) }
 }
 
-/// XDP: a frame to a service frontend is translated to its backend.
+/// What the XDP program does with a frame, decided from the maps alone (no
+/// packet access), so that the decision can live in a verifier stack frame
+/// of its own while the rewrite stays where the packet offsets are known.
+#[derive(Clone, Copy)]
+struct Decision {
+    action: Action,
+    /// The new destination (DNAT, or the client for a reply).
+    dst: [u8; 4],
+    dst_port: u16,
+    /// The new source (SNAT, or the frontend for a reply).
+    src: [u8; 4],
+    src_port: u16,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+enum Action {
+    Pass,
+    Drop,
+    /// DNAT, then the stack delivers to the local pod.
+    Local,
+    /// DNAT + SNAT (or a reply's reverse translation), TTL, FIB, forward.
+    Forward,
+}
+
+const PASS: Decision = Decision {
+    action: Action::Pass,
+    dst: [0; 4],
+    dst_port: 0,
+    src: [0; 4],
+    src_port: 0,
+};
+
+/// The map side of the L4 path for one IPv4 TCP/UDP flow, in a frame of its
+/// own: frontend lookup, then the connection table. A new flow returns
+/// `NEW_FLOW` and [`start_flow`] takes over (in a frame of its own too: the
+/// verifier allows 512 bytes for a whole call chain). The decision is
+/// written through `out` (a struct returned by value would hand a stack
+/// pointer back, which the verifier refuses); the action is the return
+/// value.
+#[inline(never)]
+fn decide(flow: &FlowKey, counters: &PerCpuArray<u64>, out: &mut Decision) -> u32 {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return Action::Pass as u32;
+    };
+    // SAFETY: this CPU's scratch value, used only within this program run.
+    let scratch = unsafe { &mut *scratch };
+    scratch.key = ServiceKey {
+        addr: flow.dst,
+        port: flow.dport,
+        proto: flow.proto,
+        _pad: 0,
+    };
+    // SAFETY: map values stay valid for the rest of the program run.
+    let Some(svc) = (unsafe { SERVICES.get(&scratch.key) }) else {
+        *out = reply_from_remote(flow, counters);
+        return out.action as u32;
+    };
+    bump(counters, Counter::L4ServiceHit);
+    // SAFETY: as above.
+    match unsafe { FLOWS.get(flow) } {
+        Some(f) => {
+            bump(counters, Counter::L4FlowHit);
+            *out = to_backend(f, counters);
+            out.action as u32
+        }
+        None if svc.backend_count == 0 => {
+            bump(counters, Counter::L4NoBackend);
+            Action::Drop as u32
+        }
+        None => NEW_FLOW,
+    }
+}
+
+/// What [`decide`] returns for a flow the connection table does not know.
+const NEW_FLOW: u32 = 100;
+
+/// The translation towards a flow's recorded backend.
 #[inline(always)]
-pub fn ingress<F: FrameMut>(frame: &mut F, p: &Parsed, counters: &PerCpuArray<u64>) -> u32 {
+fn to_backend(target: &FlowValue, counters: &PerCpuArray<u64>) -> Decision {
+    let a = &target.backend;
+    if !is_v4_mapped(a) {
+        return PASS;
+    }
+    let backend = [a[12], a[13], a[14], a[15]];
+    let backend_port = u16::from_be(target.backend_port);
+    if target.flags & BACKEND_LOCAL != 0 {
+        return Decision {
+            action: Action::Local,
+            dst: backend,
+            dst_port: backend_port,
+            ..PASS
+        };
+    }
+    let snat = global(&SNAT_IPV4);
+    if snat == [0; 4] || target.snat_port == 0 {
+        bump(counters, Counter::L4NoSnatAddress);
+        return PASS;
+    }
+    bump(counters, Counter::L4DnatRemote);
+    Decision {
+        action: Action::Forward,
+        dst: backend,
+        dst_port: backend_port,
+        src: snat,
+        src_port: u16::from_be(target.snat_port),
+    }
+}
+
+/// XDP: a frame to a service frontend is translated to its backend; a
+/// remote pod's reply to a translated flow is translated back.
+#[inline(always)]
+pub fn ingress<F: FrameMut>(
+    ctx: &XdpContext,
+    frame: &mut F,
+    p: &Parsed,
+    counters: &PerCpuArray<u64>,
+) -> u32 {
     if !matches!(p.class, Class::Ipv4Tcp | Class::Ipv4Udp) {
         return xdp_action::XDP_PASS;
     }
     let Some(flow) = flow_v4(frame, p) else {
         return xdp_action::XDP_PASS;
     };
-    let key = ServiceKey {
-        addr: flow.dst,
-        port: flow.dport,
-        proto: flow.proto,
-        _pad: 0,
-    };
-    // SAFETY: the value is copied out at once.
-    let Some(svc) = (unsafe { SERVICES.get(&key) }).copied() else {
-        return xdp_action::XDP_PASS;
-    };
-    bump(counters, Counter::L4ServiceHit);
-    // SAFETY: the value is copied out at once.
-    let known = unsafe { FLOWS.get(&flow) }.copied();
-    let target = match known {
-        Some(f) => {
-            bump(counters, Counter::L4FlowHit);
-            f
+    let mut d = PASS;
+    // The action comes back as the return value (used here, so LLVM keeps
+    // it in r0); the addresses come through `d`.
+    const LOCAL: u32 = Action::Local as u32;
+    const FORWARD: u32 = Action::Forward as u32;
+    const DROP: u32 = Action::Drop as u32;
+    let mut action = decide(&flow, counters, &mut d);
+    if action == NEW_FLOW {
+        action = start_flow(&flow, counters, &mut d);
+    }
+    match action {
+        DROP => xdp_action::XDP_DROP,
+        LOCAL => {
+            if rewrite_v4(frame, p, End::Destination, d.dst, d.dst_port) {
+                bump(counters, Counter::L4DnatLocal);
+            }
+            xdp_action::XDP_PASS
         }
-        None => {
-            let Some(b) = (if svc.backend_count > 0 {
-                pick(&svc, &flow)
-            } else {
-                None
-            }) else {
-                bump(counters, Counter::L4NoBackend);
-                return xdp_action::XDP_DROP;
-            };
-            let f = FlowValue {
-                backend: b.addr,
-                backend_port: b.port,
-                flags: b.flags,
-                _pad: 0,
-            };
-            let _ = FLOWS.insert(&flow, &f, 0);
-            let reply = FlowKey {
-                src: b.addr,
-                dst: flow.src,
-                sport: b.port,
-                dport: flow.sport,
-                proto: flow.proto,
-                _pad: [0; 3],
-            };
-            let rev = RevValue {
-                frontend: flow.dst,
-                frontend_port: flow.dport,
-                _pad: [0; 2],
-            };
-            let _ = REVNAT.insert(&reply, &rev, 0);
-            bump(counters, Counter::L4NewFlow);
-            f
+        FORWARD => {
+            // TTL 1 is left to the stack, which answers with an ICMP error.
+            if !decrement_ttl_v4(frame, p)
+                || !rewrite_v4(frame, p, End::Destination, d.dst, d.dst_port)
+                || !rewrite_v4(frame, p, End::Source, d.src, d.src_port)
+            {
+                return xdp_action::XDP_PASS;
+            }
+            forward(ctx, frame, p.l4_proto, d.src, d.dst, counters)
         }
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
+/// Picks a backend for a new flow and records it (and the entry its
+/// replies are translated by) from the scratch space; for a remote backend
+/// this also picks the SNAT port. False when no backend or port could be had.
+/// The frontend key is the one [`decide`] left in the scratch space.
+#[inline(never)]
+fn start_flow(flow: &FlowKey, counters: &PerCpuArray<u64>, out: &mut Decision) -> u32 {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return Action::Pass as u32;
     };
-    if target.flags & BACKEND_LOCAL == 0 || !is_v4_mapped(&target.backend) {
-        bump(counters, Counter::L4RemoteNotYet);
+    // SAFETY: this CPU's scratch value, used only within this program run.
+    let s = unsafe { &mut *s };
+    // SAFETY: map values stay valid for the rest of the program run.
+    let Some(svc) = (unsafe { SERVICES.get(&s.key) }) else {
+        return Action::Pass as u32;
+    };
+    let Some(b) = pick(svc, flow) else {
+        bump(counters, Counter::L4NoBackend);
+        return Action::Drop as u32;
+    };
+    // Field by field: whole-struct literals would be built on the stack
+    // first.
+    s.flow.backend = b.addr;
+    s.flow.backend_port = b.port;
+    s.flow.snat_port = 0;
+    s.flow.flags = b.flags;
+    s.flow._pad = [0; 3];
+    s.rev.frontend = flow.dst;
+    s.rev.client = flow.src;
+    s.rev.frontend_port = flow.dport;
+    s.rev.client_port = flow.sport;
+    s.rev.flags = 0;
+    s.rev._pad = [0; 3];
+    s.reply.src = b.addr;
+    s.reply.dst = flow.src;
+    s.reply.sport = b.port;
+    s.reply.dport = flow.sport;
+    s.reply.proto = flow.proto;
+    s.reply._pad = [0; 3];
+    let snat = global(&SNAT_IPV4);
+    if b.flags & BACKEND_LOCAL == 0 && snat != [0; 4] {
+        let (min, span) = (global(&SNAT_PORT_MIN), global(&SNAT_PORT_SPAN).max(1));
+        let start = (flow_hash(flow) >> 16) as u16 % span;
+        s.reply.dst = v4_mapped(snat);
+        s.rev.flags = REV_REMOTE;
+        let mut chosen = 0u16;
+        for i in 0..SNAT_PROBES {
+            let port = (min as u32 + ((start as u32 + i as u32) % span as u32)) as u16;
+            s.reply.dport = port.to_be();
+            // SAFETY: only the presence is checked.
+            if unsafe { REVNAT.get(&s.reply) }.is_none() {
+                chosen = port;
+                break;
+            }
+        }
+        if chosen == 0 {
+            bump(counters, Counter::L4SnatExhausted);
+            return Action::Drop as u32;
+        }
+        s.flow.snat_port = chosen.to_be();
+    }
+    let _ = FLOWS.insert(flow, &s.flow, 0);
+    let _ = REVNAT.insert(&s.reply, &s.rev, 0);
+    bump(counters, Counter::L4NewFlow);
+    *out = to_backend(&s.flow, counters);
+    out.action as u32
+}
+
+/// A reply from a remote pod to a SNATed flow goes back to the client, from
+/// the frontend.
+#[inline(always)]
+fn reply_from_remote(reply: &FlowKey, counters: &PerCpuArray<u64>) -> Decision {
+    // SAFETY: map values stay valid for the rest of the program run.
+    let Some(rev) = (unsafe { REVNAT.get(reply) }) else {
+        return PASS;
+    };
+    if rev.flags & REV_REMOTE == 0 || !is_v4_mapped(&rev.frontend) || !is_v4_mapped(&rev.client) {
+        return PASS;
+    }
+    let (fe, cl) = (&rev.frontend, &rev.client);
+    bump(counters, Counter::L4ReplyRemote);
+    Decision {
+        action: Action::Forward,
+        dst: [cl[12], cl[13], cl[14], cl[15]],
+        dst_port: u16::from_be(rev.client_port),
+        src: [fe[12], fe[13], fe[14], fe[15]],
+        src_port: u16::from_be(rev.frontend_port),
+    }
+}
+
+/// Sends a translated frame on by the kernel's FIB: new MACs, then XDP_TX
+/// out of the same interface or a redirect to another. Without an answer
+/// (no route, no neighbour entry yet) the stack forwards it.
+#[inline(never)]
+fn forward<F: FrameMut>(
+    ctx: &XdpContext,
+    frame: &mut F,
+    proto: u8,
+    src: [u8; 4],
+    dst: [u8; 4],
+    counters: &PerCpuArray<u64>,
+) -> u32 {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid request to fill in.
+    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    fib.family = 2; // AF_INET
+    fib.l4_protocol = proto;
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
+    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    // SAFETY: the helper reads and writes `fib`, which lives on the stack.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            &mut fib as *mut bpf_fib_lookup,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        bump(counters, Counter::L4FibPass);
         return xdp_action::XDP_PASS;
     }
-    let a = target.backend;
-    if rewrite_v4(
-        frame,
-        p,
-        End::Destination,
-        [a[12], a[13], a[14], a[15]],
-        u16::from_be(target.backend_port),
-    ) {
-        bump(counters, Counter::L4DnatLocal);
+    if !frame.write(0, fib.dmac) || !frame.write(6, fib.smac) {
+        return xdp_action::XDP_PASS;
     }
-    xdp_action::XDP_PASS
+    bump(counters, Counter::L4Forwarded);
+    if fib.ifindex == ctx.ingress_ifindex() as u32 {
+        xdp_action::XDP_TX
+    } else {
+        // SAFETY: redirect to the interface the FIB named.
+        unsafe { bpf_redirect(fib.ifindex, 0) as u32 }
+    }
 }
 
 /// Whether a TC egress frame is a reply that needs reverse translation;
@@ -164,7 +411,8 @@ pub fn reply_of<F: FrameMut>(frame: &F, p: &Parsed) -> Option<RevValue> {
     }
     let reply = flow_v4(frame, p)?;
     // SAFETY: the value is copied out at once.
-    unsafe { REVNAT.get(&reply) }.copied()
+    let rev = unsafe { REVNAT.get(&reply) }.copied()?;
+    (rev.flags & REV_REMOTE == 0).then_some(rev)
 }
 
 /// TC egress: a pod's reply gets the frontend back as its source.

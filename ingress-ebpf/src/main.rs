@@ -23,7 +23,7 @@ use crate::frame::PacketBounds;
 pub fn ingress_xdp(ctx: XdpContext) -> u32 {
     let mut frame = PacketBounds::new(ctx.data(), ctx.data_end());
     let parsed = observe::frame(&ctx, &frame, &stats::XDP_COUNTERS);
-    lb::ingress(&mut frame, &parsed, &stats::XDP_COUNTERS)
+    lb::ingress(&ctx, &mut frame, &parsed, &stats::XDP_COUNTERS)
 }
 
 /// TC egress on the same interfaces: count and pass (reverse translation

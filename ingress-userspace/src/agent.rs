@@ -14,7 +14,9 @@ use tokio::{
 use crate::{
     admin::{self, AdminState},
     cli::{ConfigOpts, RunOpts},
-    datapath::{Datapath, DatapathConfig, counters::DatapathCollector, l4maps::L4Maps},
+    datapath::{
+        Datapath, DatapathConfig, LoadOptions, counters::DatapathCollector, l4maps::L4Maps,
+    },
     metrics::ProxyMetrics,
     model::{ClusterState, CompileOptions, Diagnostic, Severity, Snapshot, compile},
     proxy::{Proxy, listen, server},
@@ -83,6 +85,13 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
     let dp_config = DatapathConfig {
         interfaces: opts.interfaces.clone(),
         xdp_mode: opts.xdp_mode,
+        load: LoadOptions {
+            snat_ipv4: opts.config.node_ips.iter().find_map(|ip| match ip {
+                std::net::IpAddr::V4(a) => Some(*a),
+                std::net::IpAddr::V6(_) => None,
+            }),
+            ..LoadOptions::default()
+        },
     };
     let mut collector = DatapathCollector::default();
     let mut l4_maps = None;

@@ -15,7 +15,7 @@ use ingress_common::{
 };
 use ingress_userspace::{
     datapath::{
-        LoadedPrograms,
+        LoadOptions, LoadedPrograms,
         counters::{CounterMap, Hook},
         l4maps::L4Maps,
     },
@@ -66,8 +66,12 @@ fn sa(ip: [u8; 4], port: u16) -> SocketAddr {
 
 impl Harness {
     fn new() -> Self {
+        Self::with(&LoadOptions::default())
+    }
+
+    fn with(opts: &LoadOptions) -> Self {
         support::require_root();
-        let mut programs = LoadedPrograms::load().expect("loading the eBPF object");
+        let mut programs = LoadedPrograms::load_with(opts).expect("loading the eBPF object");
         let xdp = programs.take_counters(Hook::Xdp).unwrap();
         let tc = programs.take_counters(Hook::Tc).unwrap();
         let mut l4 = L4Maps::take(&mut programs).unwrap();
@@ -241,7 +245,7 @@ fn other_traffic_passes_untouched() {
 }
 
 #[test]
-fn remote_backends_pass_untranslated_for_now_and_empty_services_drop() {
+fn without_a_snat_address_remote_backends_pass_untranslated_and_empty_services_drop() {
     let mut h = Harness::new();
     let far = PacketBuilder::tcp4(CLIENT, NODE, 40000, 30090).build();
     let (verdict, out, events) = h.run(Hook::Xdp, &far);
@@ -252,7 +256,7 @@ fn remote_backends_pass_untranslated_for_now_and_empty_services_drop() {
         [
             (Counter::L4ServiceHit, 1),
             (Counter::L4NewFlow, 1),
-            (Counter::L4RemoteNotYet, 1)
+            (Counter::L4NoSnatAddress, 1)
         ]
     );
     let empty = PacketBuilder::tcp4(CLIENT, NODE, 40000, 30099).build();
@@ -262,6 +266,74 @@ fn remote_backends_pass_untranslated_for_now_and_empty_services_drop() {
         events,
         [(Counter::L4ServiceHit, 1), (Counter::L4NoBackend, 1)]
     );
+}
+
+/// DNAT + SNAT towards a pod on another node and the reply's way back. The
+/// harness runs in a fresh namespace with no routes, so the FIB lookup
+/// finds nothing and the frames pass to the stack (the namespace end-to-end
+/// test covers XDP_TX).
+#[test]
+fn remote_backends_get_dnat_snat_and_their_replies_come_back() {
+    let ns = support::Namespaces::new(&["fib"]);
+    support::in_netns(ns.name("fib"), || {
+        let mut h = Harness::with(&LoadOptions {
+            snat_ipv4: Some(NODE.into()),
+            ..LoadOptions::default()
+        });
+        let syn = PacketBuilder::tcp4(CLIENT, NODE, 40000, 30090).build();
+        let (verdict, out, events) = h.run(Hook::Xdp, &syn);
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(
+            events,
+            [
+                (Counter::L4ServiceHit, 1),
+                (Counter::L4NewFlow, 1),
+                (Counter::L4DnatRemote, 1),
+                (Counter::L4FibPass, 1)
+            ]
+        );
+        let p = ingress_common::parse::parse(&out[..]);
+        let snat_port = p.src_port;
+        assert!(
+            (20_000..30_000).contains(&snat_port),
+            "SNAT port {snat_port}"
+        );
+        assert_eq!(
+            out,
+            PacketBuilder::tcp4(NODE, REMOTE_POD, snat_port, 9090)
+                .with_ttl(63)
+                .build(),
+            "DNAT to the pod, SNAT to the node, TTL down by one, checksums exact"
+        );
+        // The pod's reply arrives at the node and goes back to the client
+        // from the frontend.
+        let reply = PacketBuilder::tcp4(REMOTE_POD, NODE, 9090, snat_port).build();
+        let (verdict, out, events) = h.run(Hook::Xdp, &reply);
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(
+            events,
+            [(Counter::L4ReplyRemote, 1), (Counter::L4FibPass, 1)]
+        );
+        assert_eq!(
+            out,
+            PacketBuilder::tcp4(NODE, CLIENT, 30090, 40000)
+                .with_ttl(63)
+                .build()
+        );
+        // A second client flow gets its own SNAT port.
+        let (_, out2, _) = h.run(
+            Hook::Xdp,
+            &PacketBuilder::tcp4(CLIENT, NODE, 40001, 30090).build(),
+        );
+        assert_ne!(ingress_common::parse::parse(&out2[..]).src_port, snat_port);
+        // TTL 1 is not forwarded by XDP: the stack answers it.
+        let dying = PacketBuilder::tcp4(CLIENT, NODE, 40000, 30090)
+            .with_ttl(1)
+            .build();
+        let (verdict, out, _) = h.run(Hook::Xdp, &dying);
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(out, dying);
+    });
 }
 
 #[test]

@@ -77,6 +77,7 @@ pub enum DatapathError {
 pub struct DatapathConfig {
     pub interfaces: Vec<String>,
     pub xdp_mode: XdpModeArg,
+    pub load: LoadOptions,
 }
 
 impl DatapathConfig {
@@ -93,6 +94,26 @@ fn xdp_mode(arg: XdpModeArg) -> (XdpMode, &'static str) {
     }
 }
 
+/// What is fixed at load time (globals of the programs).
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// The source address towards pods on other nodes (the node's IPv4).
+    pub snat_ipv4: Option<std::net::Ipv4Addr>,
+    /// SNAT ports: `min .. min + span`.
+    pub snat_port_min: u16,
+    pub snat_port_span: u16,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            snat_ipv4: None,
+            snat_port_min: ingress_common::l4::DEFAULT_SNAT_PORT_MIN,
+            snat_port_span: ingress_common::l4::DEFAULT_SNAT_PORT_SPAN,
+        }
+    }
+}
+
 /// The loaded object with its programs not yet attached: what the packet
 /// fixtures run through `BPF_PROG_TEST_RUN`.
 pub struct LoadedPrograms {
@@ -102,11 +123,28 @@ pub struct LoadedPrograms {
 impl LoadedPrograms {
     /// Loads the embedded object and both programs into the kernel.
     pub fn load() -> Result<Self, DatapathError> {
+        Self::load_with(&LoadOptions::default())
+    }
+
+    /// Loads with the given globals.
+    pub fn load_with(opts: &LoadOptions) -> Result<Self, DatapathError> {
         let missing = privileges::missing_capabilities();
         if !missing.is_empty() {
             return Err(DatapathError::Privileges(missing.join(", ")));
         }
+        let snat = opts.snat_ipv4.map_or([0u8; 4], |a| a.octets());
         let mut ebpf = EbpfLoader::new()
+            .override_global(ingress_common::l4::SNAT_IPV4_GLOBAL, &snat, true)
+            .override_global(
+                ingress_common::l4::SNAT_PORT_MIN_GLOBAL,
+                &opts.snat_port_min,
+                true,
+            )
+            .override_global(
+                ingress_common::l4::SNAT_PORT_SPAN_GLOBAL,
+                &opts.snat_port_span,
+                true,
+            )
             .load(object::EBPF_OBJECT)
             .map_err(DatapathError::Load)?;
         xdp_program(&mut ebpf)?
@@ -193,7 +231,7 @@ impl Datapath {
                 return Err(DatapathError::UnknownInterface(iface.clone()));
             }
         }
-        let mut programs = LoadedPrograms::load()?;
+        let mut programs = LoadedPrograms::load_with(&config.load)?;
         let log_task = start_log_forwarder(&mut programs.ebpf);
         let mut dp = Datapath {
             programs,
