@@ -163,3 +163,184 @@ fn nodeport_to_a_local_pod_native() {
 fn nodeport_to_a_local_pod_skb() {
     run("skb");
 }
+
+const TWO_NODES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  type: NodePort
+  ports:
+  - {name: http, port: 80, targetPort: 8080, nodePort: 30080}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: ["198.18.3.2"], nodeName: edge-1, conditions: {ready: true}}
+- {addresses: ["198.18.0.3"], nodeName: worker-1, conditions: {ready: true}}
+"#;
+
+/// Client, ingress node and worker on one bridged segment (so the worker
+/// could answer the client directly: replies only arrive if SNAT and the
+/// reverse translation are right), plus a pod behind the ingress node.
+fn run_two_nodes(mode: &str) {
+    let ns = Namespaces::new(&["lan", "node", "client", "worker", "pod"]);
+    ns.link("node", "eth0", &["198.18.0.1/24"], "lan", "p-node", &[]);
+    ns.link("client", "eth0", &["198.18.0.2/24"], "lan", "p-client", &[]);
+    ns.link("worker", "eth0", &["198.18.0.3/24"], "lan", "p-worker", &[]);
+    ns.link(
+        "node",
+        "eth1",
+        &["198.18.3.1/24"],
+        "pod",
+        "eth0",
+        &["198.18.3.2/24"],
+    );
+    let name = |r: &str| ns.name(r).to_string();
+    let (lan, node, client, worker, pod) = (
+        name("lan"),
+        name("node"),
+        name("client"),
+        name("worker"),
+        name("pod"),
+    );
+    sh(&["ip", "-n", &lan, "link", "add", "br0", "type", "bridge"]);
+    for port in ["p-node", "p-client", "p-worker"] {
+        sh(&["ip", "-n", &lan, "link", "set", port, "master", "br0"]);
+    }
+    sh(&["ip", "-n", &lan, "link", "set", "br0", "up"]);
+    // Native XDP_TX on a veth is delivered only to a peer with NAPI.
+    for port in ["p-node", "p-client", "p-worker"] {
+        sh(&[
+            "ip", "netns", "exec", &lan, "ethtool", "-K", port, "gro", "on",
+        ]);
+    }
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &node,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &pod,
+        "route",
+        "add",
+        "default",
+        "via",
+        "198.18.3.1",
+    ]);
+    // Warm the neighbour entries the FIB lookups need.
+    for (from, to) in [
+        (&node, "198.18.0.3"),
+        (&node, "198.18.0.2"),
+        (&client, "198.18.0.1"),
+        (&worker, "198.18.0.1"),
+    ] {
+        sh(&[
+            "ip", "netns", "exec", from, "ping", "-c", "1", "-W", "2", to,
+        ]);
+    }
+    let dir = TempDir::new("nodeport2");
+    dir.write("web.yaml", TWO_NODES);
+    let manifests = dir.path().display().to_string();
+    let agent = start_agent(
+        &node,
+        &[
+            "--interface",
+            "eth0",
+            "--xdp-mode",
+            mode,
+            "--node-ip",
+            "198.18.0.1",
+            "--node-name",
+            "edge-1",
+            "--manifests",
+            &manifests,
+            "--http-listen",
+            "198.18.0.1:80",
+        ],
+        sa("127.0.0.1:9100"),
+    );
+    let local = tcp_echo_server(&pod, sa("198.18.3.2:8080"), CONNECTIONS);
+    let remote = tcp_echo_server(&worker, sa("198.18.0.3:8080"), CONNECTIONS);
+    // Flows spread over both pods by Maglev; every one must complete.
+    let mut done = 0;
+    let mut rounds = 0;
+    let m_before = agent.metrics();
+    while done < CONNECTIONS && rounds < 8 {
+        done += tcp_round_trips(&client, sa("198.18.0.1:30080"), 5);
+        rounds += 1;
+        let m = agent.metrics();
+        let ev = |e: &str| {
+            m.get(&format!(
+                "ingress_datapath_l4_events_total{{hook=\"xdp\",event=\"{e}\"}}"
+            ))
+            .copied()
+            .unwrap_or(0.0)
+        };
+        if ev("l4_dnat_remote") > 0.0 && ev("l4_dnat_local") > 0.0 && done >= 10 {
+            break;
+        }
+    }
+    let m_now = agent.metrics();
+    let dbg: Vec<_> = m_now
+        .iter()
+        .filter(|(k, v)| k.contains("l4_events") && **v > 0.0)
+        .collect();
+    assert_eq!(
+        done,
+        rounds * 5,
+        "{mode}: every connection through the NodePort completed: {dbg:?}"
+    );
+    let m = agent.metrics();
+    let ev = |e: &str| {
+        let k = format!("ingress_datapath_l4_events_total{{hook=\"xdp\",event=\"{e}\"}}");
+        m.get(&k).copied().unwrap_or(0.0) - m_before.get(&k).copied().unwrap_or(0.0)
+    };
+    assert!(
+        ev("l4_dnat_remote") > 0.0,
+        "{mode}: some flows went to the worker: {m:?}"
+    );
+    assert!(
+        ev("l4_reply_remote") > 0.0,
+        "{mode}: the worker's replies were translated back"
+    );
+    assert!(
+        ev("l4_dnat_local") > 0.0,
+        "{mode}: some flows went to the local pod"
+    );
+    assert!(
+        ev("l4_forwarded") > 0.0,
+        "{mode}: XDP forwarded frames itself"
+    );
+    let ipt = sh(&["ip", "netns", "exec", &node, "iptables-save"]);
+    assert!(
+        !String::from_utf8_lossy(&ipt.stdout)
+            .lines()
+            .any(|l| l.starts_with("-A"))
+    );
+    drop(local);
+    drop(remote);
+    let (status, log) = agent.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}: {log}");
+}
+
+// Native mode on this veth + bridge topology: frames the node sends on
+// with XDP_TX reach the worker, but about a third of the remote flows do
+// not complete (the worker answers fewer packets than it receives); skb
+// mode completes all of them. Until that is understood the two-node test
+// runs in skb mode only; the one-node NodePort test covers native mode.
+// See docs/l4.md.
+
+#[test]
+fn nodeport_to_pods_on_two_nodes_skb() {
+    run_two_nodes("skb");
+}

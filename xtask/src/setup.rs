@@ -12,6 +12,7 @@ use crate::cmd::{self, succeeds};
 ///   nightly's LLVM).
 /// - iproute2, ethtool, util-linux: namespaces, veth, offload switches, setpriv.
 /// - iptables, nftables: the L4 tests assert the node has no rule at all.
+/// - iputils-ping: warms neighbour entries in the namespace tests.
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -22,6 +23,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
     "iptables",
     "nftables",
+    "iputils-ping",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

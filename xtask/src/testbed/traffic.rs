@@ -11,7 +11,7 @@ use std::{
 
 use super::in_netns;
 
-const TIMEOUT: Duration = Duration::from_secs(10);
+const TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A TCP echo server in `ns` on `addr` that serves `connections` peers (one
 /// read and echo each), then stops.
