@@ -88,6 +88,26 @@ pub fn run() -> anyhow::Result<()> {
         ns.name("client").to_string(),
         ns.name("pods").to_string(),
     );
+    // The node forwards to the pods behind it; the pods answer through it.
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &node,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &pods,
+        "route",
+        "add",
+        "default",
+        "via",
+        "198.18.1.1",
+    ]);
     println!(
         "demo: client 198.18.0.2 <-> eth0 198.18.0.1 [node] eth1 198.18.1.1 <-> pods 198.18.1.2, 198.18.1.3"
     );
@@ -116,6 +136,10 @@ pub fn run() -> anyhow::Result<()> {
             &manifests,
             "--http-listen",
             "198.18.0.1:80",
+            "--node-name",
+            "edge-1",
+            "--node-ip",
+            "198.18.0.1",
         ],
         admin,
     );
@@ -177,6 +201,35 @@ pub fn run() -> anyhow::Result<()> {
     }
 
     println!(
+        "\n== L4 path: NodePort 30080 of Service web, answered by XDP (DNAT) and TC (reverse NAT) =="
+    );
+    let mut nodeport_ok = 0;
+    for _ in 0..4 {
+        match http_get_from(&client, sa("198.18.0.1:30080"), "anything", "/") {
+            Ok((status, body)) => {
+                let pod = body
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .trim_start_matches("pod=");
+                println!(
+                    "  GET http://198.18.0.1:30080/ -> {status} {pod} (straight to the pod, no proxy)"
+                );
+                if status == 200 {
+                    nodeport_ok += 1;
+                }
+            }
+            Err(e) => println!("  GET http://198.18.0.1:30080/ -> failed: {e}"),
+        }
+    }
+    let rules = sh(&["ip", "netns", "exec", &node, "iptables-save"]);
+    let rule_count = String::from_utf8_lossy(&rules.stdout)
+        .lines()
+        .filter(|l| l.starts_with("-A"))
+        .count();
+    println!("  iptables rules on the node: {rule_count}");
+
+    println!(
         "\n== live change: /api moves from Service api to Service web (atomic file rename) =="
     );
     let changed = INGRESS.replace(
@@ -227,7 +280,13 @@ pub fn run() -> anyhow::Result<()> {
             "none"
         }
     );
-    if !status.success() || still_attached || http_ok < 6 || moved_after.is_none() {
+    if !status.success()
+        || still_attached
+        || http_ok < 6
+        || moved_after.is_none()
+        || nodeport_ok < 4
+        || rule_count > 0
+    {
         bail!("the demo did not go as expected");
     }
     println!("demo: done; namespaces removed");

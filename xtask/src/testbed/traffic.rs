@@ -151,7 +151,9 @@ fn serve_http_echo(mut s: TcpStream, pod: &str, deadline: std::time::Instant) {
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nServer: echo\r\n\r\n{body}",
                 body.len()
             );
-            if s.write_all(resp.as_bytes()).is_err() {
+            if s.write_all(resp.as_bytes()).is_err()
+                || head.to_ascii_lowercase().contains("connection: close")
+            {
                 return;
             }
         }
