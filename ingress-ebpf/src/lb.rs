@@ -231,7 +231,9 @@ pub fn ingress<F: FrameMut>(
     p: &Parsed,
     counters: &PerCpuArray<u64>,
 ) -> u32 {
-    if !matches!(p.class, Class::Ipv4Tcp | Class::Ipv4Udp) {
+    // Fragments are classed apart already; IPv4 with options passes
+    // untouched by rule (rare on the wire, and often a probe).
+    if !matches!(p.class, Class::Ipv4Tcp | Class::Ipv4Udp) || p.ipv4_options {
         return xdp_action::XDP_PASS;
     }
     let Some(flow) = flow_v4(frame, p) else {

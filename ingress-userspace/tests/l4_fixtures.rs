@@ -231,6 +231,12 @@ fn other_traffic_passes_untouched() {
                 .with_frag(0x2000)
                 .build(),
         ),
+        (
+            "IPv4 with options to the frontend",
+            PacketBuilder::tcp4(CLIENT, NODE, 40000, 30080)
+                .with_ipv4_options(&[1, 1, 1, 1])
+                .build(),
+        ),
     ] {
         let (verdict, out, events) = h.run(Hook::Xdp, &frame);
         assert_eq!(verdict, XDP_PASS, "{what}");
