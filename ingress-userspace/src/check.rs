@@ -40,7 +40,7 @@ pub fn render(snap: &Snapshot) -> String {
                     .collect::<Vec<_>>()
                     .join(",")
             };
-            (b.label(), eps)
+            (b.label.to_string(), eps)
         }
         None => ("?".into(), String::new()),
     };

@@ -1,22 +1,46 @@
 //! The agent's own metrics (prometheus-client), beside the eBPF counters
 //! that `datapath::counters` exports.
 
-use std::{sync::atomic::AtomicU64, time::Duration};
+use std::{
+    fmt::Write as _,
+    sync::{Arc, atomic::AtomicU64},
+    time::Duration,
+};
 
 use prometheus_client::{
-    encoding::EncodeLabelSet,
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
+/// A label value shared by reference count: built once per snapshot, so
+/// counting a request allocates nothing.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Label(pub Arc<str>);
+
+impl EncodeLabelValue for Label {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
+
+/// `2xx` .. `5xx`, from the status code's first digit.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct StatusClass(pub u8);
+
+impl EncodeLabelValue for StatusClass {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        write!(encoder, "{}xx", self.0)
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// `2xx` .. `5xx`.
-    pub status_class: String,
+    pub status_class: StatusClass,
     /// A host the configuration names, or `other`.
-    pub host: String,
+    pub host: Label,
     /// `ns/name:port`, or `none` for the proxy's own answers.
-    pub service: String,
+    pub service: Label,
 }
 
 #[derive(Debug)]
@@ -90,11 +114,17 @@ impl ProxyMetrics {
         m
     }
 
-    pub fn observe_request(&self, status: u16, host: &str, service: &str, duration: Duration) {
+    pub fn observe_request(
+        &self,
+        status: u16,
+        host: &Arc<str>,
+        service: &Arc<str>,
+        duration: Duration,
+    ) {
         let labels = RequestLabels {
-            status_class: format!("{}xx", status / 100),
-            host: host.to_string(),
-            service: service.to_string(),
+            status_class: StatusClass((status / 100) as u8),
+            host: Label(host.clone()),
+            service: Label(service.clone()),
         };
         self.requests.get_or_create(&labels).inc();
         self.request_duration.observe(duration.as_secs_f64());

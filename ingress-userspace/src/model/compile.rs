@@ -154,8 +154,17 @@ pub fn compile(state: &ClusterState, opts: &CompileOptions) -> Snapshot {
         },
         &mut c.diagnostics,
     );
+    let router = router.build();
+    let host_labels = router
+        .tables()
+        .into_iter()
+        .map(|(h, _)| h)
+        .filter(|h| router.knows_host(h))
+        .map(|h| (h.clone(), Arc::from(h.as_str())))
+        .collect();
     Snapshot {
-        router: router.build(),
+        router,
+        host_labels,
         l4,
         backends: c.backends,
         served,
@@ -326,6 +335,7 @@ impl Compiler<'_> {
         }
         let id = BackendId(self.backends.len());
         self.backends.push(Backend {
+            label: Arc::from(format!("{key}:{port}")),
             service: key.clone(),
             port: port.clone(),
             endpoints: Arc::from(endpoints),

@@ -35,12 +35,14 @@ pub struct Backend {
     pub problem: Option<String>,
     /// Round-robin position.
     pub cursor: AtomicUsize,
+    /// `ns/name:port`, made once for logs and metric labels.
+    pub label: Arc<str>,
 }
 
 impl Backend {
     /// `ns/name:port`, the label used in logs and metrics.
-    pub fn label(&self) -> String {
-        format!("{}:{}", self.service, self.port)
+    pub fn label(&self) -> Arc<str> {
+        self.label.clone()
     }
 }
 
@@ -71,6 +73,8 @@ pub struct Snapshot {
     pub diagnostics: Vec<Diagnostic>,
     /// This node's name (`--node-name`), for the L4 path.
     pub node_name: String,
+    /// Metric label values for the hosts rules name (lowercase).
+    pub host_labels: std::collections::HashMap<String, Arc<str>>,
 }
 
 impl Snapshot {

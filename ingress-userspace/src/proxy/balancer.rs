@@ -64,6 +64,7 @@ mod tests {
             })
             .collect();
         Backend {
+            label: Arc::from("ns/svc:80"),
             service: ObjectKey::new("ns", "svc"),
             port: "80".into(),
             endpoints: Arc::from(eps),

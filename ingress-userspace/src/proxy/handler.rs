@@ -45,20 +45,21 @@ pub async fn handle(
     let raw_host = request_host(&req);
     let snapshot = proxy.snapshot();
     let host = raw_host.as_deref().and_then(normalize_request_host);
-    let host_label = match &host {
-        Some(h) if snapshot.router.knows_host(h) => h.clone(),
-        _ => "other".to_string(),
-    };
+    let host_label = host
+        .as_ref()
+        .and_then(|h| snapshot.host_labels.get(h))
+        .unwrap_or(&proxy.labels.other)
+        .clone();
     let mut record = AccessRecord {
         metrics: proxy.metrics.clone(),
         start,
         request_id,
-        method: req.method().to_string(),
+        method: req.method().clone(),
         host: raw_host.clone().unwrap_or_else(|| "-".into()),
         host_label,
         path: req.uri().path().to_string(),
         status: 0,
-        service: "none".to_string(),
+        service: proxy.labels.none.clone(),
         upstream: None,
         upstream_time: None,
         bytes_in: 0,

@@ -88,6 +88,15 @@ pub struct Proxy {
     snapshot: ArcSwap<Snapshot>,
     pub metrics: Arc<ProxyMetrics>,
     pools: RwLock<Vec<Arc<upstream::Upstreams>>>,
+    pub labels: FixedLabels,
+}
+
+/// Label values every request may need, made once.
+pub struct FixedLabels {
+    /// A host no rule names.
+    pub other: Arc<str>,
+    /// No backend (the proxy's own answers).
+    pub none: Arc<str>,
 }
 
 impl Proxy {
@@ -97,6 +106,10 @@ impl Proxy {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             metrics,
             pools: RwLock::new(Vec::new()),
+            labels: FixedLabels {
+                other: Arc::from("other"),
+                none: Arc::from("none"),
+            },
         })
     }
 
