@@ -176,7 +176,8 @@ fn start_source(
     let paths = config.manifests.clone();
     let (watcher, mut events) = files::watch(&paths)?;
     let started = Instant::now();
-    let (state, diags) = files::load(&paths);
+    let mut cache = files::ManifestCache::default();
+    let (state, diags) = cache.load(&paths);
     applier.apply(state, diags, started);
     Ok(tokio::spawn(async move {
         let _watcher = watcher;
@@ -185,9 +186,17 @@ fn start_source(
             tokio::time::sleep(DEBOUNCE).await;
             while events.try_recv().is_ok() {}
             let paths = paths.clone();
-            let loaded = tokio::task::spawn_blocking(move || files::load(&paths)).await;
+            let mut c = std::mem::take(&mut cache);
+            let loaded = tokio::task::spawn_blocking(move || {
+                let out = c.load(&paths);
+                (c, out)
+            })
+            .await;
             match loaded {
-                Ok((state, diags)) => applier.apply(state, diags, started),
+                Ok((c, (state, diags))) => {
+                    cache = c;
+                    applier.apply(state, diags, started);
+                }
                 Err(e) => tracing::error!(error = %e, "reloading manifests"),
             }
         }
