@@ -333,12 +333,12 @@ fn run_two_nodes(mode: &str) {
     assert!(status.success(), "{status}: {log}");
 }
 
-// Native mode on this veth + bridge topology: frames the node sends on
-// with XDP_TX reach the worker, but about a third of the remote flows do
-// not complete (the worker answers fewer packets than it receives); skb
-// mode completes all of them. Until that is understood the two-node test
-// runs in skb mode only; the one-node NodePort test covers native mode.
-// See docs/l4.md.
+// Native mode on this veth + bridge topology: captures show frames the
+// node sends with XDP_TX arriving seconds late, in a burst with the next
+// flow's packets (the peer veth's NAPI runs only when later traffic
+// schedules it), so handshakes time out; skb mode completes every flow.
+// The two-node test runs in skb mode until that is solved; the one-node
+// NodePort test covers native mode. See docs/l4.md.
 
 #[test]
 fn nodeport_to_pods_on_two_nodes_skb() {
