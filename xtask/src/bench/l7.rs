@@ -680,7 +680,7 @@ impl Report {
         writeln!(s, "### Change to traffic\n")?;
         writeln!(
             s,
-            "A new Ingress for a new host written to a staging directory and renamed into the watched one; the time from the rename to the first 200 for that host (a client polls every {} µs with a new connection), {CHANGES} times each. The agent waits 15 ms for file events to settle before it reloads, and every reload reads and compiles all files, so the time grows with the number of Ingresses:\n",
+            "A new Ingress for a new host written to a staging directory and renamed into the watched one; the time from the rename to the first 200 for that host (a client polls every {} µs with a new connection), {CHANGES} times each. The agent waits 15 ms for file events to settle before it reloads, re-parses only the files that changed, and compiles the whole configuration again, so the time grows with the number of Ingresses:\n",
             POLL.as_micros()
         )?;
         writeln!(
