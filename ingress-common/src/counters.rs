@@ -62,6 +62,8 @@ pub enum Counter {
     L4FibPass = 50,
     /// No free SNAT port after the probes: the flow is dropped.
     L4SnatExhausted = 51,
+    /// A client outside the Service's `loadBalancerSourceRanges`: dropped.
+    L4SourceRangeDrop = 52,
 }
 
 /// Whether a counter is the total, one of the exclusive classes, or a flag.
@@ -75,7 +77,7 @@ pub enum CounterKind {
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 30] = [
+    pub const ALL: [Counter; 31] = [
         Counter::Packets,
         Counter::Ipv4Tcp,
         Counter::Ipv4Udp,
@@ -106,6 +108,7 @@ impl Counter {
         Counter::L4Forwarded,
         Counter::L4FibPass,
         Counter::L4SnatExhausted,
+        Counter::L4SourceRangeDrop,
     ];
 
     /// The slot in the counter array.
@@ -146,6 +149,7 @@ impl Counter {
             Counter::L4Forwarded => "l4_forwarded",
             Counter::L4FibPass => "l4_fib_pass",
             Counter::L4SnatExhausted => "l4_snat_exhausted",
+            Counter::L4SourceRangeDrop => "l4_source_range_drop",
         }
     }
 
@@ -164,7 +168,8 @@ impl Counter {
             | Counter::L4ReplyRemote
             | Counter::L4Forwarded
             | Counter::L4FibPass
-            | Counter::L4SnatExhausted => CounterKind::Event,
+            | Counter::L4SnatExhausted
+            | Counter::L4SourceRangeDrop => CounterKind::Event,
             _ => CounterKind::Class,
         }
     }

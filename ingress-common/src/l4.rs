@@ -14,6 +14,12 @@ pub const L4_MAGLEV: &str = "L4_MAGLEV";
 pub const L4_FLOWS: &str = "L4_FLOWS";
 /// Reverse translation: a reply flow (pod -> client) -> [`RevValue`].
 pub const L4_REVNAT: &str = "L4_REVNAT";
+/// `loadBalancerSourceRanges`: (service id, client prefix) -> allowed.
+pub const L4_SOURCE_RANGES: &str = "L4_SOURCE_RANGES";
+pub const DEFAULT_MAX_SOURCE_RANGES: u32 = 16_384;
+/// Bits of a [`RangeKey`] before the address: the service id.
+pub const RANGE_ID_BITS: u32 = 32;
+
 /// The global holding the Maglev table size the agent chose.
 pub const MAGLEV_SIZE_GLOBAL: &str = "MAGLEV_SIZE";
 /// The globals holding the SNAT address (IPv4, network order as bytes) and
@@ -109,6 +115,21 @@ pub struct BackendValue {
     pub _pad: u8,
 }
 
+/// The data of a source-range LPM key: the service id (big-endian, so the
+/// prefix covers it whole) then the 16-byte address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RangeKey {
+    pub service: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+/// The LPM prefix length of a source range of `bits` on `addr` (IPv4-mapped
+/// addresses count their 96 fixed bits).
+pub const fn range_prefix_len(addr_is_v4: bool, bits: u32) -> u32 {
+    RANGE_ID_BITS + if addr_is_v4 { 96 + bits } else { bits }
+}
+
 /// One direction of a flow. Also the key of the reverse table, where it is
 /// the reply direction (pod -> client).
 #[repr(C)]
@@ -183,6 +204,7 @@ pub fn flow_hash(k: &FlowKey) -> u64 {
 #[cfg(feature = "user")]
 mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::RangeKey {}
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::RevValue {}
     // SAFETY: plain #[repr(C)] data with explicit padding fields.

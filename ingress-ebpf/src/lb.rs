@@ -17,15 +17,16 @@ use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
 use ingress_common::{
     counters::Counter,
     l4::{
         BACKEND_LOCAL, BackendValue, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES,
-        DEFAULT_SNAT_PORT_MIN, DEFAULT_SNAT_PORT_SPAN, FlowKey, FlowValue, NO_BACKEND, REV_REMOTE,
-        RevValue, SNAT_PROBES, ServiceKey, ServiceValue, flow_hash, is_v4_mapped, v4_mapped,
+        DEFAULT_MAX_SOURCE_RANGES, DEFAULT_SNAT_PORT_MIN, DEFAULT_SNAT_PORT_SPAN, FlowKey,
+        FlowValue, NO_BACKEND, RANGE_ID_BITS, REV_REMOTE, RangeKey, RevValue, SNAT_PROBES,
+        SVC_SOURCE_RANGES, ServiceKey, ServiceValue, flow_hash, is_v4_mapped, v4_mapped,
     },
     maglev::DEFAULT_TABLE_SIZE,
     nat::{End, FrameMut, decrement_ttl_v4, rewrite_v4},
@@ -55,10 +56,15 @@ static REVNAT: LruHashMap<FlowKey, RevValue> = LruHashMap::with_max_entries(DEFA
 #[repr(C)]
 pub struct Scratch {
     key: ServiceKey,
+    range: Key<RangeKey>,
     flow: FlowValue,
     rev: RevValue,
     reply: FlowKey,
 }
+
+#[map(name = "L4_SOURCE_RANGES")]
+static SOURCE_RANGES: LpmTrie<RangeKey, u8> =
+    LpmTrie::with_max_entries(DEFAULT_MAX_SOURCE_RANGES, 0);
 
 #[map(name = "L4_SCRATCH")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
@@ -172,6 +178,17 @@ fn decide(flow: &FlowKey, counters: &PerCpuArray<u64>, out: &mut Decision) -> u3
         return out.action as u32;
     };
     bump(counters, Counter::L4ServiceHit);
+    if svc.flags & SVC_SOURCE_RANGES != 0 {
+        scratch.range.prefix_len = RANGE_ID_BITS + 128;
+        scratch.range.data = RangeKey {
+            service: svc.id.to_be_bytes(),
+            addr: flow.src,
+        };
+        if SOURCE_RANGES.get(&scratch.range).is_none() {
+            bump(counters, Counter::L4SourceRangeDrop);
+            return Action::Drop as u32;
+        }
+    }
     // SAFETY: as above.
     match unsafe { FLOWS.get(flow) } {
         Some(f) => {

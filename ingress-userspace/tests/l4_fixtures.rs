@@ -91,6 +91,11 @@ impl Harness {
         table
             .services
             .insert((sa(NODE, 30099), Proto::Tcp), service("empty", &[]));
+        let mut guarded = service("guarded", &[(sa(POD, 8080), true)]);
+        guarded.source_ranges = vec![("198.18.0.0".parse().unwrap(), 24)];
+        table
+            .services
+            .insert((sa(NODE, 30070), Proto::Tcp), guarded);
         assert!(l4.apply(&table).unwrap().is_empty());
         Harness {
             programs,
@@ -366,5 +371,22 @@ fn flows_keep_their_pod_when_the_service_changes() {
     assert_eq!(
         fresh,
         PacketBuilder::tcp4(CLIENT, [198, 18, 3, 9], 40124, 8080).build()
+    );
+}
+
+#[test]
+fn source_ranges_admit_their_clients_and_drop_the_rest() {
+    let mut h = Harness::new();
+    let inside = PacketBuilder::tcp4(CLIENT, NODE, 40000, 30070).build();
+    let (verdict, out, events) = h.run(Hook::Xdp, &inside);
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(out, PacketBuilder::tcp4(CLIENT, POD, 40000, 8080).build());
+    assert!(events.contains(&(Counter::L4DnatLocal, 1)));
+    let outside = PacketBuilder::tcp4([198, 18, 9, 9], NODE, 40000, 30070).build();
+    let (verdict, _, events) = h.run(Hook::Xdp, &outside);
+    assert_eq!(verdict, XDP_DROP);
+    assert_eq!(
+        events,
+        [(Counter::L4ServiceHit, 1), (Counter::L4SourceRangeDrop, 1)]
     );
 }

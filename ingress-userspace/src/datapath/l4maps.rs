@@ -1,9 +1,15 @@
 //! Writes the L4 table into the kernel maps, by diff and in the safe order
 //! that `l4sync::plan` gives.
 
-use aya::maps::{Array, HashMap, MapData};
+use aya::maps::{
+    Array, HashMap, MapData,
+    lpm_trie::{Key, LpmTrie},
+};
 use ingress_common::{
-    l4::{BackendValue, L4_BACKENDS, L4_MAGLEV, L4_SERVICES, NO_BACKEND, ServiceKey, ServiceValue},
+    l4::{
+        BackendValue, L4_BACKENDS, L4_MAGLEV, L4_SERVICES, L4_SOURCE_RANGES, NO_BACKEND, RangeKey,
+        ServiceKey, ServiceValue,
+    },
     maglev::DEFAULT_TABLE_SIZE,
 };
 
@@ -18,6 +24,7 @@ pub struct L4Maps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, u32, BackendValue>,
     maglev: Array<MapData, u32>,
+    ranges: LpmTrie<MapData, RangeKey, u8>,
     ids: Ids,
     image: MapImage,
     table_size: u32,
@@ -40,12 +47,15 @@ impl L4Maps {
         let backends = HashMap::try_from(take(L4_BACKENDS)?).map_err(map_err(L4_BACKENDS))?;
         let maglev: Array<MapData, u32> =
             Array::try_from(take(L4_MAGLEV)?).map_err(map_err(L4_MAGLEV))?;
+        let ranges =
+            LpmTrie::try_from(take(L4_SOURCE_RANGES)?).map_err(map_err(L4_SOURCE_RANGES))?;
         let table_size = DEFAULT_TABLE_SIZE;
         let max_services = maglev.len() / table_size;
         Ok(L4Maps {
             services,
             backends,
             maglev,
+            ranges,
             ids: Ids::new(max_services, ingress_common::l4::DEFAULT_MAX_BACKENDS),
             image: MapImage::default(),
             table_size,
@@ -89,6 +99,14 @@ impl L4Maps {
                 Ok(())
             }
             MapOp::DeleteBackend(id) => self.backends.remove(&id).map_err(map_err(L4_BACKENDS)),
+            MapOp::PutRange(len, k) => self
+                .ranges
+                .insert(&Key::new(len, k), 1, 0)
+                .map_err(map_err(L4_SOURCE_RANGES)),
+            MapOp::DeleteRange(len, k) => self
+                .ranges
+                .remove(&Key::new(len, k))
+                .map_err(map_err(L4_SOURCE_RANGES)),
         }
     }
 }

@@ -13,8 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ingress_common::{
     l4::{
-        BACKEND_LOCAL, BACKEND_TERMINATING, BackendValue, NO_BACKEND, SVC_CLIENT_AFFINITY,
-        SVC_LOCAL_POLICY, SVC_SOURCE_RANGES, ServiceKey, ServiceValue, v4_mapped,
+        BACKEND_LOCAL, BACKEND_TERMINATING, BackendValue, NO_BACKEND, RangeKey,
+        SVC_CLIENT_AFFINITY, SVC_LOCAL_POLICY, SVC_SOURCE_RANGES, ServiceKey, ServiceValue,
+        range_prefix_len, v4_mapped,
     },
     maglev,
 };
@@ -28,6 +29,8 @@ pub struct MapImage {
     pub backends: BTreeMap<u32, BackendValue>,
     /// Service id -> its Maglev table (backend ids).
     pub maglev: BTreeMap<u32, Vec<u32>>,
+    /// `loadBalancerSourceRanges`: (LPM prefix length, key).
+    pub ranges: BTreeSet<(u32, RangeKey)>,
 }
 
 /// One map write.
@@ -35,8 +38,11 @@ pub struct MapImage {
 pub enum MapOp {
     PutBackend(u32, BackendValue),
     PutMaglev(u32, Vec<u32>),
+    /// An allowed source prefix, written before the service that checks it.
+    PutRange(u32, RangeKey),
     PutService(ServiceKey, ServiceValue),
     DeleteService(ServiceKey),
+    DeleteRange(u32, RangeKey),
     /// Fill the service id's table with NO_BACKEND.
     ClearMaglev(u32),
     DeleteBackend(u32),
@@ -176,6 +182,19 @@ impl Ids {
                 .filter(|(_, b)| !b.terminating)
                 .map(|(id, _)| *id)
                 .collect();
+            for (net, bits) in &svc.source_ranges {
+                let (addr, v4) = match net {
+                    std::net::IpAddr::V4(a) => (v4_mapped(mask(a.octets(), *bits)), true),
+                    std::net::IpAddr::V6(a) => (mask(a.octets(), *bits), false),
+                };
+                let key = RangeKey {
+                    service: sid.to_be_bytes(),
+                    addr,
+                };
+                image
+                    .ranges
+                    .insert((range_prefix_len(v4, *bits as u32), key));
+            }
             image
                 .maglev
                 .insert(sid, maglev_table(svc, &eligible, table_size));
@@ -200,6 +219,15 @@ impl Ids {
         self.backends = used_backends;
         (image, errors)
     }
+}
+
+/// `addr` with the bits past `bits` cleared.
+fn mask<const N: usize>(mut addr: [u8; N], bits: u8) -> [u8; N] {
+    for (i, b) in addr.iter_mut().enumerate() {
+        let keep = (bits as usize).saturating_sub(i * 8).min(8);
+        *b &= (0xff00u16 >> keep) as u8;
+    }
+    addr
 }
 
 fn service_value(id: u32, svc: &L4Service, eligible: u32) -> ServiceValue {
@@ -255,6 +283,9 @@ pub fn plan(old: &MapImage, new: &MapImage) -> Vec<MapOp> {
             ops.push(MapOp::PutMaglev(*id, t.clone()));
         }
     }
+    for (len, k) in new.ranges.difference(&old.ranges) {
+        ops.push(MapOp::PutRange(*len, *k));
+    }
     for (k, v) in &new.services {
         if old.services.get(k) != Some(v) {
             ops.push(MapOp::PutService(*k, *v));
@@ -264,6 +295,9 @@ pub fn plan(old: &MapImage, new: &MapImage) -> Vec<MapOp> {
         if !new.services.contains_key(k) {
             ops.push(MapOp::DeleteService(*k));
         }
+    }
+    for (len, k) in old.ranges.difference(&new.ranges) {
+        ops.push(MapOp::DeleteRange(*len, *k));
     }
     for id in old.maglev.keys() {
         if !new.maglev.contains_key(id) {

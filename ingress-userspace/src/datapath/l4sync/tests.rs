@@ -58,6 +58,10 @@ fn assert_safe_order(old: &MapImage, ops: &[MapOp]) {
                 }
                 tables.insert(*id);
             }
+            MapOp::PutRange(..) => assert!(!services_deleted),
+            MapOp::DeleteRange(..) => assert!(
+                services_deleted || !ops.iter().any(|o| matches!(o, MapOp::DeleteService(_)))
+            ),
             MapOp::PutService(_, v) => {
                 assert!(!services_deleted);
                 assert!(
@@ -245,4 +249,50 @@ fn two_nodes_build_tables_that_pick_the_same_pods() {
             .collect()
     };
     assert_eq!(pods(&a), pods(&b));
+}
+
+#[test]
+fn source_ranges_are_masked_and_written_around_the_service() {
+    let mut ids = Ids::new(4, 4);
+    let mut s = svc("a", &[("198.18.2.1:80", false)]);
+    s.source_ranges = vec![
+        ("198.18.0.77".parse().unwrap(), 24),
+        ("fd00::1".parse().unwrap(), 8),
+    ];
+    let (img, _) = ids.image(&table(&[("198.18.0.1:1", s)]), M);
+    let v = img.services.values().next().unwrap();
+    assert!(v.flags & SVC_SOURCE_RANGES != 0);
+    let ranges: Vec<_> = img.ranges.iter().cloned().collect();
+    assert_eq!(ranges.len(), 2);
+    assert_eq!(
+        ranges.iter().find(|r| r.0 == 32 + 96 + 24).unwrap().1.addr,
+        v4_mapped([198, 18, 0, 0])
+    );
+    let v6 = ranges.iter().find(|r| r.0 == 32 + 8).unwrap().1.addr;
+    assert_eq!(v6[0], 0xfd);
+    assert!(v6[1..].iter().all(|b| *b == 0));
+    let ops = plan(&MapImage::default(), &img);
+    let first_service = ops
+        .iter()
+        .position(|o| matches!(o, MapOp::PutService(..)))
+        .unwrap();
+    assert!(
+        ops[..first_service]
+            .iter()
+            .filter(|o| matches!(o, MapOp::PutRange(..)))
+            .count()
+            == 2
+    );
+    assert_safe_order(&MapImage::default(), &ops);
+    let (empty, _) = ids.image(&L4Table::default(), M);
+    let ops = plan(&img, &empty);
+    let delete_service = ops
+        .iter()
+        .position(|o| matches!(o, MapOp::DeleteService(..)))
+        .unwrap();
+    let delete_range = ops
+        .iter()
+        .position(|o| matches!(o, MapOp::DeleteRange(..)))
+        .unwrap();
+    assert!(delete_service < delete_range);
 }
