@@ -64,6 +64,8 @@ pub enum Counter {
     L4SnatExhausted = 51,
     /// A client outside the Service's `loadBalancerSourceRanges`: dropped.
     L4SourceRangeDrop = 52,
+    /// A new flow went to the backend its client is pinned to (ClientIP).
+    L4AffinityHit = 53,
 }
 
 /// Whether a counter is the total, one of the exclusive classes, or a flag.
@@ -77,7 +79,7 @@ pub enum CounterKind {
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 31] = [
+    pub const ALL: [Counter; 32] = [
         Counter::Packets,
         Counter::Ipv4Tcp,
         Counter::Ipv4Udp,
@@ -109,6 +111,7 @@ impl Counter {
         Counter::L4FibPass,
         Counter::L4SnatExhausted,
         Counter::L4SourceRangeDrop,
+        Counter::L4AffinityHit,
     ];
 
     /// The slot in the counter array.
@@ -150,6 +153,7 @@ impl Counter {
             Counter::L4FibPass => "l4_fib_pass",
             Counter::L4SnatExhausted => "l4_snat_exhausted",
             Counter::L4SourceRangeDrop => "l4_source_range_drop",
+            Counter::L4AffinityHit => "l4_affinity_hit",
         }
     }
 
@@ -169,7 +173,8 @@ impl Counter {
             | Counter::L4Forwarded
             | Counter::L4FibPass
             | Counter::L4SnatExhausted
-            | Counter::L4SourceRangeDrop => CounterKind::Event,
+            | Counter::L4SourceRangeDrop
+            | Counter::L4AffinityHit => CounterKind::Event,
             _ => CounterKind::Class,
         }
     }

@@ -14,6 +14,9 @@ pub const L4_MAGLEV: &str = "L4_MAGLEV";
 pub const L4_FLOWS: &str = "L4_FLOWS";
 /// Reverse translation: a reply flow (pod -> client) -> [`RevValue`].
 pub const L4_REVNAT: &str = "L4_REVNAT";
+/// `sessionAffinity: ClientIP`: (client address, service id) -> backend.
+pub const L4_AFFINITY: &str = "L4_AFFINITY";
+
 /// `loadBalancerSourceRanges`: (service id, client prefix) -> allowed.
 pub const L4_SOURCE_RANGES: &str = "L4_SOURCE_RANGES";
 pub const DEFAULT_MAX_SOURCE_RANGES: u32 = 16_384;
@@ -115,6 +118,28 @@ pub struct BackendValue {
     pub _pad: u8,
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub client: [u8; 16],
+    pub service: u32,
+}
+
+/// The backend a client is pinned to, and when that was last used. The id
+/// is checked against the backend's address on use, so an id reused for
+/// another pod never inherits the pin.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AffinityValue {
+    pub addr: [u8; 16],
+    pub backend_id: u32,
+    /// Network byte order.
+    pub port: u16,
+    pub _pad: u16,
+    /// `bpf_ktime_get_ns` of the last new flow that used it.
+    pub last_ns: u64,
+}
+
 /// The data of a source-range LPM key: the service id (big-endian, so the
 /// prefix covers it whole) then the 16-byte address.
 #[repr(C)]
@@ -205,6 +230,8 @@ pub fn flow_hash(k: &FlowKey) -> u64 {
 mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::RangeKey {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::AffinityValue {}
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::RevValue {}
     // SAFETY: plain #[repr(C)] data with explicit padding fields.
@@ -225,6 +252,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
         assert_eq!(core::mem::size_of::<FlowValue>(), 24);
         assert_eq!(core::mem::size_of::<RevValue>(), 40);
+        assert_eq!(core::mem::size_of::<AffinityKey>(), 20);
+        assert_eq!(core::mem::size_of::<AffinityValue>(), 32);
     }
 
     #[test]

@@ -15,7 +15,7 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
-    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
+    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
@@ -23,9 +23,10 @@ use aya_ebpf::{
 use ingress_common::{
     counters::Counter,
     l4::{
-        BACKEND_LOCAL, BackendValue, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES,
-        DEFAULT_MAX_SOURCE_RANGES, DEFAULT_SNAT_PORT_MIN, DEFAULT_SNAT_PORT_SPAN, FlowKey,
-        FlowValue, NO_BACKEND, RANGE_ID_BITS, REV_REMOTE, RangeKey, RevValue, SNAT_PROBES,
+        AffinityKey, AffinityValue, BACKEND_LOCAL, BACKEND_TERMINATING, BackendValue,
+        DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES, DEFAULT_MAX_SOURCE_RANGES,
+        DEFAULT_SNAT_PORT_MIN, DEFAULT_SNAT_PORT_SPAN, FlowKey, FlowValue, NO_BACKEND,
+        RANGE_ID_BITS, REV_REMOTE, RangeKey, RevValue, SNAT_PROBES, SVC_CLIENT_AFFINITY,
         SVC_SOURCE_RANGES, ServiceKey, ServiceValue, flow_hash, is_v4_mapped, v4_mapped,
     },
     maglev::DEFAULT_TABLE_SIZE,
@@ -56,11 +57,21 @@ static REVNAT: LruHashMap<FlowKey, RevValue> = LruHashMap::with_max_entries(DEFA
 #[repr(C)]
 pub struct Scratch {
     key: ServiceKey,
+    /// The new flow's hash, computed once by [`decide`].
+    hash: u64,
+    /// The backend id [`choose`] picked for the new flow.
+    chosen: u32,
+    affinity_key: AffinityKey,
+    affinity: AffinityValue,
     range: Key<RangeKey>,
     flow: FlowValue,
     rev: RevValue,
     reply: FlowKey,
 }
+
+#[map(name = "L4_AFFINITY")]
+static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
 #[map(name = "L4_SOURCE_RANGES")]
 static SOURCE_RANGES: LpmTrie<RangeKey, u8> =
@@ -103,20 +114,83 @@ fn flow_v4<F: FrameMut>(frame: &F, p: &Parsed) -> Option<FlowKey> {
     })
 }
 
-/// A new flow's backend: the Maglev slot of its hash (read in place).
+/// A new flow's backend: the Maglev slot of its hash (read in place), with
+/// the backend's id.
 #[inline(always)]
-fn pick(svc: &ServiceValue, flow: &FlowKey) -> Option<&'static BackendValue> {
+fn pick(svc: &ServiceValue, hash: u64) -> Option<(u32, &'static BackendValue)> {
     let m = global(&MAGLEV_SIZE);
     if m == 0 {
         return None;
     }
-    let slot = (flow_hash(flow) % m as u64) as u32;
+    let slot = (hash % m as u64) as u32;
     let id = *MAGLEV.get(svc.id.checked_mul(m)?.checked_add(slot)?)?;
     if id == NO_BACKEND {
         return None;
     }
     // SAFETY: map values stay valid for the rest of the program run.
-    unsafe { BACKENDS.get(&id) }
+    unsafe { BACKENDS.get(&id) }.map(|b| (id, b))
+}
+
+/// Chooses a new flow's backend (in a verifier frame of its own) and leaves
+/// its id in the scratch space for [`start_flow`]; returns the id, or
+/// `NO_BACKEND`.
+#[inline(never)]
+fn choose(flow: &FlowKey, counters: &PerCpuArray<u64>) -> u32 {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return NO_BACKEND;
+    };
+    // SAFETY: this CPU's scratch value, used only within this program run.
+    let s = unsafe { &mut *s };
+    // SAFETY: map values stay valid for the rest of the program run.
+    let Some(svc) = (unsafe { SERVICES.get(&s.key) }) else {
+        return NO_BACKEND;
+    };
+    s.chosen = pick_with_affinity(svc, flow, s, counters).unwrap_or(NO_BACKEND);
+    s.chosen
+}
+
+/// With ClientIP affinity, a client's new flows go to the backend its last
+/// flow got while that is recent (the Service's timeout), still the same pod
+/// and not terminating; otherwise Maglev picks and the pin moves.
+#[inline(always)]
+fn pick_with_affinity(
+    svc: &ServiceValue,
+    flow: &FlowKey,
+    s: &mut Scratch,
+    counters: &PerCpuArray<u64>,
+) -> Option<u32> {
+    if svc.flags & SVC_CLIENT_AFFINITY == 0 {
+        return pick(svc, s.hash).map(|(id, _)| id);
+    }
+    // SAFETY: reads the monotonic clock.
+    let now = unsafe { bpf_ktime_get_ns() };
+    s.affinity_key.client = flow.src;
+    s.affinity_key.service = svc.id;
+    if let Some(pin) = AFFINITY.get_ptr_mut(&s.affinity_key) {
+        // SAFETY: this map value stays valid for the rest of the run.
+        let pin = unsafe { &mut *pin };
+        let fresh = now.saturating_sub(pin.last_ns) < svc.affinity_timeout as u64 * 1_000_000_000;
+        // SAFETY: as above.
+        if let Some(b) = unsafe { BACKENDS.get(&pin.backend_id) }
+            && fresh
+            && b.addr == pin.addr
+            && b.port == pin.port
+            && b.flags & BACKEND_TERMINATING == 0
+        {
+            let _ = b;
+            pin.last_ns = now;
+            bump(counters, Counter::L4AffinityHit);
+            return Some(pin.backend_id);
+        }
+    }
+    let (id, b) = pick(svc, s.hash)?;
+    s.affinity.addr = b.addr;
+    s.affinity.backend_id = id;
+    s.affinity.port = b.port;
+    s.affinity._pad = 0;
+    s.affinity.last_ns = now;
+    let _ = AFFINITY.insert(&s.affinity_key, &s.affinity, 0);
+    Some(id)
 }
 
 /// What the XDP program does with a frame, decided from the maps alone (no
@@ -200,7 +274,10 @@ fn decide(flow: &FlowKey, counters: &PerCpuArray<u64>, out: &mut Decision) -> u3
             bump(counters, Counter::L4NoBackend);
             Action::Drop as u32
         }
-        None => NEW_FLOW,
+        None => {
+            scratch.hash = flow_hash(flow);
+            NEW_FLOW
+        }
     }
 }
 
@@ -264,7 +341,12 @@ pub fn ingress<F: FrameMut>(
     const DROP: u32 = Action::Drop as u32;
     let mut action = decide(&flow, counters, &mut d);
     if action == NEW_FLOW {
-        action = start_flow(&flow, counters, &mut d);
+        action = if choose(&flow, counters) == NO_BACKEND {
+            bump(counters, Counter::L4NoBackend);
+            Action::Drop as u32
+        } else {
+            start_flow(&flow, counters, &mut d)
+        };
     }
     match action {
         DROP => xdp_action::XDP_DROP,
@@ -288,10 +370,9 @@ pub fn ingress<F: FrameMut>(
     }
 }
 
-/// Picks a backend for a new flow and records it (and the entry its
-/// replies are translated by) from the scratch space; for a remote backend
-/// this also picks the SNAT port. False when no backend or port could be had.
-/// The frontend key is the one [`decide`] left in the scratch space.
+/// Records a new flow to the backend [`choose`] left in the scratch space
+/// (and the entry its replies are translated by); for a remote backend this
+/// also picks the SNAT port.
 #[inline(never)]
 fn start_flow(flow: &FlowKey, counters: &PerCpuArray<u64>, out: &mut Decision) -> u32 {
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
@@ -300,10 +381,7 @@ fn start_flow(flow: &FlowKey, counters: &PerCpuArray<u64>, out: &mut Decision) -
     // SAFETY: this CPU's scratch value, used only within this program run.
     let s = unsafe { &mut *s };
     // SAFETY: map values stay valid for the rest of the program run.
-    let Some(svc) = (unsafe { SERVICES.get(&s.key) }) else {
-        return Action::Pass as u32;
-    };
-    let Some(b) = pick(svc, flow) else {
+    let Some(b) = (unsafe { BACKENDS.get(&s.chosen) }) else {
         bump(counters, Counter::L4NoBackend);
         return Action::Drop as u32;
     };
@@ -329,7 +407,7 @@ fn start_flow(flow: &FlowKey, counters: &PerCpuArray<u64>, out: &mut Decision) -
     let snat = global(&SNAT_IPV4);
     if b.flags & BACKEND_LOCAL == 0 && snat != [0; 4] {
         let (min, span) = (global(&SNAT_PORT_MIN), global(&SNAT_PORT_SPAN).max(1));
-        let start = (flow_hash(flow) >> 16) as u16 % span;
+        let start = (s.hash >> 16) as u16 % span;
         s.reply.dst = v4_mapped(snat);
         s.rev.flags = REV_REMOTE;
         let mut chosen = 0u16;

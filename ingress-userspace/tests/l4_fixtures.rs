@@ -91,6 +91,13 @@ impl Harness {
         table
             .services
             .insert((sa(NODE, 30099), Proto::Tcp), service("empty", &[]));
+        let two = [(sa(POD, 8080), true), (sa([198, 18, 3, 3], 8080), true)];
+        table
+            .services
+            .insert((sa(NODE, 30060), Proto::Tcp), service("spread", &two));
+        let mut sticky = service("sticky", &two);
+        sticky.affinity_timeout = Some(60);
+        table.services.insert((sa(NODE, 30061), Proto::Tcp), sticky);
         let mut guarded = service("guarded", &[(sa(POD, 8080), true)]);
         guarded.source_ranges = vec![("198.18.0.0".parse().unwrap(), 24)];
         table
@@ -389,4 +396,49 @@ fn source_ranges_admit_their_clients_and_drop_the_rest() {
         events,
         [(Counter::L4ServiceHit, 1), (Counter::L4SourceRangeDrop, 1)]
     );
+}
+
+#[test]
+fn client_ip_affinity_keeps_a_client_on_one_pod() {
+    let mut h = Harness::new();
+    let dst_of = |out: &[u8]| {
+        let p = ingress_common::parse::parse(out);
+        out[p.l3_offset + 16..p.l3_offset + 20].to_vec()
+    };
+    let mut spread = std::collections::BTreeSet::new();
+    let mut sticky = std::collections::BTreeSet::new();
+    let mut hits = 0;
+    for sport in 41000..41012 {
+        let (_, out, _) = h.run(
+            Hook::Xdp,
+            &PacketBuilder::tcp4(CLIENT, NODE, sport, 30060).build(),
+        );
+        spread.insert(dst_of(&out));
+        let (_, out, events) = h.run(
+            Hook::Xdp,
+            &PacketBuilder::tcp4(CLIENT, NODE, sport, 30061).build(),
+        );
+        sticky.insert(dst_of(&out));
+        hits += events
+            .iter()
+            .filter(|e| e.0 == Counter::L4AffinityHit)
+            .count();
+    }
+    assert_eq!(spread.len(), 2, "without affinity new flows use both pods");
+    assert_eq!(
+        sticky.len(),
+        1,
+        "with ClientIP affinity one client stays on one pod"
+    );
+    assert_eq!(hits, 11, "every flow after the first follows the pin");
+    // Another client gets its own pin (and still only one pod).
+    let mut other = std::collections::BTreeSet::new();
+    for sport in 41000..41006 {
+        let (_, out, _) = h.run(
+            Hook::Xdp,
+            &PacketBuilder::tcp4([198, 18, 0, 7], NODE, sport, 30061).build(),
+        );
+        other.insert(dst_of(&out));
+    }
+    assert_eq!(other.len(), 1);
 }
