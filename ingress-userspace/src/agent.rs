@@ -17,6 +17,7 @@ use crate::{
     datapath::{
         Datapath, DatapathConfig, LoadOptions, counters::DatapathCollector, l4maps::L4Maps,
     },
+    healthcheck::HealthChecks,
     metrics::ProxyMetrics,
     model::{ClusterState, CompileOptions, Diagnostic, Severity, Snapshot, compile},
     proxy::{Proxy, listen, server},
@@ -120,6 +121,7 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
         status_address,
         generation: 0,
         l4_maps,
+        health: HealthChecks::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -212,6 +214,8 @@ struct Applier {
     generation: i64,
     /// The eBPF L4 maps, when the data path is attached.
     l4_maps: Option<L4Maps>,
+    /// healthCheckNodePort listeners of Local-policy Services.
+    health: HealthChecks,
 }
 
 impl Applier {
@@ -231,6 +235,7 @@ impl Applier {
             }
         }
         self.generation += 1;
+        self.health.apply(&snapshot.l4);
         if let Some(maps) = &mut self.l4_maps {
             match maps.apply(&snapshot.l4) {
                 Ok(skipped) => {

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod check;
 pub mod cli;
 pub mod datapath;
+pub mod healthcheck;
 pub mod metrics;
 pub mod model;
 pub mod proxy;

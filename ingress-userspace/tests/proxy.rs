@@ -653,3 +653,51 @@ fn check_prints_the_table_and_exits_1_on_invalid_objects() {
         "the valid rest is still listed: {text}"
     );
 }
+
+#[test]
+fn health_check_node_ports_report_local_endpoints() {
+    let port = support::free_port();
+    let service = |node: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: Service
+metadata: {{name: lb, namespace: default}}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  healthCheckNodePort: {port}
+  ports: [{{name: http, port: 80, targetPort: 8080, nodePort: 31080}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: lb-1, namespace: default, labels: {{kubernetes.io/service-name: lb}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}]
+endpoints: [{{addresses: ["127.0.0.9"], nodeName: {node}, conditions: {{ready: true}}}}]
+"#
+        )
+    };
+    let dir = TempDir::new("healthcheck");
+    dir.write("lb.yaml", &service("edge-1"));
+    let (_agent, _http) = start_local_agent(
+        dir.path(),
+        &["--node-name", "edge-1", "--node-ip", "127.0.0.1"],
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let r = get(addr, "lb", "/healthz").unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["localEndpoints"], 1);
+    assert_eq!(r.json()["service"]["name"], "lb");
+    // The pod moves to another node: this node has none and says so.
+    dir.write("lb.yaml", &service("worker-1"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = get(addr, "lb", "/healthz").unwrap();
+        if r.status == 503 {
+            assert_eq!(r.json()["localEndpoints"], 0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {}", r.status);
+        thread::sleep(Duration::from_millis(10));
+    }
+}
