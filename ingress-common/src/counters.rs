@@ -66,6 +66,8 @@ pub enum Counter {
     L4SourceRangeDrop = 52,
     /// A new flow went to the backend its client is pinned to (ClientIP).
     L4AffinityHit = 53,
+    /// TCP to a Service without endpoints, answered with a RST (XDP_TX).
+    L4Reset = 54,
 }
 
 /// Whether a counter is the total, one of the exclusive classes, or a flag.
@@ -79,7 +81,7 @@ pub enum CounterKind {
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 32] = [
+    pub const ALL: [Counter; 33] = [
         Counter::Packets,
         Counter::Ipv4Tcp,
         Counter::Ipv4Udp,
@@ -112,6 +114,7 @@ impl Counter {
         Counter::L4SnatExhausted,
         Counter::L4SourceRangeDrop,
         Counter::L4AffinityHit,
+        Counter::L4Reset,
     ];
 
     /// The slot in the counter array.
@@ -154,6 +157,7 @@ impl Counter {
             Counter::L4SnatExhausted => "l4_snat_exhausted",
             Counter::L4SourceRangeDrop => "l4_source_range_drop",
             Counter::L4AffinityHit => "l4_affinity_hit",
+            Counter::L4Reset => "l4_reset",
         }
     }
 
@@ -174,7 +178,8 @@ impl Counter {
             | Counter::L4FibPass
             | Counter::L4SnatExhausted
             | Counter::L4SourceRangeDrop
-            | Counter::L4AffinityHit => CounterKind::Event,
+            | Counter::L4AffinityHit
+            | Counter::L4Reset => CounterKind::Event,
             _ => CounterKind::Class,
         }
     }

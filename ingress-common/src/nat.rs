@@ -121,6 +121,110 @@ pub fn decrement_ttl_v4<F: FrameMut + ?Sized>(frame: &mut F, p: &Parsed) -> bool
         && frame.write(p.l3_offset + 10, check.to_be_bytes())
 }
 
+/// TCP flag bits.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// Turns an IPv4 TCP segment (without IP options) into the RST that refuses
+/// it, in place: MACs, addresses and ports swapped, RST (with ACK of the
+/// segment when it carried none, as RFC 9293 3.10.7.1 asks), no payload,
+/// fresh checksums. Returns how many bytes the caller removes from the tail
+/// (the old IP total length minus the RST's 40; any Ethernet padding after
+/// the IP packet stays padding), or `None` when the segment must not be
+/// answered: not IPv4 TCP, IPv4 options, or itself a RST.
+#[inline(always)]
+pub fn tcp_rst_v4<F: FrameMut + ?Sized>(frame: &mut F, p: &Parsed) -> Option<u32> {
+    if p.ip != IpVersion::V4 || p.l4_proto != IPPROTO_TCP || p.ipv4_options {
+        return None;
+    }
+    let (l3, l4) = (p.l3_offset, p.l4_offset);
+    let dst_mac = frame.bytes::<6>(0)?;
+    let src_mac = frame.bytes::<6>(6)?;
+    let ip_len = frame.bytes::<2>(l3 + 2)?;
+    let src = frame.bytes::<4>(l3 + 12)?;
+    let dst = frame.bytes::<4>(l3 + 16)?;
+    let seq = frame.bytes::<4>(l4 + 4)?;
+    let ack = frame.bytes::<4>(l4 + 8)?;
+    let offset_flags = frame.bytes::<2>(l4 + 12)?;
+    let flags = offset_flags[1];
+    if flags & TCP_RST != 0 {
+        return None;
+    }
+    let tcp_hlen = ((offset_flags[0] >> 4) as u32) * 4;
+    let ip_total = u16::from_be_bytes(ip_len) as u32;
+    let payload = ip_total.checked_sub(20 + tcp_hlen)?;
+    let (rst_seq, rst_ack, rst_flags) = if flags & TCP_ACK != 0 {
+        (u32::from_be_bytes(ack), 0u32, TCP_RST)
+    } else {
+        let mut len = payload;
+        if flags & TCP_SYN != 0 {
+            len += 1;
+        }
+        if flags & TCP_FIN != 0 {
+            len += 1;
+        }
+        (
+            0u32,
+            u32::from_be_bytes(seq).wrapping_add(len),
+            TCP_RST | TCP_ACK,
+        )
+    };
+    // IP header: 20 bytes, DF, TTL 64, addresses swapped.
+    let ip_words: [u16; 10] = [
+        0x4500,
+        40,
+        0,
+        0x4000,
+        (64 << 8) | IPPROTO_TCP as u16,
+        0,
+        u16::from_be_bytes([dst[0], dst[1]]),
+        u16::from_be_bytes([dst[2], dst[3]]),
+        u16::from_be_bytes([src[0], src[1]]),
+        u16::from_be_bytes([src[2], src[3]]),
+    ];
+    let mut sum = 0u32;
+    for w in ip_words {
+        sum += w as u32;
+    }
+    let ip_check = !csum::fold(sum);
+    let tcp_words: [u16; 10] = [
+        p.dst_port,
+        p.src_port,
+        (rst_seq >> 16) as u16,
+        rst_seq as u16,
+        (rst_ack >> 16) as u16,
+        rst_ack as u16,
+        (5 << 12) | rst_flags as u16,
+        0,
+        0,
+        0,
+    ];
+    let mut sum = csum::pseudo_header_v4(dst, src, IPPROTO_TCP, 20);
+    for w in tcp_words {
+        sum += w as u32;
+    }
+    let tcp_check = !csum::fold(sum);
+    let ok = frame.write(0, src_mac)
+        && frame.write(6, dst_mac)
+        && frame.write(l3, [0x45, 0])
+        && frame.write(l3 + 2, 40u16.to_be_bytes())
+        && frame.write(l3 + 4, [0, 0, 0x40, 0, 64, IPPROTO_TCP])
+        && frame.write(l3 + 10, ip_check.to_be_bytes())
+        && frame.write(l3 + 12, dst)
+        && frame.write(l3 + 16, src)
+        && frame.write(l4, p.dst_port.to_be_bytes())
+        && frame.write(l4 + 2, p.src_port.to_be_bytes())
+        && frame.write(l4 + 4, rst_seq.to_be_bytes())
+        && frame.write(l4 + 8, rst_ack.to_be_bytes())
+        && frame.write(l4 + 12, [5 << 4, rst_flags])
+        && frame.write(l4 + 14, [0, 0])
+        && frame.write(l4 + 16, tcp_check.to_be_bytes())
+        && frame.write(l4 + 18, [0, 0]);
+    ok.then_some(ip_total - 40)
+}
+
 #[cfg(test)]
 mod tests {
     use std::vec::Vec;
@@ -186,6 +290,57 @@ mod tests {
         assert_eq!(csum::checksum(0, &f[p.l3_offset..p.l3_offset + 20]), 0);
         f[p.l3_offset + 8] = 1;
         assert!(!decrement_ttl_v4(&mut f[..], &p));
+    }
+
+    #[test]
+    fn a_syn_becomes_a_rst_ack_with_fresh_checksums() {
+        let mut f = PacketBuilder::tcp4([198, 18, 0, 2], [198, 18, 0, 1], 40000, 30099).build();
+        let p = parse(&f[..]);
+        let shrink = tcp_rst_v4(&mut f[..], &p).unwrap();
+        assert_eq!(shrink, 0, "a bare SYN is as long as the RST");
+        f.truncate(f.len() - shrink as usize);
+        assert_eq!(f.len(), 54);
+        let q = parse(&f[..]);
+        assert_eq!((q.src_port, q.dst_port), (30099, 40000));
+        assert_eq!(&f[0..6], &crate::testing::SRC_MAC);
+        assert_eq!(&f[26..30], &[198, 18, 0, 1]);
+        assert_eq!(&f[30..34], &[198, 18, 0, 2]);
+        assert_eq!(csum::checksum(0, &f[14..34]), 0, "IP checksum");
+        let pseudo = csum::pseudo_header_v4([198, 18, 0, 1], [198, 18, 0, 2], IPPROTO_TCP, 20);
+        assert_eq!(csum::checksum(pseudo, &f[34..54]), 0, "TCP checksum");
+        assert_eq!(f[47], TCP_RST | TCP_ACK);
+        // ack = the SYN's seq (1 in the builder) + 1
+        assert_eq!(u32::from_be_bytes([f[42], f[43], f[44], f[45]]), 2);
+    }
+
+    #[test]
+    fn a_segment_with_ack_gets_a_bare_rst_and_a_rst_gets_nothing() {
+        let mut b = PacketBuilder::tcp4([198, 18, 0, 2], [198, 18, 0, 1], 1, 2);
+        b.l4 = crate::testing::L4::Tcp {
+            sport: 1,
+            dport: 2,
+            flags: TCP_ACK,
+            payload: Vec::new(),
+        };
+        let mut f = b.build();
+        let p = parse(&f[..]);
+        tcp_rst_v4(&mut f[..], &p).unwrap();
+        assert_eq!(f[47], TCP_RST);
+        assert_eq!(
+            &f[38..42],
+            &[0, 0, 0, 0],
+            "seq = the segment's ack (0 in the builder)"
+        );
+        let mut r = PacketBuilder::tcp4([198, 18, 0, 2], [198, 18, 0, 1], 1, 2);
+        r.l4 = crate::testing::L4::Tcp {
+            sport: 1,
+            dport: 2,
+            flags: TCP_RST,
+            payload: Vec::new(),
+        };
+        let mut f = r.build();
+        let p = parse(&f[..]);
+        assert_eq!(tcp_rst_v4(&mut f[..], &p), None);
     }
 
     #[test]

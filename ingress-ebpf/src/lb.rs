@@ -15,7 +15,9 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
-    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect},
+    helpers::generated::{
+        bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect, bpf_xdp_adjust_tail,
+    },
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
@@ -30,7 +32,7 @@ use ingress_common::{
         SVC_SOURCE_RANGES, ServiceKey, ServiceValue, flow_hash, is_v4_mapped, v4_mapped,
     },
     maglev::DEFAULT_TABLE_SIZE,
-    nat::{End, FrameMut, decrement_ttl_v4, rewrite_v4},
+    nat::{End, FrameMut, decrement_ttl_v4, rewrite_v4, tcp_rst_v4},
     parse::{Class, Parsed},
 };
 
@@ -216,6 +218,8 @@ enum Action {
     Local,
     /// DNAT + SNAT (or a reply's reverse translation), TTL, FIB, forward.
     Forward,
+    /// No backend: TCP is answered with a RST, anything else dropped.
+    Reset,
 }
 
 const PASS: Decision = Decision {
@@ -272,7 +276,7 @@ fn decide(flow: &FlowKey, counters: &PerCpuArray<u64>, out: &mut Decision) -> u3
         }
         None if svc.backend_count == 0 => {
             bump(counters, Counter::L4NoBackend);
-            Action::Drop as u32
+            Action::Reset as u32
         }
         None => {
             scratch.hash = flow_hash(flow);
@@ -339,17 +343,32 @@ pub fn ingress<F: FrameMut>(
     const LOCAL: u32 = Action::Local as u32;
     const FORWARD: u32 = Action::Forward as u32;
     const DROP: u32 = Action::Drop as u32;
+    const RESET: u32 = Action::Reset as u32;
     let mut action = decide(&flow, counters, &mut d);
     if action == NEW_FLOW {
         action = if choose(&flow, counters) == NO_BACKEND {
             bump(counters, Counter::L4NoBackend);
-            Action::Drop as u32
+            Action::Reset as u32
         } else {
             start_flow(&flow, counters, &mut d)
         };
     }
     match action {
         DROP => xdp_action::XDP_DROP,
+        RESET => match tcp_rst_v4(frame, p) {
+            Some(shrink) => {
+                // SAFETY: shrinking the frame's tail by the old payload; no
+                // pointer into the packet is used after this.
+                if shrink > 0
+                    && unsafe { bpf_xdp_adjust_tail(ctx.as_ptr() as *mut _, -(shrink as i32)) } != 0
+                {
+                    return xdp_action::XDP_DROP;
+                }
+                bump(counters, Counter::L4Reset);
+                xdp_action::XDP_TX
+            }
+            None => xdp_action::XDP_DROP,
+        },
         LOCAL => {
             if rewrite_v4(frame, p, End::Destination, d.dst, d.dst_port) {
                 bump(counters, Counter::L4DnatLocal);

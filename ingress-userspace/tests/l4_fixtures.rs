@@ -27,6 +27,7 @@ use ingress_userspace::{
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
 const TC_ACT_PIPE: u32 = 3;
 
 const CLIENT: [u8; 4] = [198, 18, 0, 2];
@@ -263,7 +264,7 @@ fn other_traffic_passes_untouched() {
 }
 
 #[test]
-fn without_a_snat_address_remote_backends_pass_untranslated_and_empty_services_drop() {
+fn without_a_snat_address_remote_backends_pass_untranslated_and_empty_services_reset() {
     let mut h = Harness::new();
     let far = PacketBuilder::tcp4(CLIENT, NODE, 40000, 30090).build();
     let (verdict, out, events) = h.run(Hook::Xdp, &far);
@@ -277,13 +278,48 @@ fn without_a_snat_address_remote_backends_pass_untranslated_and_empty_services_d
             (Counter::L4NoSnatAddress, 1)
         ]
     );
+    // TCP to a Service without endpoints is refused with a RST from the
+    // frontend, built in place and sent back out (XDP_TX).
     let empty = PacketBuilder::tcp4(CLIENT, NODE, 40000, 30099).build();
-    let (verdict, _, events) = h.run(Hook::Xdp, &empty);
-    assert_eq!(verdict, XDP_DROP);
+    let (verdict, out, events) = h.run(Hook::Xdp, &empty);
+    assert_eq!(verdict, XDP_TX);
     assert_eq!(
         events,
-        [(Counter::L4ServiceHit, 1), (Counter::L4NoBackend, 1)]
+        [
+            (Counter::L4ServiceHit, 1),
+            (Counter::L4NoBackend, 1),
+            (Counter::L4Reset, 1)
+        ]
     );
+    assert_eq!(out.len(), 54);
+    let p = ingress_common::parse::parse(&out[..]);
+    assert_eq!((p.src_port, p.dst_port), (30099, 40000));
+    assert_eq!(&out[26..30], &NODE);
+    assert_eq!(&out[30..34], &CLIENT);
+    assert_eq!(out[47], 0x14, "RST|ACK");
+    assert_eq!(
+        ingress_common::csum::checksum(0, &out[14..34]),
+        0,
+        "IP checksum from scratch"
+    );
+    let pseudo = ingress_common::csum::pseudo_header_v4(NODE, CLIENT, 6, 20);
+    assert_eq!(
+        ingress_common::csum::checksum(pseudo, &out[34..54]),
+        0,
+        "TCP checksum from scratch"
+    );
+    // A segment with a payload is trimmed to the bare RST.
+    let mut data = PacketBuilder::tcp4(CLIENT, NODE, 40001, 30099);
+    data.l4 = L4::Tcp {
+        sport: 40001,
+        dport: 30099,
+        flags: 0x18,
+        payload: vec![b'x'; 100],
+    };
+    let (verdict, out, _) = h.run(Hook::Xdp, &data.build());
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(out.len(), 54);
+    assert_eq!(out[47], 0x04, "RST only: the segment carried an ACK");
 }
 
 /// DNAT + SNAT towards a pod on another node and the reply's way back. The
