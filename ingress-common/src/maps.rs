@@ -8,3 +8,5 @@ pub const TC_COUNTERS: &str = "TC_COUNTERS";
 /// Names of the programs inside the object file.
 pub const XDP_PROGRAM: &str = "ingress_xdp";
 pub const TC_PROGRAM: &str = "ingress_tc_egress";
+/// The do-nothing XDP program, the reference for per-packet cost.
+pub const XDP_NOOP_PROGRAM: &str = "xdp_noop";

@@ -26,6 +26,14 @@ pub fn ingress_xdp(ctx: XdpContext) -> u32 {
     lb::ingress(&ctx, &mut frame, &parsed, &stats::XDP_COUNTERS)
 }
 
+/// A program that passes every frame and does nothing else: the reference
+/// the per-packet cost bench compares the real program against. Never
+/// attached.
+#[xdp]
+pub fn xdp_noop(_ctx: XdpContext) -> u32 {
+    aya_ebpf::bindings::xdp_action::XDP_PASS
+}
+
 /// TC egress on the same interfaces: count and pass (reverse translation
 /// comes with the L4 path). `TC_ACT_PIPE` lets any later program in the TCX
 /// chain run too.

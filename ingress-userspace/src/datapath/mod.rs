@@ -102,6 +102,8 @@ pub struct LoadOptions {
     /// SNAT ports: `min .. min + span`.
     pub snat_port_min: u16,
     pub snat_port_span: u16,
+    /// Services the L4 maps hold (the Maglev array is this many tables).
+    pub max_services: u32,
 }
 
 impl Default for LoadOptions {
@@ -110,6 +112,7 @@ impl Default for LoadOptions {
             snat_ipv4: None,
             snat_port_min: ingress_common::l4::DEFAULT_SNAT_PORT_MIN,
             snat_port_span: ingress_common::l4::DEFAULT_SNAT_PORT_SPAN,
+            max_services: ingress_common::l4::DEFAULT_MAX_SERVICES,
         }
     }
 }
@@ -133,7 +136,12 @@ impl LoadedPrograms {
             return Err(DatapathError::Privileges(missing.join(", ")));
         }
         let snat = opts.snat_ipv4.map_or([0u8; 4], |a| a.octets());
+        let maglev_slots = opts
+            .max_services
+            .saturating_mul(ingress_common::maglev::DEFAULT_TABLE_SIZE);
         let mut ebpf = EbpfLoader::new()
+            .map_max_entries(ingress_common::l4::L4_SERVICES, opts.max_services)
+            .map_max_entries(ingress_common::l4::L4_MAGLEV, maglev_slots)
             .override_global(ingress_common::l4::SNAT_IPV4_GLOBAL, &snat, true)
             .override_global(
                 ingress_common::l4::SNAT_PORT_MIN_GLOBAL,

@@ -4,6 +4,7 @@
 //! section of docs/benchmarks.md and leaves the other sections alone.
 
 mod http;
+mod l4;
 mod l7;
 mod nginx;
 mod process;
@@ -22,11 +23,15 @@ pub enum What {
     /// The L7 proxy against nginx: requests/s and latency under wrk, memory
     /// and apply time with 10,000 Ingresses, change-to-traffic latency.
     L7,
+    /// The L4 program's per-packet cost (BPF_PROG_TEST_RUN) against a
+    /// do-nothing XDP program, at 1, 1,000 and 10,000 services.
+    L4,
 }
 
 pub fn run(what: What) -> anyhow::Result<()> {
     match what {
         What::L7 => l7::run(),
+        What::L4 => l4::run(),
     }
 }
 
