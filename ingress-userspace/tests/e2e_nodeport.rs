@@ -37,6 +37,30 @@ endpoints:
 - {addresses: ["198.18.3.2"], nodeName: edge-1, conditions: {ready: true}}
 "#;
 
+/// The agent on the ingress node "edge-1" (198.18.0.1), attached to eth0 in
+/// `mode`, serving the manifests in `dir`.
+fn start_edge_agent(node: &str, mode: &str, dir: &TempDir) -> support::Agent {
+    let manifests = dir.path().display().to_string();
+    start_agent(
+        node,
+        &[
+            "--interface",
+            "eth0",
+            "--xdp-mode",
+            mode,
+            "--node-ip",
+            "198.18.0.1",
+            "--node-name",
+            "edge-1",
+            "--manifests",
+            &manifests,
+            "--http-listen",
+            "198.18.0.1:80",
+        ],
+        sa("127.0.0.1:9100"),
+    )
+}
+
 fn run(mode: &str) {
     let ns = Namespaces::new(&["node", "client", "pod"]);
     ns.link(
@@ -81,25 +105,7 @@ fn run(mode: &str) {
     ]);
     let dir = TempDir::new("nodeport");
     dir.write("web.yaml", MANIFESTS);
-    let manifests = dir.path().display().to_string();
-    let agent = start_agent(
-        &node,
-        &[
-            "--interface",
-            "eth0",
-            "--xdp-mode",
-            mode,
-            "--node-ip",
-            "198.18.0.1",
-            "--node-name",
-            "edge-1",
-            "--manifests",
-            &manifests,
-            "--http-listen",
-            "198.18.0.1:80",
-        ],
-        sa("127.0.0.1:9100"),
-    );
+    let agent = start_edge_agent(&node, mode, &dir);
 
     let tcp = tcp_echo_server(&pod, sa("198.18.3.2:8080"), CONNECTIONS);
     let udp = udp_echo_server(&pod, sa("198.18.3.2:5353"), DATAGRAMS);
@@ -250,25 +256,7 @@ fn run_two_nodes(mode: &str) {
     }
     let dir = TempDir::new("nodeport2");
     dir.write("web.yaml", TWO_NODES);
-    let manifests = dir.path().display().to_string();
-    let agent = start_agent(
-        &node,
-        &[
-            "--interface",
-            "eth0",
-            "--xdp-mode",
-            mode,
-            "--node-ip",
-            "198.18.0.1",
-            "--node-name",
-            "edge-1",
-            "--manifests",
-            &manifests,
-            "--http-listen",
-            "198.18.0.1:80",
-        ],
-        sa("127.0.0.1:9100"),
-    );
+    let agent = start_edge_agent(&node, mode, &dir);
     let local = tcp_echo_server(&pod, sa("198.18.3.2:8080"), CONNECTIONS);
     let remote = tcp_echo_server(&worker, sa("198.18.0.3:8080"), CONNECTIONS);
     // Flows spread over both pods by Maglev; every one must complete.

@@ -32,6 +32,39 @@ fn backend(rt: &tokio::runtime::Runtime, addr: &str, name: &str) -> Backend {
     rt.block_on(Backend::start(addr.parse().unwrap(), name))
 }
 
+/// One pod `a` behind Service `svc-a`, routed from host `a.test`, and the
+/// agent serving it.
+struct OnePod {
+    a: Backend,
+    http: SocketAddr,
+    agent: support::Agent,
+    _dir: TempDir,
+    rt: tokio::runtime::Runtime,
+}
+
+fn one_pod(tag: &str, extra: &[&str]) -> OnePod {
+    let rt = rt();
+    let a = backend(&rt, "127.0.0.1:0", "a");
+    let dir = TempDir::new(tag);
+    dir.write(
+        "all.yaml",
+        &[
+            manifests::class(),
+            manifests::service("svc-a", &[a.addr]),
+            manifests::ingress("a", "a.test", "/", "svc-a"),
+        ]
+        .concat(),
+    );
+    let (agent, http) = start_local_agent(dir.path(), extra);
+    OnePod {
+        a,
+        http,
+        agent,
+        _dir: dir,
+        rt,
+    }
+}
+
 fn metric(agent: &support::Agent, name: &str) -> f64 {
     agent
         .metrics()
@@ -108,19 +141,8 @@ fn routes_answers_and_forwarded_headers() {
 
 #[test]
 fn keep_alive_reuses_upstream_connections() {
-    let rt = rt();
-    let a = backend(&rt, "127.0.0.1:0", "a");
-    let dir = TempDir::new("keepalive");
-    dir.write(
-        "all.yaml",
-        &[
-            manifests::class(),
-            manifests::service("svc-a", &[a.addr]),
-            manifests::ingress("a", "a.test", "/", "svc-a"),
-        ]
-        .concat(),
-    );
-    let (_agent, http) = start_local_agent(dir.path(), &[]);
+    let pod = one_pod("keepalive", &[]);
+    let (a, http) = (&pod.a, pod.http);
     for _ in 0..30 {
         assert_eq!(get(http, "a.test", "/").unwrap().status, 200);
     }
@@ -161,19 +183,8 @@ fn a_refused_endpoint_is_retried_on_another() {
 
 #[test]
 fn slow_upstream_is_504() {
-    let rt = rt();
-    let a = backend(&rt, "127.0.0.1:0", "a");
-    let dir = TempDir::new("timeout");
-    dir.write(
-        "all.yaml",
-        &[
-            manifests::class(),
-            manifests::service("svc-a", &[a.addr]),
-            manifests::ingress("a", "a.test", "/", "svc-a"),
-        ]
-        .concat(),
-    );
-    let (_agent, http) = start_local_agent(dir.path(), &["--proxy-read-timeout", "300ms"]);
+    let pod = one_pod("timeout", &["--proxy-read-timeout", "300ms"]);
+    let http = pod.http;
     let started = Instant::now();
     assert_eq!(get(http, "a.test", "/slow/3000").unwrap().status, 504);
     assert!(started.elapsed() < Duration::from_secs(3));
@@ -182,19 +193,8 @@ fn slow_upstream_is_504() {
 
 #[test]
 fn limits_answer_413_414_431() {
-    let rt = rt();
-    let a = backend(&rt, "127.0.0.1:0", "a");
-    let dir = TempDir::new("limits");
-    dir.write(
-        "all.yaml",
-        &[
-            manifests::class(),
-            manifests::service("svc-a", &[a.addr]),
-            manifests::ingress("a", "a.test", "/", "svc-a"),
-        ]
-        .concat(),
-    );
-    let (_agent, http) = start_local_agent(dir.path(), &["--proxy-body-size", "1k"]);
+    let pod = one_pod("limits", &["--proxy-body-size", "1k"]);
+    let (a, http) = (&pod.a, pod.http);
     let big_cl = raw(
         http,
         b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2000\r\nConnection: close\r\n\r\n",
@@ -233,19 +233,8 @@ fn limits_answer_413_414_431() {
 
 #[test]
 fn large_bodies_stream_both_ways() {
-    let rt = rt();
-    let a = backend(&rt, "127.0.0.1:0", "a");
-    let dir = TempDir::new("stream");
-    dir.write(
-        "all.yaml",
-        &[
-            manifests::class(),
-            manifests::service("svc-a", &[a.addr]),
-            manifests::ingress("a", "a.test", "/", "svc-a"),
-        ]
-        .concat(),
-    );
-    let (_agent, http) = start_local_agent(dir.path(), &["--proxy-body-size", "64m"]);
+    let pod = one_pod("stream", &["--proxy-body-size", "64m"]);
+    let http = pod.http;
     // Upload 8 MiB (well past the pre-buffer, so it streams).
     let body: Vec<u8> = (0..8 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
     let mut req = format!(
@@ -271,19 +260,8 @@ fn large_bodies_stream_both_ways() {
 
 #[test]
 fn malformed_requests_get_400_and_never_reach_a_backend() {
-    let rt = rt();
-    let a = backend(&rt, "127.0.0.1:0", "a");
-    let dir = TempDir::new("malformed");
-    dir.write(
-        "all.yaml",
-        &[
-            manifests::class(),
-            manifests::service("svc-a", &[a.addr]),
-            manifests::ingress("a", "a.test", "/", "svc-a"),
-        ]
-        .concat(),
-    );
-    let (_agent, http) = start_local_agent(dir.path(), &[]);
+    let pod = one_pod("malformed", &[]);
+    let (a, http) = (&pod.a, pod.http);
     let cases: [(&str, &[u8]); 7] = [
         ("bad Host", b"GET / HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n"),
         ("Host with a slash", b"GET / HTTP/1.1\r\nHost: a.test/x\r\nConnection: close\r\n\r\n"),
@@ -322,19 +300,8 @@ fn malformed_requests_get_400_and_never_reach_a_backend() {
 /// headers. (It is not answered with 400; see docs/proxy.md.)
 #[test]
 fn content_length_with_transfer_encoding_cannot_smuggle() {
-    let rt = rt();
-    let a = backend(&rt, "127.0.0.1:0", "a");
-    let dir = TempDir::new("smuggle");
-    dir.write(
-        "all.yaml",
-        &[
-            manifests::class(),
-            manifests::service("svc-a", &[a.addr]),
-            manifests::ingress("a", "a.test", "/", "svc-a"),
-        ]
-        .concat(),
-    );
-    let (_agent, http) = start_local_agent(dir.path(), &[]);
+    let pod = one_pod("smuggle", &[]);
+    let (a, http) = (&pod.a, pod.http);
     let r = raw(
         http,
         b"POST /first HTTP/1.1\r\nHost: a.test\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a.test\r\n\r\n",
@@ -354,19 +321,8 @@ fn content_length_with_transfer_encoding_cannot_smuggle() {
 
 #[test]
 fn websocket_upgrade_is_tunnelled() {
-    let rt = rt();
-    let a = backend(&rt, "127.0.0.1:0", "a");
-    let dir = TempDir::new("ws");
-    dir.write(
-        "all.yaml",
-        &[
-            manifests::class(),
-            manifests::service("svc-a", &[a.addr]),
-            manifests::ingress("a", "a.test", "/", "svc-a"),
-        ]
-        .concat(),
-    );
-    let (_agent, http) = start_local_agent(dir.path(), &[]);
+    let pod = one_pod("ws", &[]);
+    let (a, http) = (&pod.a, pod.http);
     let mut s = TcpStream::connect(http).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(b"GET /ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").unwrap();
@@ -398,20 +354,9 @@ fn websocket_upgrade_is_tunnelled() {
 
 #[test]
 fn h2c_prior_knowledge_multiplexes_requests() {
-    let rt = rt();
-    let a = backend(&rt, "127.0.0.1:0", "a");
-    let dir = TempDir::new("h2c");
-    dir.write(
-        "all.yaml",
-        &[
-            manifests::class(),
-            manifests::service("svc-a", &[a.addr]),
-            manifests::ingress("a", "a.test", "/", "svc-a"),
-        ]
-        .concat(),
-    );
-    let (_agent, http) = start_local_agent(dir.path(), &[]);
-    let statuses = rt.block_on(async move {
+    let pod = one_pod("h2c", &[]);
+    let (a, http) = (&pod.a, pod.http);
+    let statuses = pod.rt.block_on(async move {
         use http_body_util::{BodyExt, Empty};
         let stream = tokio::net::TcpStream::connect(http).await.unwrap();
         let (sender, conn) = hyper::client::conn::http2::handshake(
@@ -453,19 +398,13 @@ fn h2c_prior_knowledge_multiplexes_requests() {
 
 #[test]
 fn sigterm_drains_in_flight_requests_then_exits_0() {
-    let rt = rt();
-    let a = backend(&rt, "127.0.0.1:0", "a");
-    let dir = TempDir::new("drain");
-    dir.write(
-        "all.yaml",
-        &[
-            manifests::class(),
-            manifests::service("svc-a", &[a.addr]),
-            manifests::ingress("a", "a.test", "/", "svc-a"),
-        ]
-        .concat(),
-    );
-    let (agent, http) = start_local_agent(dir.path(), &["--drain-timeout", "10s"]);
+    let OnePod {
+        agent,
+        http,
+        a: _pod,
+        _dir,
+        rt: _rt,
+    } = one_pod("drain", &["--drain-timeout", "10s"]);
     let in_flight = thread::spawn(move || get(http, "a.test", "/slow/1500"));
     thread::sleep(Duration::from_millis(300));
     agent.signal(libc::SIGTERM);

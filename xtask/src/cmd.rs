@@ -46,3 +46,22 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// Builds the `ingress` binary in release mode (quietly) and returns its
+/// path; a missing eBPF toolchain is reported with the fix.
+pub fn build_agent_release() -> anyhow::Result<PathBuf> {
+    let root = workspace_root();
+    run(Command::new("cargo")
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--package",
+            "ingress-userspace",
+            "--bin",
+            "ingress",
+        ])
+        .current_dir(&root))
+    .context("building the agent (missing toolchain? run `cargo xtask setup`)")?;
+    Ok(root.join("target/release/ingress"))
+}

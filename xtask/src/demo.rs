@@ -16,14 +16,13 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     path::PathBuf,
-    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
 
 use crate::{
-    cmd::{self, workspace_root},
+    cmd,
     testbed::{
         Namespaces,
         agent::Agent,
@@ -48,23 +47,8 @@ pub fn run() -> anyhow::Result<()> {
     if !cmd::is_root() {
         bail!("cargo xtask demo needs root (network namespaces, eBPF)");
     }
-    let root = workspace_root();
     println!("demo: building the agent and its eBPF programs (cargo build --release)");
-    cmd::run(
-        Command::new("cargo")
-            .args([
-                "build",
-                "--quiet",
-                "--release",
-                "--package",
-                "ingress-userspace",
-                "--bin",
-                "ingress",
-            ])
-            .current_dir(&root),
-    )
-    .context("building the agent (missing toolchain? run `cargo xtask setup`)")?;
-    let bin = root.join("target/release/ingress");
+    let bin = cmd::build_agent_release()?;
 
     let ns = Namespaces::new(&["node", "client", "pods"]);
     ns.link(

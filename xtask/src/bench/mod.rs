@@ -37,22 +37,7 @@ pub fn run(what: What) -> anyhow::Result<()> {
 
 /// Builds the agent in release mode (quietly) and returns its path.
 fn build_agent() -> anyhow::Result<std::path::PathBuf> {
-    let root = workspace_root();
-    cmd::run(
-        Command::new("cargo")
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "--package",
-                "ingress-userspace",
-                "--bin",
-                "ingress",
-            ])
-            .current_dir(&root),
-    )
-    .context("building the agent (missing toolchain? run `cargo xtask setup`)")?;
-    Ok(root.join("target/release/ingress"))
+    cmd::build_agent_release()
 }
 
 /// The machine the numbers come from.

@@ -4,6 +4,7 @@
 //! 198.18.0.0/15 and fd00::/8, and nothing routes out.
 
 pub mod agent;
+pub mod http;
 pub mod traffic;
 
 use std::{

@@ -168,24 +168,5 @@ pub fn http_get_from(
     path: &str,
 ) -> std::io::Result<(u16, String)> {
     let (host, path) = (host.to_string(), path.to_string());
-    in_netns(ns, move || {
-        let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
-        s.set_read_timeout(Some(TIMEOUT))?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        let status = out
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("bad response {out:?}")))?;
-        let body = out
-            .split_once("\r\n\r\n")
-            .map(|x| x.1.to_string())
-            .unwrap_or_default();
-        Ok((status, body))
-    })
+    in_netns(ns, move || super::http::get(addr, &host, &path))
 }
