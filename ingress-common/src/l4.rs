@@ -14,6 +14,15 @@ pub const L4_MAGLEV: &str = "L4_MAGLEV";
 pub const L4_FLOWS: &str = "L4_FLOWS";
 /// Reverse translation: a reply flow (pod -> client) -> [`RevValue`].
 pub const L4_REVNAT: &str = "L4_REVNAT";
+/// Port flags, indexed by port number: lets frames that can concern no
+/// service (the proxy's own 80/443 above all) pass after one array lookup
+/// instead of two hash lookups.
+pub const L4_PORTS: &str = "L4_PORTS";
+/// Some frontend listens on this port (destination, any protocol).
+pub const PORT_FRONTEND: u8 = 1 << 0;
+/// Some backend serves on this port (a reply's source, for TC egress).
+pub const PORT_BACKEND: u8 = 1 << 1;
+
 /// `sessionAffinity: ClientIP`: (client address, service id) -> backend.
 pub const L4_AFFINITY: &str = "L4_AFFINITY";
 

@@ -28,8 +28,9 @@ use ingress_common::{
         AffinityKey, AffinityValue, BACKEND_LOCAL, BACKEND_TERMINATING, BackendValue,
         DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES, DEFAULT_MAX_SOURCE_RANGES,
         DEFAULT_SNAT_PORT_MIN, DEFAULT_SNAT_PORT_SPAN, FlowKey, FlowValue, NO_BACKEND,
-        RANGE_ID_BITS, REV_REMOTE, RangeKey, RevValue, SNAT_PROBES, SVC_CLIENT_AFFINITY,
-        SVC_SOURCE_RANGES, ServiceKey, ServiceValue, flow_hash, is_v4_mapped, v4_mapped,
+        PORT_BACKEND, PORT_FRONTEND, RANGE_ID_BITS, REV_REMOTE, RangeKey, RevValue, SNAT_PROBES,
+        SVC_CLIENT_AFFINITY, SVC_SOURCE_RANGES, ServiceKey, ServiceValue, flow_hash, is_v4_mapped,
+        v4_mapped,
     },
     maglev::DEFAULT_TABLE_SIZE,
     nat::{End, FrameMut, decrement_ttl_v4, rewrite_v4, tcp_rst_v4},
@@ -69,6 +70,23 @@ pub struct Scratch {
     flow: FlowValue,
     rev: RevValue,
     reply: FlowKey,
+}
+
+#[map(name = "L4_PORTS")]
+static PORTS: Array<u8> = Array::with_max_entries(65_536, 0);
+
+/// The flags of a port (host order).
+#[inline(always)]
+fn port_flags(port: u16) -> u8 {
+    PORTS.get(port as u32).copied().unwrap_or(0)
+}
+
+/// Whether a destination port can concern the L4 path: a frontend port, or
+/// a SNAT port a remote pod's reply comes back to.
+#[inline(always)]
+fn may_concern_l4(dport: u16) -> bool {
+    let (min, span) = (global(&SNAT_PORT_MIN), global(&SNAT_PORT_SPAN));
+    port_flags(dport) & PORT_FRONTEND != 0 || dport.wrapping_sub(min) < span
 }
 
 #[map(name = "L4_AFFINITY")]
@@ -331,7 +349,10 @@ pub fn ingress<F: FrameMut>(
 ) -> u32 {
     // Fragments are classed apart already; IPv4 with options passes
     // untouched by rule (rare on the wire, and often a probe).
-    if !matches!(p.class, Class::Ipv4Tcp | Class::Ipv4Udp) || p.ipv4_options {
+    if !matches!(p.class, Class::Ipv4Tcp | Class::Ipv4Udp)
+        || p.ipv4_options
+        || !may_concern_l4(p.dst_port)
+    {
         return xdp_action::XDP_PASS;
     }
     let Some(flow) = flow_v4(frame, p) else {
@@ -522,7 +543,9 @@ fn forward<F: FrameMut>(
 /// the caller makes the packet writable, re-parses and calls [`egress`].
 #[inline(always)]
 pub fn reply_of<F: FrameMut>(frame: &F, p: &Parsed) -> Option<RevValue> {
-    if !matches!(p.class, Class::Ipv4Tcp | Class::Ipv4Udp) {
+    if !matches!(p.class, Class::Ipv4Tcp | Class::Ipv4Udp)
+        || port_flags(p.src_port) & PORT_BACKEND == 0
+    {
         return None;
     }
     let reply = flow_v4(frame, p)?;

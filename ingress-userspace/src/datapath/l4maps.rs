@@ -7,8 +7,8 @@ use aya::maps::{
 };
 use ingress_common::{
     l4::{
-        BackendValue, L4_BACKENDS, L4_MAGLEV, L4_SERVICES, L4_SOURCE_RANGES, NO_BACKEND, RangeKey,
-        ServiceKey, ServiceValue,
+        BackendValue, L4_BACKENDS, L4_MAGLEV, L4_PORTS, L4_SERVICES, L4_SOURCE_RANGES, NO_BACKEND,
+        RangeKey, ServiceKey, ServiceValue,
     },
     maglev::DEFAULT_TABLE_SIZE,
 };
@@ -25,6 +25,7 @@ pub struct L4Maps {
     backends: HashMap<MapData, u32, BackendValue>,
     maglev: Array<MapData, u32>,
     ranges: LpmTrie<MapData, RangeKey, u8>,
+    ports: Array<MapData, u8>,
     ids: Ids,
     image: MapImage,
     table_size: u32,
@@ -49,6 +50,7 @@ impl L4Maps {
             Array::try_from(take(L4_MAGLEV)?).map_err(map_err(L4_MAGLEV))?;
         let ranges =
             LpmTrie::try_from(take(L4_SOURCE_RANGES)?).map_err(map_err(L4_SOURCE_RANGES))?;
+        let ports = Array::try_from(take(L4_PORTS)?).map_err(map_err(L4_PORTS))?;
         let table_size = DEFAULT_TABLE_SIZE;
         let max_services = maglev.len() / table_size;
         Ok(L4Maps {
@@ -56,6 +58,7 @@ impl L4Maps {
             backends,
             maglev,
             ranges,
+            ports,
             ids: Ids::new(max_services, ingress_common::l4::DEFAULT_MAX_BACKENDS),
             image: MapImage::default(),
             table_size,
@@ -99,6 +102,10 @@ impl L4Maps {
                 Ok(())
             }
             MapOp::DeleteBackend(id) => self.backends.remove(&id).map_err(map_err(L4_BACKENDS)),
+            MapOp::PutPort(port, flags) => self
+                .ports
+                .set(port as u32, flags, 0)
+                .map_err(map_err(L4_PORTS)),
             MapOp::PutRange(len, k) => self
                 .ranges
                 .insert(&Key::new(len, k), 1, 0)

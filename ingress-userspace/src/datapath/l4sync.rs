@@ -13,9 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ingress_common::{
     l4::{
-        BACKEND_LOCAL, BACKEND_TERMINATING, BackendValue, NO_BACKEND, RangeKey,
-        SVC_CLIENT_AFFINITY, SVC_LOCAL_POLICY, SVC_SOURCE_RANGES, ServiceKey, ServiceValue,
-        range_prefix_len, v4_mapped,
+        BACKEND_LOCAL, BACKEND_TERMINATING, BackendValue, NO_BACKEND, PORT_BACKEND, PORT_FRONTEND,
+        RangeKey, SVC_CLIENT_AFFINITY, SVC_LOCAL_POLICY, SVC_SOURCE_RANGES, ServiceKey,
+        ServiceValue, range_prefix_len, v4_mapped,
     },
     maglev,
 };
@@ -31,6 +31,8 @@ pub struct MapImage {
     pub maglev: BTreeMap<u32, Vec<u32>>,
     /// `loadBalancerSourceRanges`: (LPM prefix length, key).
     pub ranges: BTreeSet<(u32, RangeKey)>,
+    /// Port flags (frontend, backend), by port in host order.
+    pub ports: BTreeMap<u16, u8>,
 }
 
 /// One map write.
@@ -40,6 +42,8 @@ pub enum MapOp {
     PutMaglev(u32, Vec<u32>),
     /// An allowed source prefix, written before the service that checks it.
     PutRange(u32, RangeKey),
+    /// Port flags, set before the services that need them (0 clears).
+    PutPort(u16, u8),
     PutService(ServiceKey, ServiceValue),
     DeleteService(ServiceKey),
     DeleteRange(u32, RangeKey),
@@ -159,6 +163,10 @@ impl Ids {
                 },
             };
             used_services.insert(key, sid);
+            *image.ports.entry(fe.port()).or_default() |= PORT_FRONTEND;
+            for (_, b) in &ids {
+                *image.ports.entry(b.addr.port()).or_default() |= PORT_BACKEND;
+            }
             for (id, b) in &ids {
                 let mut flags = 0;
                 if b.local {
@@ -286,6 +294,13 @@ pub fn plan(old: &MapImage, new: &MapImage) -> Vec<MapOp> {
     for (len, k) in new.ranges.difference(&old.ranges) {
         ops.push(MapOp::PutRange(*len, *k));
     }
+    // Flags only grow before the services change...
+    for (port, flags) in &new.ports {
+        let merged = flags | old.ports.get(port).copied().unwrap_or(0);
+        if old.ports.get(port) != Some(&merged) {
+            ops.push(MapOp::PutPort(*port, merged));
+        }
+    }
     for (k, v) in &new.services {
         if old.services.get(k) != Some(v) {
             ops.push(MapOp::PutService(*k, *v));
@@ -298,6 +313,13 @@ pub fn plan(old: &MapImage, new: &MapImage) -> Vec<MapOp> {
     }
     for (len, k) in old.ranges.difference(&new.ranges) {
         ops.push(MapOp::DeleteRange(*len, *k));
+    }
+    // ...and shrink to what the new services need once the old ones are gone.
+    for (port, old_flags) in &old.ports {
+        let want = new.ports.get(port).copied().unwrap_or(0);
+        if want != (old_flags | want) {
+            ops.push(MapOp::PutPort(*port, want));
+        }
     }
     for id in old.maglev.keys() {
         if !new.maglev.contains_key(id) {

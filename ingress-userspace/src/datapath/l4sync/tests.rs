@@ -59,6 +59,7 @@ fn assert_safe_order(old: &MapImage, ops: &[MapOp]) {
                 tables.insert(*id);
             }
             MapOp::PutRange(..) => assert!(!services_deleted),
+            MapOp::PutPort(..) => {}
             MapOp::DeleteRange(..) => assert!(
                 services_deleted || !ops.iter().any(|o| matches!(o, MapOp::DeleteService(_)))
             ),
@@ -103,8 +104,14 @@ fn first_sync_writes_backends_then_tables_then_services() {
         2,
         "a pod behind two services is one backend"
     );
+    assert_eq!(image.ports[&30080], PORT_FRONTEND);
+    assert_eq!(image.ports[&8080], PORT_BACKEND);
     let ops = plan(&MapImage::default(), &image);
-    assert_eq!(ops.len(), 2 + 2 + 2);
+    assert_eq!(
+        ops.len(),
+        2 + 2 + 3 + 2,
+        "backends, tables, ports, services"
+    );
     assert_safe_order(&MapImage::default(), &ops);
     let web = image
         .services
@@ -145,10 +152,22 @@ fn removals_go_services_then_tables_then_backends() {
             MapOp::DeleteService(_) => "service",
             MapOp::ClearMaglev(_) => "maglev",
             MapOp::DeleteBackend(_) => "backend",
+            MapOp::PutPort(_, 0) => "port cleared",
             _ => "put",
         })
         .collect();
-    assert_eq!(kinds, ["service", "maglev", "backend"]);
+    // The frontend port (30081) and the backend port (9090) are cleared only
+    // once the service is gone.
+    assert_eq!(
+        kinds,
+        [
+            "service",
+            "port cleared",
+            "port cleared",
+            "maglev",
+            "backend"
+        ]
+    );
 }
 
 #[test]
