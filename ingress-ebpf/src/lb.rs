@@ -197,7 +197,6 @@ fn pick_with_affinity(
             && b.port == pin.port
             && b.flags & BACKEND_TERMINATING == 0
         {
-            let _ = b;
             pin.last_ns = now;
             bump(counters, Counter::L4AffinityHit);
             return Some(pin.backend_id);
