@@ -84,25 +84,7 @@ fn run(mode: &str) {
         ns.name("client").to_string(),
         ns.name("pod").to_string(),
     );
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &node,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=1",
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &pod,
-        "route",
-        "add",
-        "default",
-        "via",
-        "198.18.3.1",
-    ]);
+    ns.route_via("node", "pod", "198.18.3.1");
     let dir = TempDir::new("nodeport");
     dir.write("web.yaml", MANIFESTS);
     let agent = start_edge_agent(&node, mode, &dir);
@@ -218,25 +200,7 @@ fn run_two_nodes(mode: &str) {
         sh(&["ip", "-n", &lan, "link", "set", port, "master", "br0"]);
     }
     sh(&["ip", "-n", &lan, "link", "set", "br0", "up"]);
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &node,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=1",
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &pod,
-        "route",
-        "add",
-        "default",
-        "via",
-        "198.18.3.1",
-    ]);
+    ns.route_via("node", "pod", "198.18.3.1");
     // Warm the neighbour entries the FIB lookups need.
     for (from, to) in [
         (&node, "198.18.0.3"),

@@ -73,25 +73,7 @@ pub fn run() -> anyhow::Result<()> {
         ns.name("pods").to_string(),
     );
     // The node forwards to the pods behind it; the pods answer through it.
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &node,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=1",
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &pods,
-        "route",
-        "add",
-        "default",
-        "via",
-        "198.18.1.1",
-    ]);
+    ns.route_via("node", "pods", "198.18.1.1");
     println!(
         "demo: client 198.18.0.2 <-> eth0 198.18.0.1 [node] eth1 198.18.1.1 <-> pods 198.18.1.2, 198.18.1.3"
     );

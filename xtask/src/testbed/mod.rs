@@ -102,6 +102,32 @@ impl Namespaces {
     }
 }
 
+impl Namespaces {
+    /// Makes the namespace of role `router` forward IPv4 and gives `host` a
+    /// default route through `gateway` (a pod behind a node).
+    pub fn route_via(&self, router: &str, host: &str, gateway: &str) {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            self.name(router),
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            self.name(host),
+            "route",
+            "add",
+            "default",
+            "via",
+            gateway,
+        ]);
+    }
+}
+
 impl Drop for Namespaces {
     fn drop(&mut self) {
         for name in &self.names {
