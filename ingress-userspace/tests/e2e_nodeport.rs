@@ -61,6 +61,22 @@ fn start_edge_agent(node: &str, mode: &str, dir: &TempDir) -> support::Agent {
     )
 }
 
+/// No iptables or nftables rule in `ns`: the eBPF path did all of it.
+fn assert_no_packet_filter_rules(ns: &str) {
+    let ipt = sh(&["ip", "netns", "exec", ns, "iptables-save"]);
+    let rules: Vec<String> = String::from_utf8_lossy(&ipt.stdout)
+        .lines()
+        .filter(|l| l.starts_with("-A"))
+        .map(String::from)
+        .collect();
+    assert!(rules.is_empty(), "iptables rules on the node: {rules:?}");
+    let nft = sh(&["ip", "netns", "exec", ns, "nft", "list", "ruleset"]);
+    assert!(
+        String::from_utf8_lossy(&nft.stdout).trim().is_empty(),
+        "nftables rules on the node"
+    );
+}
+
 fn run(mode: &str) {
     let ns = Namespaces::new(&["node", "client", "pod"]);
     ns.link(
@@ -124,19 +140,7 @@ fn run(mode: &str) {
     assert!(event("xdp", "l4_dnat_local") >= (3 * CONNECTIONS) as f64);
     assert!(event("tc_egress", "l4_revnat") >= (2 * CONNECTIONS + DATAGRAMS) as f64);
 
-    // No packet filter rule on the node: the eBPF path did all of it.
-    let ipt = sh(&["ip", "netns", "exec", &node, "iptables-save"]);
-    let rules: Vec<String> = String::from_utf8_lossy(&ipt.stdout)
-        .lines()
-        .filter(|l| l.starts_with("-A"))
-        .map(String::from)
-        .collect();
-    assert!(rules.is_empty(), "iptables rules on the node: {rules:?}");
-    let nft = sh(&["ip", "netns", "exec", &node, "nft", "list", "ruleset"]);
-    assert!(
-        String::from_utf8_lossy(&nft.stdout).trim().is_empty(),
-        "nftables rules on the node"
-    );
+    assert_no_packet_filter_rules(&node);
 
     let (status, log) = agent.stop(libc::SIGTERM);
     assert!(status.success(), "{status}: {log}");
@@ -287,12 +291,7 @@ fn run_two_nodes(mode: &str) {
         ev("l4_forwarded") > 0.0,
         "{mode}: XDP forwarded frames itself"
     );
-    let ipt = sh(&["ip", "netns", "exec", &node, "iptables-save"]);
-    assert!(
-        !String::from_utf8_lossy(&ipt.stdout)
-            .lines()
-            .any(|l| l.starts_with("-A"))
-    );
+    assert_no_packet_filter_rules(&node);
     drop(local);
     drop(remote);
     let (status, log) = agent.stop(libc::SIGTERM);
