@@ -68,6 +68,13 @@ pub enum Counter {
     L4AffinityHit = 53,
     /// TCP to a Service without endpoints, answered with a RST (XDP_TX).
     L4Reset = 54,
+    /// A TCP FIN or RST marked a flow closing: its entries leave the tables
+    /// once the close timeout has passed.
+    L4FlowClosing = 55,
+    /// A new flow over this CPU's per-second budget: not recorded, dropped.
+    L4NewFlowRefused = 56,
+    /// An ICMP error about a translated flow, translated to the other side.
+    L4IcmpTranslated = 57,
 }
 
 /// Whether a counter is the total, one of the exclusive classes, or a flag.
@@ -81,7 +88,7 @@ pub enum CounterKind {
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 33] = [
+    pub const ALL: [Counter; 36] = [
         Counter::Packets,
         Counter::Ipv4Tcp,
         Counter::Ipv4Udp,
@@ -115,6 +122,9 @@ impl Counter {
         Counter::L4SourceRangeDrop,
         Counter::L4AffinityHit,
         Counter::L4Reset,
+        Counter::L4FlowClosing,
+        Counter::L4NewFlowRefused,
+        Counter::L4IcmpTranslated,
     ];
 
     /// The slot in the counter array.
@@ -158,6 +168,9 @@ impl Counter {
             Counter::L4SourceRangeDrop => "l4_source_range_drop",
             Counter::L4AffinityHit => "l4_affinity_hit",
             Counter::L4Reset => "l4_reset",
+            Counter::L4FlowClosing => "l4_flow_closing",
+            Counter::L4NewFlowRefused => "l4_new_flow_refused",
+            Counter::L4IcmpTranslated => "l4_icmp_translated",
         }
     }
 
@@ -179,7 +192,10 @@ impl Counter {
             | Counter::L4SnatExhausted
             | Counter::L4SourceRangeDrop
             | Counter::L4AffinityHit
-            | Counter::L4Reset => CounterKind::Event,
+            | Counter::L4Reset
+            | Counter::L4FlowClosing
+            | Counter::L4NewFlowRefused
+            | Counter::L4IcmpTranslated => CounterKind::Event,
             _ => CounterKind::Class,
         }
     }

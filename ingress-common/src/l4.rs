@@ -52,6 +52,19 @@ pub const DEFAULT_MAX_SERVICES: u32 = 4_096;
 pub const DEFAULT_MAX_BACKENDS: u32 = 65_536;
 pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
 
+/// Seconds a closed flow (TCP FIN or RST seen) keeps its entries, so that
+/// the last segments and retransmissions are still translated; the agent's
+/// sweep removes them after that.
+pub const CLOSE_TIMEOUT_S: u32 = 10;
+/// The global holding the close timeout the agent chose.
+pub const CLOSE_TIMEOUT_GLOBAL: &str = "CLOSE_TIMEOUT";
+
+/// The global holding how many new flows one CPU records per second (0: no
+/// limit); past it new flows are refused, so a SYN flood cannot evict the
+/// established flows wholesale.
+pub const NEW_FLOW_RATE_GLOBAL: &str = "NEW_FLOW_RATE";
+pub const DEFAULT_NEW_FLOW_RATE: u32 = 100_000;
+
 /// A backend id that names no backend (an empty Maglev slot).
 pub const NO_BACKEND: u32 = u32::MAX;
 
@@ -191,6 +204,9 @@ pub struct FlowValue {
     /// The backend's flags when the flow started.
     pub flags: u8,
     pub _pad: [u8; 3],
+    /// When a TCP FIN or RST was first seen, in seconds of the kernel's
+    /// monotonic clock (never 0 once set); 0 while the flow is open.
+    pub closed_at: u32,
 }
 
 /// `RevValue::flags`: the reply comes back through the node from another
@@ -209,6 +225,8 @@ pub struct RevValue {
     pub client_port: u16,
     pub flags: u8,
     pub _pad: [u8; 3],
+    /// As [`FlowValue::closed_at`].
+    pub closed_at: u32,
 }
 
 /// The flow hash the XDP program uses to pick a Maglev slot: every bit of
@@ -259,8 +277,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<ServiceValue>(), 16);
         assert_eq!(core::mem::size_of::<BackendValue>(), 20);
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
-        assert_eq!(core::mem::size_of::<FlowValue>(), 24);
-        assert_eq!(core::mem::size_of::<RevValue>(), 40);
+        assert_eq!(core::mem::size_of::<FlowValue>(), 28);
+        assert_eq!(core::mem::size_of::<RevValue>(), 44);
         assert_eq!(core::mem::size_of::<AffinityKey>(), 20);
         assert_eq!(core::mem::size_of::<AffinityValue>(), 32);
     }

@@ -26,15 +26,17 @@ use ingress_common::{
     counters::Counter,
     l4::{
         AffinityKey, AffinityValue, BACKEND_LOCAL, BACKEND_TERMINATING, BackendValue,
-        DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES, DEFAULT_MAX_SOURCE_RANGES,
-        DEFAULT_SNAT_PORT_MIN, DEFAULT_SNAT_PORT_SPAN, FlowKey, FlowValue, NO_BACKEND,
-        PORT_BACKEND, PORT_FRONTEND, RANGE_ID_BITS, REV_REMOTE, RangeKey, RevValue, SNAT_PROBES,
-        SVC_CLIENT_AFFINITY, SVC_SOURCE_RANGES, ServiceKey, ServiceValue, flow_hash, is_v4_mapped,
-        v4_mapped,
+        CLOSE_TIMEOUT_S, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES,
+        DEFAULT_MAX_SOURCE_RANGES, DEFAULT_NEW_FLOW_RATE, DEFAULT_SNAT_PORT_MIN,
+        DEFAULT_SNAT_PORT_SPAN, FlowKey, FlowValue, NO_BACKEND, PORT_BACKEND, PORT_FRONTEND,
+        RANGE_ID_BITS, REV_REMOTE, RangeKey, RevValue, SNAT_PROBES, SVC_CLIENT_AFFINITY,
+        SVC_SOURCE_RANGES, ServiceKey, ServiceValue, flow_hash, is_v4_mapped, v4_mapped,
     },
     maglev::DEFAULT_TABLE_SIZE,
-    nat::{End, FrameMut, decrement_ttl_v4, rewrite_v4, tcp_rst_v4},
-    parse::{Class, Parsed},
+    nat::{
+        End, FrameMut, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, decrement_ttl_v4, rewrite_v4, tcp_rst_v4,
+    },
+    parse::{Class, IPPROTO_TCP, Parsed},
 };
 
 use crate::stats::bump;
@@ -99,6 +101,138 @@ static SOURCE_RANGES: LpmTrie<RangeKey, u8> =
 
 #[map(name = "L4_SCRATCH")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's new-flow budget: the second it counts and the flows recorded
+/// in it.
+#[repr(C)]
+pub struct NewFlowWindow {
+    start_ns: u64,
+    count: u32,
+    _pad: u32,
+}
+
+#[map(name = "L4_NEW_FLOW_WINDOW")]
+static NEW_FLOW_WINDOW: PerCpuArray<NewFlowWindow> = PerCpuArray::with_max_entries(1, 0);
+
+/// New flows one CPU records per second (0: no limit); the agent sets it.
+#[unsafe(no_mangle)]
+static NEW_FLOW_RATE: u32 = DEFAULT_NEW_FLOW_RATE;
+
+/// Seconds a closed flow keeps its entries; the agent sets it.
+#[unsafe(no_mangle)]
+static CLOSE_TIMEOUT: u32 = CLOSE_TIMEOUT_S;
+
+/// Whether this CPU may record one more new flow in the current second.
+/// Past the budget new flows are refused (and counted), so a SYN flood
+/// cannot push the established flows out of the connection table.
+#[inline(always)]
+fn admit_new_flow() -> bool {
+    let limit = global(&NEW_FLOW_RATE);
+    if limit == 0 {
+        return true;
+    }
+    let Some(w) = NEW_FLOW_WINDOW.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: this CPU's slot of a live map value.
+    let w = unsafe { &mut *w };
+    // SAFETY: reads the monotonic clock.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.wrapping_sub(w.start_ns) >= 1_000_000_000 {
+        w.start_ns = now;
+        w.count = 0;
+    }
+    if w.count >= limit {
+        return false;
+    }
+    w.count += 1;
+    true
+}
+
+/// The monotonic clock in seconds, never 0 (0 marks an open flow).
+#[inline(always)]
+fn now_s() -> u32 {
+    // SAFETY: reads the monotonic clock.
+    let s = (unsafe { bpf_ktime_get_ns() } / 1_000_000_000) as u32;
+    s.max(1)
+}
+
+/// Whether a TCP segment ends its connection (FIN or RST).
+#[inline(always)]
+fn closes(tcp_flags: u8) -> bool {
+    tcp_flags & (TCP_FIN | TCP_RST) != 0
+}
+
+/// Marks a flow and its reverse entry closing at the first FIN or RST
+/// from the client, in a verifier frame of its own.
+#[inline(never)]
+fn close_flow(flow: &FlowKey, counters: &PerCpuArray<u64>) -> u32 {
+    let Some(f) = FLOWS.get_ptr_mut(flow) else {
+        return 0;
+    };
+    // SAFETY: this map value stays valid for the rest of the run.
+    let f = unsafe { &mut *f };
+    if f.closed_at != 0 {
+        return 0;
+    }
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch value, used only within this program run.
+    let s = unsafe { &mut *s };
+    let now = now_s();
+    f.closed_at = now;
+    s.reply.src = f.backend;
+    s.reply.sport = f.backend_port;
+    s.reply.proto = flow.proto;
+    s.reply._pad = [0; 3];
+    if f.snat_port != 0 {
+        s.reply.dst = v4_mapped(global(&SNAT_IPV4));
+        s.reply.dport = f.snat_port;
+    } else {
+        s.reply.dst = flow.src;
+        s.reply.dport = flow.sport;
+    }
+    if let Some(r) = REVNAT.get_ptr_mut(&s.reply) {
+        // SAFETY: as above.
+        unsafe { (*r).closed_at = now };
+    }
+    bump(counters, Counter::L4FlowClosing);
+    1
+}
+
+/// Marks a reply's reverse entry and its flow closing at the first FIN or
+/// RST from the pod (both hooks call it).
+#[inline(never)]
+pub fn close_reply(reply: &FlowKey, counters: &PerCpuArray<u64>) -> u32 {
+    let Some(r) = REVNAT.get_ptr_mut(reply) else {
+        return 0;
+    };
+    // SAFETY: this map value stays valid for the rest of the run.
+    let r = unsafe { &mut *r };
+    if r.closed_at != 0 {
+        return 0;
+    }
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch value, used only within this program run.
+    let s = unsafe { &mut *s };
+    let now = now_s();
+    r.closed_at = now;
+    s.reply.src = r.client;
+    s.reply.dst = r.frontend;
+    s.reply.sport = r.client_port;
+    s.reply.dport = r.frontend_port;
+    s.reply.proto = reply.proto;
+    s.reply._pad = [0; 3];
+    if let Some(f) = FLOWS.get_ptr_mut(&s.reply) {
+        // SAFETY: as above.
+        unsafe { (*f).closed_at = now };
+    }
+    bump(counters, Counter::L4FlowClosing);
+    1
+}
 
 /// Slots per Maglev table; the agent sets it at load time.
 #[unsafe(no_mangle)]
@@ -165,6 +299,10 @@ fn choose(flow: &FlowKey, counters: &PerCpuArray<u64>) -> u32 {
     let Some(svc) = (unsafe { SERVICES.get(&s.key) }) else {
         return NO_BACKEND;
     };
+    if !admit_new_flow() {
+        bump(counters, Counter::L4NewFlowRefused);
+        return REFUSED;
+    }
     s.chosen = pick_with_affinity(svc, flow, s, counters).unwrap_or(NO_BACKEND);
     s.chosen
 }
@@ -255,7 +393,7 @@ const PASS: Decision = Decision {
 /// pointer back, which the verifier refuses); the action is the return
 /// value.
 #[inline(never)]
-fn decide(flow: &FlowKey, counters: &PerCpuArray<u64>, out: &mut Decision) -> u32 {
+fn decide(flow: &FlowKey, tcp_flags: u8, counters: &PerCpuArray<u64>, out: &mut Decision) -> u32 {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return Action::Pass as u32;
     };
@@ -270,6 +408,9 @@ fn decide(flow: &FlowKey, counters: &PerCpuArray<u64>, out: &mut Decision) -> u3
     // SAFETY: map values stay valid for the rest of the program run.
     let Some(svc) = (unsafe { SERVICES.get(&scratch.key) }) else {
         *out = reply_from_remote(flow, counters);
+        if out.action == Action::Forward && closes(tcp_flags) {
+            close_reply(flow, counters);
+        }
         return out.action as u32;
     };
     bump(counters, Counter::L4ServiceHit);
@@ -286,9 +427,22 @@ fn decide(flow: &FlowKey, counters: &PerCpuArray<u64>, out: &mut Decision) -> u3
     }
     // SAFETY: as above.
     match unsafe { FLOWS.get(flow) } {
+        // A new connection on the tuple of one that closed a while ago
+        // chooses afresh (and overwrites the old entries).
+        Some(f)
+            if f.closed_at != 0
+                && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+                && now_s().wrapping_sub(f.closed_at) > global(&CLOSE_TIMEOUT) =>
+        {
+            scratch.hash = flow_hash(flow);
+            NEW_FLOW
+        }
         Some(f) => {
             bump(counters, Counter::L4FlowHit);
             *out = to_backend(f, counters);
+            if closes(tcp_flags) && f.closed_at == 0 {
+                close_flow(flow, counters);
+            }
             out.action as u32
         }
         None if svc.backend_count == 0 => {
@@ -304,6 +458,8 @@ fn decide(flow: &FlowKey, counters: &PerCpuArray<u64>, out: &mut Decision) -> u3
 
 /// What [`decide`] returns for a flow the connection table does not know.
 const NEW_FLOW: u32 = 100;
+/// What [`choose`] returns for a new flow over this CPU's budget.
+const REFUSED: u32 = u32::MAX - 1;
 
 /// The translation towards a flow's recorded backend.
 #[inline(always)]
@@ -364,13 +520,20 @@ pub fn ingress<F: FrameMut>(
     const FORWARD: u32 = Action::Forward as u32;
     const DROP: u32 = Action::Drop as u32;
     const RESET: u32 = Action::Reset as u32;
-    let mut action = decide(&flow, counters, &mut d);
+    let tcp_flags = if p.l4_proto == IPPROTO_TCP {
+        frame.bytes::<1>(p.l4_offset + 13).map_or(0, |b| b[0])
+    } else {
+        0
+    };
+    let mut action = decide(&flow, tcp_flags, counters, &mut d);
     if action == NEW_FLOW {
-        action = if choose(&flow, counters) == NO_BACKEND {
-            bump(counters, Counter::L4NoBackend);
-            Action::Reset as u32
-        } else {
-            start_flow(&flow, counters, &mut d)
+        action = match choose(&flow, counters) {
+            NO_BACKEND => {
+                bump(counters, Counter::L4NoBackend);
+                Action::Reset as u32
+            }
+            REFUSED => Action::Drop as u32,
+            _ => start_flow(&flow, counters, &mut d),
         };
     }
     match action {
@@ -431,12 +594,14 @@ fn start_flow(flow: &FlowKey, counters: &PerCpuArray<u64>, out: &mut Decision) -
     s.flow.snat_port = 0;
     s.flow.flags = b.flags;
     s.flow._pad = [0; 3];
+    s.flow.closed_at = 0;
     s.rev.frontend = flow.dst;
     s.rev.client = flow.src;
     s.rev.frontend_port = flow.dport;
     s.rev.client_port = flow.sport;
     s.rev.flags = 0;
     s.rev._pad = [0; 3];
+    s.rev.closed_at = 0;
     s.reply.src = b.addr;
     s.reply.dst = flow.src;
     s.reply.sport = b.port;
@@ -540,8 +705,13 @@ fn forward<F: FrameMut>(
 
 /// Whether a TC egress frame is a reply that needs reverse translation;
 /// the caller makes the packet writable, re-parses and calls [`egress`].
+/// A FIN or RST marks the flow closing.
 #[inline(always)]
-pub fn reply_of<F: FrameMut>(frame: &F, p: &Parsed) -> Option<RevValue> {
+pub fn reply_of<F: FrameMut>(
+    frame: &F,
+    p: &Parsed,
+    counters: &PerCpuArray<u64>,
+) -> Option<RevValue> {
     if !matches!(p.class, Class::Ipv4Tcp | Class::Ipv4Udp)
         || port_flags(p.src_port) & PORT_BACKEND == 0
     {
@@ -550,7 +720,16 @@ pub fn reply_of<F: FrameMut>(frame: &F, p: &Parsed) -> Option<RevValue> {
     let reply = flow_v4(frame, p)?;
     // SAFETY: the value is copied out at once.
     let rev = unsafe { REVNAT.get(&reply) }.copied()?;
-    (rev.flags & REV_REMOTE == 0).then_some(rev)
+    if rev.flags & REV_REMOTE != 0 {
+        return None;
+    }
+    if p.l4_proto == IPPROTO_TCP
+        && rev.closed_at == 0
+        && closes(frame.bytes::<1>(p.l4_offset + 13).map_or(0, |b| b[0]))
+    {
+        close_reply(&reply, counters);
+    }
+    Some(rev)
 }
 
 /// TC egress: a pod's reply gets the frontend back as its source.

@@ -47,7 +47,7 @@ pub fn ingress_tc_egress(ctx: TcContext) -> i32 {
     }
     let frame = PacketBounds::new(ctx.data(), ctx.data_end());
     let parsed = observe::frame(&ctx, &frame, &stats::TC_COUNTERS);
-    if let Some(rev) = lb::reply_of(&frame, &parsed) {
+    if let Some(rev) = lb::reply_of(&frame, &parsed, &stats::TC_COUNTERS) {
         // Make the head writable (TCP sends clones), then look again: the
         // pull moves the packet, so earlier bounds checks no longer hold.
         let _ = ctx.pull_data(core::cmp::min(ctx.len(), observe::PARSE_WINDOW));

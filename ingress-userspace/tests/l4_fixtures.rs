@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use aya::programs::{TestRun, TestRunOptions};
 use ingress_common::{
     counters::Counter,
+    l4::{self, FlowKey},
     testing::{L4, PacketBuilder},
 };
 use ingress_userspace::{
@@ -477,4 +478,155 @@ fn client_ip_affinity_keeps_a_client_on_one_pod() {
         other.insert(dst_of(&out));
     }
     assert_eq!(other.len(), 1);
+}
+
+/// The flow-table entries (forward and reverse) of one client flow.
+fn entries(
+    h: &Harness,
+    forward: FlowKey,
+    reply: FlowKey,
+) -> (Option<l4::FlowValue>, Option<l4::RevValue>) {
+    let flows: aya::maps::HashMap<_, FlowKey, l4::FlowValue> =
+        aya::maps::HashMap::try_from(h.programs.ebpf.map(l4::L4_FLOWS).unwrap()).unwrap();
+    let rev: aya::maps::HashMap<_, FlowKey, l4::RevValue> =
+        aya::maps::HashMap::try_from(h.programs.ebpf.map(l4::L4_REVNAT).unwrap()).unwrap();
+    (flows.get(&forward, 0).ok(), rev.get(&reply, 0).ok())
+}
+
+fn key(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> FlowKey {
+    FlowKey {
+        src: l4::v4_mapped(src),
+        dst: l4::v4_mapped(dst),
+        sport: sport.to_be(),
+        dport: dport.to_be(),
+        proto: l4::PROTO_TCP,
+        _pad: [0; 3],
+    }
+}
+
+fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut b = PacketBuilder::tcp4(src, dst, sport, dport);
+    b.l4 = L4::Tcp {
+        sport,
+        dport,
+        flags,
+        payload: Vec::new(),
+    };
+    b.build()
+}
+
+#[test]
+fn fin_and_rst_mark_flows_closing_from_either_side() {
+    let mut h = Harness::new();
+    // A client FIN: still translated, and both entries are marked.
+    h.run(Hook::Xdp, &tcp(CLIENT, NODE, 42000, 30080, 0x02));
+    let (forward, reply) = (
+        key(CLIENT, 42000, NODE, 30080),
+        key(POD, 8080, CLIENT, 42000),
+    );
+    let (f, r) = entries(&h, forward, reply);
+    assert_eq!((f.unwrap().closed_at, r.unwrap().closed_at), (0, 0));
+    let (verdict, out, events) = h.run(Hook::Xdp, &tcp(CLIENT, NODE, 42000, 30080, 0x11));
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(out, tcp(CLIENT, POD, 42000, 8080, 0x11));
+    assert_eq!(
+        events,
+        [
+            (Counter::L4ServiceHit, 1),
+            (Counter::L4FlowHit, 1),
+            (Counter::L4DnatLocal, 1),
+            (Counter::L4FlowClosing, 1)
+        ]
+    );
+    let (f, r) = entries(&h, forward, reply);
+    let closed = f.unwrap().closed_at;
+    assert_ne!(closed, 0);
+    assert_eq!(r.unwrap().closed_at, closed);
+    // Later segments are still translated; the mark is set once.
+    let (_, out, events) = h.run(Hook::Xdp, &tcp(CLIENT, NODE, 42000, 30080, 0x10));
+    assert_eq!(out, tcp(CLIENT, POD, 42000, 8080, 0x10));
+    assert!(!events.contains(&(Counter::L4FlowClosing, 1)));
+
+    // A pod's RST on TC egress marks its flow too, and is translated.
+    h.run(Hook::Xdp, &tcp(CLIENT, NODE, 42001, 30080, 0x02));
+    let (verdict, out, events) = h.run(Hook::Tc, &tcp(POD, CLIENT, 8080, 42001, 0x14));
+    assert_eq!(verdict, TC_ACT_PIPE);
+    assert_eq!(out, tcp(NODE, CLIENT, 30080, 42001, 0x14));
+    assert_eq!(
+        events,
+        [(Counter::L4RevNat, 1), (Counter::L4FlowClosing, 1)]
+    );
+    let (f, r) = entries(
+        &h,
+        key(CLIENT, 42001, NODE, 30080),
+        key(POD, 8080, CLIENT, 42001),
+    );
+    assert_ne!(f.unwrap().closed_at, 0);
+    assert_ne!(r.unwrap().closed_at, 0);
+}
+
+#[test]
+fn a_closed_tuple_reused_after_the_close_timeout_starts_a_new_flow() {
+    let mut h = Harness::with(&LoadOptions {
+        close_timeout_s: 0,
+        ..LoadOptions::default()
+    });
+    h.run(Hook::Xdp, &tcp(CLIENT, NODE, 42100, 30080, 0x02));
+    h.run(Hook::Xdp, &tcp(CLIENT, NODE, 42100, 30080, 0x04));
+    // Within the same second the entry still serves the old connection.
+    // After it (timeout 0: any later second), a SYN on the same tuple is a
+    // new flow whose entries are open again.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (_, out, events) = h.run(Hook::Xdp, &tcp(CLIENT, NODE, 42100, 30080, 0x02));
+    assert_eq!(out, tcp(CLIENT, POD, 42100, 8080, 0x02));
+    assert!(events.contains(&(Counter::L4NewFlow, 1)), "{events:?}");
+    let (f, r) = entries(
+        &h,
+        key(CLIENT, 42100, NODE, 30080),
+        key(POD, 8080, CLIENT, 42100),
+    );
+    assert_eq!((f.unwrap().closed_at, r.unwrap().closed_at), (0, 0));
+    // A non-SYN segment of the closed tuple is no new connection: it keeps
+    // the entry as it is.
+    h.run(Hook::Xdp, &tcp(CLIENT, NODE, 42100, 30080, 0x04));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (_, _, events) = h.run(Hook::Xdp, &tcp(CLIENT, NODE, 42100, 30080, 0x10));
+    assert!(events.contains(&(Counter::L4FlowHit, 1)), "{events:?}");
+}
+
+#[test]
+fn new_flows_past_the_per_cpu_rate_are_refused_and_known_flows_keep_working() {
+    // One CPU for this thread, so the per-CPU budget is one budget.
+    support::pin_to_one_cpu();
+    let mut h = Harness::with(&LoadOptions {
+        new_flow_rate: 3,
+        ..LoadOptions::default()
+    });
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for sport in 43000..43008 {
+        let (verdict, out, events) = h.run(Hook::Xdp, &tcp(CLIENT, NODE, sport, 30080, 0x02));
+        if events.contains(&(Counter::L4NewFlowRefused, 1)) {
+            assert_eq!(verdict, XDP_DROP);
+            assert!(!events.contains(&(Counter::L4NewFlow, 1)));
+            refused += 1;
+        } else {
+            assert_eq!(out, tcp(CLIENT, POD, sport, 8080, 0x02));
+            admitted.push(sport);
+        }
+    }
+    // The budget is per second: a run that crossed a second boundary may
+    // admit one more window's worth.
+    assert!(
+        (3..=6).contains(&admitted.len()),
+        "admitted {admitted:?}, refused {refused}"
+    );
+    assert_eq!(admitted.len() + refused, 8);
+    // The admitted flows are known and keep being translated.
+    for sport in admitted {
+        let (verdict, out, events) = h.run(Hook::Xdp, &tcp(CLIENT, NODE, sport, 30080, 0x10));
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(out, tcp(CLIENT, POD, sport, 8080, 0x10));
+        assert!(events.contains(&(Counter::L4FlowHit, 1)));
+    }
 }

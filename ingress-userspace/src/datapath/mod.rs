@@ -104,6 +104,10 @@ pub struct LoadOptions {
     pub snat_port_span: u16,
     /// Services the L4 maps hold (the Maglev array is this many tables).
     pub max_services: u32,
+    /// New flows one CPU records per second (0: no limit).
+    pub new_flow_rate: u32,
+    /// Seconds a closed flow (FIN or RST seen) keeps its entries.
+    pub close_timeout_s: u32,
 }
 
 impl Default for LoadOptions {
@@ -113,6 +117,8 @@ impl Default for LoadOptions {
             snat_port_min: ingress_common::l4::DEFAULT_SNAT_PORT_MIN,
             snat_port_span: ingress_common::l4::DEFAULT_SNAT_PORT_SPAN,
             max_services: ingress_common::l4::DEFAULT_MAX_SERVICES,
+            new_flow_rate: ingress_common::l4::DEFAULT_NEW_FLOW_RATE,
+            close_timeout_s: ingress_common::l4::CLOSE_TIMEOUT_S,
         }
     }
 }
@@ -151,6 +157,16 @@ impl LoadedPrograms {
             .override_global(
                 ingress_common::l4::SNAT_PORT_SPAN_GLOBAL,
                 &opts.snat_port_span,
+                true,
+            )
+            .override_global(
+                ingress_common::l4::NEW_FLOW_RATE_GLOBAL,
+                &opts.new_flow_rate,
+                true,
+            )
+            .override_global(
+                ingress_common::l4::CLOSE_TIMEOUT_GLOBAL,
+                &opts.close_timeout_s,
                 true,
             )
             .load(object::EBPF_OBJECT)
