@@ -630,3 +630,35 @@ fn new_flows_past_the_per_cpu_rate_are_refused_and_known_flows_keep_working() {
         assert!(events.contains(&(Counter::L4FlowHit, 1)));
     }
 }
+
+#[test]
+fn the_agents_sweep_removes_closed_flows_after_the_timeout_and_keeps_open_ones() {
+    use ingress_userspace::datapath::flow_sweep::{FlowSweeper, Swept, monotonic_s};
+    let mut h = Harness::with(&LoadOptions {
+        close_timeout_s: 0,
+        ..LoadOptions::default()
+    });
+    h.run(Hook::Xdp, &tcp(CLIENT, NODE, 44000, 30080, 0x02));
+    h.run(Hook::Xdp, &tcp(CLIENT, NODE, 44001, 30080, 0x02));
+    h.run(Hook::Xdp, &tcp(CLIENT, NODE, 44000, 30080, 0x11));
+    let mut sweeper = FlowSweeper::take(&mut h.programs, 0).unwrap();
+    let (closed, open) = (
+        key(CLIENT, 44000, NODE, 30080),
+        key(CLIENT, 44001, NODE, 30080),
+    );
+    // Not yet: the second it closed in has not passed.
+    let closed_at = sweeper.flow(&closed).unwrap().closed_at;
+    assert_eq!(sweeper.sweep(closed_at), Swept::default());
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(
+        sweeper.sweep(monotonic_s()),
+        Swept {
+            flows: 1,
+            reverse: 1
+        }
+    );
+    assert!(sweeper.flow(&closed).is_none());
+    assert!(sweeper.reverse(&key(POD, 8080, CLIENT, 44000)).is_none());
+    assert!(sweeper.flow(&open).is_some());
+    assert!(sweeper.reverse(&key(POD, 8080, CLIENT, 44001)).is_some());
+}

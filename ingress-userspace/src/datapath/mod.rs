@@ -3,12 +3,20 @@
 //! and detach on shutdown.
 
 pub mod counters;
+pub mod flow_sweep;
 pub mod l4maps;
 pub mod l4sync;
 pub mod object;
 pub mod privileges;
 
-use std::os::fd::AsRawFd;
+use std::{
+    os::fd::AsRawFd,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -242,6 +250,8 @@ pub struct Datapath {
     xdp_links: Vec<(String, XdpLinkId)>,
     tc_links: Vec<(String, SchedClassifierLinkId)>,
     log_task: Option<tokio::task::JoinHandle<()>>,
+    /// Tells the closed-flow sweeper to stop.
+    sweep_stop: Arc<AtomicBool>,
 }
 
 impl Datapath {
@@ -262,6 +272,7 @@ impl Datapath {
             xdp_links: Vec::new(),
             tc_links: Vec::new(),
             log_task,
+            sweep_stop: Arc::new(AtomicBool::new(false)),
         };
         let (mode, mode_name) = xdp_mode(config.xdp_mode);
         for iface in &config.interfaces {
@@ -289,6 +300,11 @@ impl Datapath {
             dp.programs.take_counters(Hook::Tc)?,
         ];
         let l4 = l4maps::L4Maps::take(&mut dp.programs)?;
+        let sweeper = flow_sweep::FlowSweeper::take(&mut dp.programs, config.load.close_timeout_s)?;
+        let every = Duration::from_secs(u64::from(config.load.close_timeout_s).clamp(1, 10));
+        if let Err(e) = sweeper.spawn(every, dp.sweep_stop.clone()) {
+            tracing::warn!(error = %e, "closed flows are left to LRU eviction: no sweeper thread");
+        }
         Ok((dp, counters, l4))
     }
 
@@ -321,6 +337,7 @@ impl Datapath {
 
 impl Drop for Datapath {
     fn drop(&mut self) {
+        self.sweep_stop.store(true, Ordering::Relaxed);
         if let Some(task) = self.log_task.take() {
             task.abort();
         }
