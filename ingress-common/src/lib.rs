@@ -9,6 +9,7 @@ extern crate std;
 
 pub mod counters;
 pub mod csum;
+pub mod icmp;
 pub mod l4;
 pub mod maglev;
 pub mod maps;

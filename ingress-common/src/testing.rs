@@ -162,7 +162,7 @@ impl PacketBuilder {
         self
     }
 
-    fn l4_proto(&self) -> u8 {
+    pub fn l4_proto(&self) -> u8 {
         match &self.l4 {
             L4::Tcp { .. } => IPPROTO_TCP,
             L4::Udp { .. } => IPPROTO_UDP,
@@ -311,4 +311,29 @@ pub fn arp_request() -> Vec<u8> {
     let mut f = ethernet(&[], ETH_P_ARP, &a);
     f[..6].copy_from_slice(&[0xff; 6]);
     f
+}
+
+/// An ICMPv4 error (`kind`, `code`, the 4 bytes after the checksum) from
+/// `src` to `dst` quoting `quote` (an IP header and what follows), with its
+/// checksum computed from scratch.
+pub fn icmp4_error(
+    src: [u8; 4],
+    dst: [u8; 4],
+    kind: u8,
+    code: u8,
+    rest: [u8; 4],
+    quote: &[u8],
+) -> PacketBuilder {
+    let mut icmp = Vec::new();
+    icmp.extend_from_slice(&[kind, code, 0, 0]);
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(quote);
+    let c = csum::checksum(0, &icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut b = PacketBuilder::tcp4(src, dst, 0, 0);
+    b.l4 = L4::Other {
+        proto: crate::parse::IPPROTO_ICMP,
+        bytes: icmp,
+    };
+    b
 }

@@ -24,6 +24,7 @@ use aya_ebpf::{
 };
 use ingress_common::{
     counters::Counter,
+    icmp::{self, OUTER_DST, OUTER_SRC, QUOTED_DST, QUOTED_SRC, Quoted, Rewrite},
     l4::{
         AffinityKey, AffinityValue, BACKEND_LOCAL, BACKEND_TERMINATING, BackendValue,
         CLOSE_TIMEOUT_S, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES,
@@ -36,7 +37,7 @@ use ingress_common::{
     nat::{
         End, FrameMut, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, decrement_ttl_v4, rewrite_v4, tcp_rst_v4,
     },
-    parse::{Class, IPPROTO_TCP, Parsed},
+    parse::{Class, IPPROTO_ICMP, IPPROTO_TCP, Parsed},
 };
 
 use crate::stats::bump;
@@ -362,7 +363,14 @@ struct Decision {
     /// The new source (SNAT, or the frontend for a reply).
     src: [u8; 4],
     src_port: u16,
+    /// A FIN or RST closes the flow: which entry to mark (`CLOSE_*`). The
+    /// caller marks it, so that the marking is not a third call deep.
+    close: u8,
 }
+
+const CLOSE_NONE: u8 = 0;
+const CLOSE_FLOW: u8 = 1;
+const CLOSE_REPLY: u8 = 2;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
@@ -383,6 +391,7 @@ const PASS: Decision = Decision {
     dst_port: 0,
     src: [0; 4],
     src_port: 0,
+    close: CLOSE_NONE,
 };
 
 /// The map side of the L4 path for one IPv4 TCP/UDP flow, in a frame of its
@@ -409,7 +418,7 @@ fn decide(flow: &FlowKey, tcp_flags: u8, counters: &PerCpuArray<u64>, out: &mut 
     let Some(svc) = (unsafe { SERVICES.get(&scratch.key) }) else {
         *out = reply_from_remote(flow, counters);
         if out.action == Action::Forward && closes(tcp_flags) {
-            close_reply(flow, counters);
+            out.close = CLOSE_REPLY;
         }
         return out.action as u32;
     };
@@ -441,7 +450,7 @@ fn decide(flow: &FlowKey, tcp_flags: u8, counters: &PerCpuArray<u64>, out: &mut 
             bump(counters, Counter::L4FlowHit);
             *out = to_backend(f, counters);
             if closes(tcp_flags) && f.closed_at == 0 {
-                close_flow(flow, counters);
+                out.close = CLOSE_FLOW;
             }
             out.action as u32
         }
@@ -490,11 +499,14 @@ fn to_backend(target: &FlowValue, counters: &PerCpuArray<u64>) -> Decision {
         dst_port: backend_port,
         src: snat,
         src_port: u16::from_be(target.snat_port),
+        close: CLOSE_NONE,
     }
 }
 
 /// XDP: a frame to a service frontend is translated to its backend; a
-/// remote pod's reply to a translated flow is translated back.
+/// remote pod's reply to a translated flow is translated back. A frame of
+/// its own: the ICMP path beside it has its own too, and the verifier
+/// counts only the deepest chain against its 512 bytes.
 #[inline(always)]
 pub fn ingress<F: FrameMut>(
     ctx: &XdpContext,
@@ -502,6 +514,15 @@ pub fn ingress<F: FrameMut>(
     p: &Parsed,
     counters: &PerCpuArray<u64>,
 ) -> u32 {
+    if p.class == Class::Ipv4Other && p.l4_proto == IPPROTO_ICMP {
+        // The forward step is called from here, not from the ICMP path's
+        // frame: the verifier's 512 bytes are for the deepest chain.
+        let mut d = PASS;
+        if icmp_ingress(frame, p, counters, &mut d) == Action::Forward as u32 {
+            return forward(ctx, frame, IPPROTO_ICMP, d.src, d.dst, counters);
+        }
+        return xdp_action::XDP_PASS;
+    }
     // Fragments are classed apart already; IPv4 with options passes
     // untouched by rule (rare on the wire, and often a probe).
     if !matches!(p.class, Class::Ipv4Tcp | Class::Ipv4Udp)
@@ -510,6 +531,18 @@ pub fn ingress<F: FrameMut>(
     {
         return xdp_action::XDP_PASS;
     }
+    service_path(ctx, frame, p, counters)
+}
+
+/// A TCP or UDP frame to a frontend port (or a SNAT port): the connection
+/// table or a new flow, then the rewrite.
+#[inline(never)]
+fn service_path<F: FrameMut>(
+    ctx: &XdpContext,
+    frame: &mut F,
+    p: &Parsed,
+    counters: &PerCpuArray<u64>,
+) -> u32 {
     let Some(flow) = flow_v4(frame, p) else {
         return xdp_action::XDP_PASS;
     };
@@ -526,6 +559,15 @@ pub fn ingress<F: FrameMut>(
         0
     };
     let mut action = decide(&flow, tcp_flags, counters, &mut d);
+    match d.close {
+        CLOSE_FLOW => {
+            close_flow(&flow, counters);
+        }
+        CLOSE_REPLY => {
+            close_reply(&flow, counters);
+        }
+        _ => {}
+    }
     if action == NEW_FLOW {
         action = match choose(&flow, counters) {
             NO_BACKEND => {
@@ -656,6 +698,7 @@ fn reply_from_remote(reply: &FlowKey, counters: &PerCpuArray<u64>) -> Decision {
         dst_port: u16::from_be(rev.client_port),
         src: [fe[12], fe[13], fe[14], fe[15]],
         src_port: u16::from_be(rev.frontend_port),
+        close: CLOSE_NONE,
     }
 }
 
@@ -746,5 +789,153 @@ pub fn egress<F: FrameMut>(frame: &mut F, p: &Parsed, rev: &RevValue, counters: 
         )
     {
         bump(counters, Counter::L4RevNat);
+    }
+}
+
+/// The flow-table key of the flow an ICMP error is about, seen from the
+/// other end: the quote is a packet the node sent (or the pod received), so
+/// its reversal is the direction the tables are keyed by.
+#[inline(always)]
+fn reversed(q: &Quoted) -> FlowKey {
+    FlowKey {
+        src: v4_mapped(q.dst),
+        dst: v4_mapped(q.src),
+        sport: q.dport.to_be(),
+        dport: q.sport.to_be(),
+        proto: q.proto,
+        _pad: [0; 3],
+    }
+}
+
+#[inline(always)]
+fn v4_of(a: &[u8; 16]) -> [u8; 4] {
+    [a[12], a[13], a[14], a[15]]
+}
+
+/// XDP: an ICMP error about a translated flow, arriving on the uplink.
+/// About a reply the client's side could not take (quoted: frontend ->
+/// client): it goes to the pod, quoting what the pod sent. About a packet
+/// sent on to a remote pod (quoted: node -> pod, SNATed): it goes back to
+/// the client, quoting what the client sent. Anything else passes. A
+/// verifier frame of its own keeps the main program's stack small; the
+/// caller forwards what comes back as `Forward` (addresses in `out`).
+#[inline(never)]
+fn icmp_ingress<F: FrameMut>(
+    frame: &mut F,
+    p: &Parsed,
+    counters: &PerCpuArray<u64>,
+    out: &mut Decision,
+) -> u32 {
+    let Some(q) = icmp::quoted_v4(frame, p) else {
+        return Action::Pass as u32;
+    };
+    // The quoted source is a frontend port or a SNAT port, or this is no
+    // error about a translated flow.
+    if !may_concern_l4(q.sport) {
+        return Action::Pass as u32;
+    }
+    let key = reversed(&q);
+    let mut rw = Rewrite::default();
+    let action = icmp_decide(&key, counters, &mut rw);
+    if action == Action::Local as u32 {
+        if icmp::rewrite_v4(frame, p, &rw) {
+            bump(counters, Counter::L4IcmpTranslated);
+        }
+        return Action::Pass as u32;
+    }
+    if action != Action::Forward as u32
+        || !decrement_ttl_v4(frame, p)
+        || !icmp::rewrite_v4(frame, p, &rw)
+    {
+        return Action::Pass as u32;
+    }
+    bump(counters, Counter::L4IcmpTranslated);
+    out.src = rw.outer_src;
+    out.dst = rw.outer_dst;
+    Action::Forward as u32
+}
+
+/// The map side of [`icmp_ingress`], in a verifier frame of its own.
+#[inline(never)]
+fn icmp_decide(key: &FlowKey, counters: &PerCpuArray<u64>, rw: &mut Rewrite) -> u32 {
+    // SAFETY: map values stay valid for the rest of the program run.
+    if let Some(f) = unsafe { FLOWS.get(key) } {
+        if !is_v4_mapped(&f.backend) {
+            return Action::Pass as u32;
+        }
+        let pod = v4_of(&f.backend);
+        rw.outer_dst = pod;
+        rw.quoted_src = pod;
+        rw.quoted_sport = u16::from_be(f.backend_port);
+        if f.flags & BACKEND_LOCAL != 0 {
+            rw.mask = OUTER_DST | QUOTED_SRC;
+            return Action::Local as u32;
+        }
+        let snat = global(&SNAT_IPV4);
+        if snat == [0; 4] || f.snat_port == 0 {
+            bump(counters, Counter::L4NoSnatAddress);
+            return Action::Pass as u32;
+        }
+        rw.mask = OUTER_SRC | OUTER_DST | QUOTED_SRC | QUOTED_DST;
+        rw.outer_src = snat;
+        rw.quoted_dst = snat;
+        rw.quoted_dport = u16::from_be(f.snat_port);
+        return Action::Forward as u32;
+    }
+    // SAFETY: as above.
+    let Some(r) = (unsafe { REVNAT.get(key) }) else {
+        return Action::Pass as u32;
+    };
+    if r.flags & REV_REMOTE == 0 || !is_v4_mapped(&r.frontend) || !is_v4_mapped(&r.client) {
+        return Action::Pass as u32;
+    }
+    let (frontend, client) = (v4_of(&r.frontend), v4_of(&r.client));
+    rw.mask = OUTER_SRC | OUTER_DST | QUOTED_SRC | QUOTED_DST;
+    rw.outer_src = frontend;
+    rw.outer_dst = client;
+    rw.quoted_src = client;
+    rw.quoted_sport = u16::from_be(r.client_port);
+    rw.quoted_dst = frontend;
+    rw.quoted_dport = u16::from_be(r.frontend_port);
+    Action::Forward as u32
+}
+
+/// TC egress: an ICMP error a local pod (or the node for it) sends about a
+/// translated flow (quoted: client -> pod) must come from the frontend and
+/// quote what the client sent. Returns the rewrite for [`icmp_egress`].
+#[inline(always)]
+pub fn icmp_reply_of<F: FrameMut>(frame: &F, p: &Parsed) -> Option<Rewrite> {
+    if p.class != Class::Ipv4Other || p.l4_proto != IPPROTO_ICMP {
+        return None;
+    }
+    let q = icmp::quoted_v4(frame, p)?;
+    if port_flags(q.dport) & PORT_BACKEND == 0 {
+        return None;
+    }
+    // SAFETY: the value is read at once.
+    let r = unsafe { REVNAT.get(&reversed(&q)) }?;
+    if r.flags & REV_REMOTE != 0 || !is_v4_mapped(&r.frontend) {
+        return None;
+    }
+    let frontend = v4_of(&r.frontend);
+    Some(Rewrite {
+        mask: OUTER_SRC | QUOTED_DST,
+        outer_src: frontend,
+        quoted_dst: frontend,
+        quoted_dport: u16::from_be(r.frontend_port),
+        ..Rewrite::default()
+    })
+}
+
+/// Applies what [`icmp_reply_of`] found, on the writable, re-parsed frame.
+#[inline(always)]
+pub fn icmp_egress<F: FrameMut>(
+    frame: &mut F,
+    p: &Parsed,
+    rw: &Rewrite,
+    counters: &PerCpuArray<u64>,
+) {
+    if icmp::quoted_v4(frame, p).is_some() && icmp::rewrite_v4(frame, p, rw) {
+        bump(counters, Counter::L4IcmpTranslated);
     }
 }

@@ -54,6 +54,11 @@ pub fn ingress_tc_egress(ctx: TcContext) -> i32 {
         let mut frame = PacketBounds::new(ctx.data(), ctx.data_end());
         let parsed = ingress_common::parse::parse(&frame);
         lb::egress(&mut frame, &parsed, &rev, &stats::TC_COUNTERS);
+    } else if let Some(rw) = lb::icmp_reply_of(&frame, &parsed) {
+        let _ = ctx.pull_data(core::cmp::min(ctx.len(), observe::PARSE_WINDOW));
+        let mut frame = PacketBounds::new(ctx.data(), ctx.data_end());
+        let parsed = ingress_common::parse::parse(&frame);
+        lb::icmp_egress(&mut frame, &parsed, &rw, &stats::TC_COUNTERS);
     }
     TC_ACT_PIPE
 }

@@ -12,7 +12,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use ingress_common::{
     counters::Counter,
     l4::{self, FlowKey},
-    testing::{L4, PacketBuilder},
+    testing::{L4, PacketBuilder, icmp4_error},
 };
 use ingress_userspace::{
     datapath::{
@@ -661,4 +661,157 @@ fn the_agents_sweep_removes_closed_flows_after_the_timeout_and_keeps_open_ones()
     assert!(sweeper.reverse(&key(POD, 8080, CLIENT, 44000)).is_none());
     assert!(sweeper.flow(&open).is_some());
     assert!(sweeper.reverse(&key(POD, 8080, CLIENT, 44001)).is_some());
+}
+
+/// The quote an ICMP error carries of `packet`: its IP header and the first
+/// 20 bytes of its TCP header.
+fn quote(packet: &PacketBuilder) -> Vec<u8> {
+    packet.build()[14..14 + 40].to_vec()
+}
+
+const ROUTER: [u8; 4] = [198, 18, 9, 1];
+const FRAG_NEEDED_MTU_1400: [u8; 4] = [0, 0, 0x05, 0x78];
+
+#[test]
+fn icmp_errors_about_a_local_flow_are_translated_both_ways() {
+    let mut h = Harness::new();
+    h.run(Hook::Xdp, &tcp(CLIENT, NODE, 45000, 30080, 0x02));
+    // The client's side says our reply was too big: the pod must hear it,
+    // about what it sent.
+    let about_reply = icmp4_error(
+        ROUTER,
+        NODE,
+        3,
+        4,
+        FRAG_NEEDED_MTU_1400,
+        &quote(&PacketBuilder::tcp4(NODE, CLIENT, 30080, 45000)),
+    )
+    .build();
+    let (verdict, out, events) = h.run(Hook::Xdp, &about_reply);
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(
+        out,
+        icmp4_error(
+            ROUTER,
+            POD,
+            3,
+            4,
+            FRAG_NEEDED_MTU_1400,
+            &quote(&PacketBuilder::tcp4(POD, CLIENT, 8080, 45000)),
+        )
+        .build(),
+        "outer destination and quoted source to the pod, checksums exact"
+    );
+    assert_eq!(events, [(Counter::L4IcmpTranslated, 1)]);
+    // The pod's own error about the client's packet leaves from the
+    // frontend, quoting what the client sent.
+    let from_pod = icmp4_error(
+        POD,
+        CLIENT,
+        3,
+        4,
+        FRAG_NEEDED_MTU_1400,
+        &quote(&PacketBuilder::tcp4(CLIENT, POD, 45000, 8080)),
+    )
+    .build();
+    let (verdict, out, events) = h.run(Hook::Tc, &from_pod);
+    assert_eq!(verdict, TC_ACT_PIPE);
+    assert_eq!(
+        out,
+        icmp4_error(
+            NODE,
+            CLIENT,
+            3,
+            4,
+            FRAG_NEEDED_MTU_1400,
+            &quote(&PacketBuilder::tcp4(CLIENT, NODE, 45000, 30080)),
+        )
+        .build()
+    );
+    assert_eq!(events, [(Counter::L4IcmpTranslated, 1)]);
+    // An error about a flow the tables do not know passes untouched.
+    let unknown = icmp4_error(
+        ROUTER,
+        NODE,
+        3,
+        4,
+        FRAG_NEEDED_MTU_1400,
+        &quote(&PacketBuilder::tcp4(NODE, CLIENT, 30080, 45999)),
+    )
+    .build();
+    let (verdict, out, events) = h.run(Hook::Xdp, &unknown);
+    assert_eq!((verdict, &out, events.len()), (XDP_PASS, &unknown, 0));
+}
+
+#[test]
+fn icmp_errors_about_a_remote_flow_are_translated_and_forwarded() {
+    let ns = support::Namespaces::new(&["icmpfib"]);
+    support::in_netns(ns.name("icmpfib"), || {
+        let mut h = Harness::with(&LoadOptions {
+            snat_ipv4: Some(NODE.into()),
+            ..LoadOptions::default()
+        });
+        let (_, out, _) = h.run(Hook::Xdp, &tcp(CLIENT, NODE, 45100, 30090, 0x02));
+        let snat_port = ingress_common::parse::parse(&out[..]).src_port;
+        // A router between the node and the remote pod says our translated
+        // packet was too big: the client hears it from the frontend, about
+        // what it sent.
+        let towards_pod = icmp4_error(
+            ROUTER,
+            NODE,
+            3,
+            4,
+            FRAG_NEEDED_MTU_1400,
+            &quote(&PacketBuilder::tcp4(NODE, REMOTE_POD, snat_port, 9090)),
+        )
+        .build();
+        let (verdict, out, events) = h.run(Hook::Xdp, &towards_pod);
+        assert_eq!(
+            verdict, XDP_PASS,
+            "no route in this namespace: the stack forwards"
+        );
+        assert_eq!(
+            out,
+            icmp4_error(
+                NODE,
+                CLIENT,
+                3,
+                4,
+                FRAG_NEEDED_MTU_1400,
+                &quote(&PacketBuilder::tcp4(CLIENT, NODE, 45100, 30090)),
+            )
+            .with_ttl(63)
+            .build()
+        );
+        assert_eq!(
+            events,
+            [(Counter::L4FibPass, 1), (Counter::L4IcmpTranslated, 1)]
+        );
+        // The client's side says the reply was too big: the remote pod
+        // hears it from the node, about what it sent to the SNAT port.
+        let towards_client = icmp4_error(
+            ROUTER,
+            NODE,
+            3,
+            4,
+            FRAG_NEEDED_MTU_1400,
+            &quote(&PacketBuilder::tcp4(NODE, CLIENT, 30090, 45100)),
+        )
+        .build();
+        let (_, out, events) = h.run(Hook::Xdp, &towards_client);
+        assert_eq!(
+            out,
+            icmp4_error(
+                NODE,
+                REMOTE_POD,
+                3,
+                4,
+                FRAG_NEEDED_MTU_1400,
+                &quote(&PacketBuilder::tcp4(REMOTE_POD, NODE, 9090, snat_port)),
+            )
+            .with_ttl(63)
+            .build()
+        );
+        assert!(events.contains(&(Counter::L4IcmpTranslated, 1)));
+    });
 }
