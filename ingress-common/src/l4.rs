@@ -37,6 +37,8 @@ pub const MAGLEV_SIZE_GLOBAL: &str = "MAGLEV_SIZE";
 /// The globals holding the SNAT address (IPv4, network order as bytes) and
 /// port range for flows to backends on other nodes.
 pub const SNAT_IPV4_GLOBAL: &str = "SNAT_IPV4";
+/// The global holding the node's IPv6 address towards remote pods.
+pub const SNAT_IPV6_GLOBAL: &str = "SNAT_IPV6";
 pub const SNAT_PORT_MIN_GLOBAL: &str = "SNAT_PORT_MIN";
 pub const SNAT_PORT_SPAN_GLOBAL: &str = "SNAT_PORT_SPAN";
 /// Default SNAT ports: below the NodePort range and the kernel's ephemeral

@@ -1,12 +1,18 @@
 //! The L4 service path: frontend lookup, the connection table, Maglev,
 //! DNAT on the way in (XDP) and reverse translation on the way out (TC).
 //!
-//! Built so far: IPv4 TCP and UDP, to pods on this node (DNAT, then the
-//! stack delivers; TC egress translates the reply) and to pods on other
-//! nodes (DNAT + SNAT to the node address, TTL decrement, FIB lookup, then
-//! XDP_TX or redirect; the reply is translated back on XDP ingress). IPv6,
-//! ICMP errors, affinity, source ranges and RSTs for empty services come
-//! next.
+//! IPv4 and IPv6, TCP and UDP: to pods on this node (DNAT, then the stack
+//! delivers; TC egress translates the reply) and to pods on other nodes
+//! (DNAT + SNAT to the node address of the pod's family, TTL / hop-limit
+//! decrement, FIB lookup, then XDP_TX or redirect; the reply is translated
+//! back on XDP ingress). Also: ClientIP affinity, source ranges, RSTs for
+//! services without endpoints, FIN/RST marking flows closing, a per-CPU
+//! budget of new flows, and ICMPv4 errors about translated flows.
+//!
+//! The verifier allows 512 bytes of stack for the deepest call chain, so
+//! the work is split into BPF-to-BPF calls, each rewrite in a frame of its
+//! own per IP version, and the packet's flow key and decision live in a
+//! per-CPU map value rather than on the stack.
 
 // Map keys are passed by reference on purpose: by value they would be
 // copied onto the 512-byte verifier stack first.
@@ -35,9 +41,10 @@ use ingress_common::{
     },
     maglev::DEFAULT_TABLE_SIZE,
     nat::{
-        End, FrameMut, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, decrement_ttl_v4, rewrite_v4, tcp_rst_v4,
+        End, FrameMut, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, decrement_hop_limit_v6,
+        decrement_ttl_v4, rewrite, rewrite_v4, rewrite_v6, tcp_rst_v4, tcp_rst_v6,
     },
-    parse::{Class, IPPROTO_ICMP, IPPROTO_TCP, Parsed},
+    parse::{Class, IPPROTO_ICMP, IPPROTO_TCP, IpVersion, Parsed},
 };
 
 use crate::stats::bump;
@@ -102,6 +109,18 @@ static SOURCE_RANGES: LpmTrie<RangeKey, u8> =
 
 #[map(name = "L4_SCRATCH")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The frame in hand: its flow key and what is decided for it, kept off
+/// the verifier stack (a map of its own, so that references to it never
+/// overlap the scratch space the steps use).
+#[repr(C)]
+pub struct PacketState {
+    flow: FlowKey,
+    decision: Decision,
+}
+
+#[map(name = "L4_PACKET")]
+static PACKET: PerCpuArray<PacketState> = PerCpuArray::with_max_entries(1, 0);
 
 /// This CPU's new-flow budget: the second it counts and the flows recorded
 /// in it.
@@ -188,7 +207,7 @@ fn close_flow(flow: &FlowKey, counters: &PerCpuArray<u64>) -> u32 {
     s.reply.proto = flow.proto;
     s.reply._pad = [0; 3];
     if f.snat_port != 0 {
-        s.reply.dst = v4_mapped(global(&SNAT_IPV4));
+        s.reply.dst = snat_address(&f.backend);
         s.reply.dport = f.snat_port;
     } else {
         s.reply.dst = flow.src;
@@ -243,6 +262,9 @@ static MAGLEV_SIZE: u32 = DEFAULT_TABLE_SIZE;
 /// network order); zero means "none configured".
 #[unsafe(no_mangle)]
 static SNAT_IPV4: [u8; 4] = [0; 4];
+/// The node's IPv6 address towards remote pods; all zero means "none".
+#[unsafe(no_mangle)]
+static SNAT_IPV6: [u8; 16] = [0; 16];
 #[unsafe(no_mangle)]
 static SNAT_PORT_MIN: u16 = DEFAULT_SNAT_PORT_MIN;
 #[unsafe(no_mangle)]
@@ -254,19 +276,81 @@ fn global<T: Copy>(g: &T) -> T {
     unsafe { core::ptr::read_volatile(g) }
 }
 
-/// The IPv4 5-tuple of a parsed TCP or UDP frame, as a flow key.
+/// The source address towards a remote backend: the node's address of the
+/// backend's family, as the maps store it; all zero when none is set.
 #[inline(always)]
-fn flow_v4<F: FrameMut>(frame: &F, p: &Parsed) -> Option<FlowKey> {
-    let src = frame.bytes::<4>(p.l3_offset + 12)?;
-    let dst = frame.bytes::<4>(p.l3_offset + 16)?;
-    Some(FlowKey {
-        src: v4_mapped(src),
-        dst: v4_mapped(dst),
-        sport: p.src_port.to_be(),
-        dport: p.dst_port.to_be(),
-        proto: p.l4_proto,
+fn snat_address(backend: &[u8; 16]) -> [u8; 16] {
+    if is_v4_mapped(backend) {
+        let a = global(&SNAT_IPV4);
+        if a == [0; 4] { [0; 16] } else { v4_mapped(a) }
+    } else {
+        global(&SNAT_IPV6)
+    }
+}
+
+/// Writes the 5-tuple of a parsed TCP or UDP frame (IPv4 or IPv6) into
+/// `key`, field by field; false when the addresses are not in the frame.
+#[inline(always)]
+fn flow_key<F: FrameMut>(frame: &F, p: &Parsed, key: &mut FlowKey) -> bool {
+    match p.ip {
+        IpVersion::V4 => {
+            let Some(src) = frame.bytes::<4>(p.l3_offset + 12) else {
+                return false;
+            };
+            let Some(dst) = frame.bytes::<4>(p.l3_offset + 16) else {
+                return false;
+            };
+            key.src = v4_mapped(src);
+            key.dst = v4_mapped(dst);
+        }
+        IpVersion::V6 => {
+            let Some(src) = frame.bytes::<16>(p.l3_offset + 8) else {
+                return false;
+            };
+            key.src = src;
+            let Some(dst) = frame.bytes::<16>(p.l3_offset + 24) else {
+                return false;
+            };
+            key.dst = dst;
+        }
+        IpVersion::None => return false,
+    }
+    key.sport = p.src_port.to_be();
+    key.dport = p.dst_port.to_be();
+    key.proto = p.l4_proto;
+    key._pad = [0; 3];
+    true
+}
+
+/// The frame's flow key, as a value (TC, where the stack has room).
+#[inline(always)]
+fn flow_of<F: FrameMut>(frame: &F, p: &Parsed) -> Option<FlowKey> {
+    let mut key = FlowKey {
+        src: [0; 16],
+        dst: [0; 16],
+        sport: 0,
+        dport: 0,
+        proto: 0,
         _pad: [0; 3],
-    })
+    };
+    flow_key(frame, p, &mut key).then_some(key)
+}
+
+/// The flags byte of a TCP header (read as the 2-byte word it shares with
+/// the data offset: a 1-byte read at a variable offset compiles to a bounds
+/// check the verifier does not follow).
+#[inline(always)]
+fn tcp_flags_of<F: FrameMut>(frame: &F, p: &Parsed) -> u8 {
+    frame.bytes::<2>(p.l4_offset + 12).map_or(0, |b| b[1])
+}
+
+/// A TCP or UDP frame of either IP version (fragments are classed apart).
+#[inline(always)]
+fn is_tcp_udp(p: &Parsed) -> bool {
+    matches!(
+        p.class,
+        Class::Ipv4Tcp | Class::Ipv4Udp | Class::Ipv6Tcp | Class::Ipv6Udp
+    )
 }
 
 /// A new flow's backend: the Maglev slot of its hash (read in place), with
@@ -357,11 +441,12 @@ fn pick_with_affinity(
 #[derive(Clone, Copy)]
 struct Decision {
     action: Action,
-    /// The new destination (DNAT, or the client for a reply).
-    dst: [u8; 4],
+    /// The new destination (DNAT, or the client for a reply); IPv4 as
+    /// IPv4-mapped.
+    dst: [u8; 16],
     dst_port: u16,
     /// The new source (SNAT, or the frontend for a reply).
-    src: [u8; 4],
+    src: [u8; 16],
     src_port: u16,
     /// A FIN or RST closes the flow: which entry to mark (`CLOSE_*`). The
     /// caller marks it, so that the marking is not a third call deep.
@@ -387,14 +472,14 @@ enum Action {
 
 const PASS: Decision = Decision {
     action: Action::Pass,
-    dst: [0; 4],
+    dst: [0; 16],
     dst_port: 0,
-    src: [0; 4],
+    src: [0; 16],
     src_port: 0,
     close: CLOSE_NONE,
 };
 
-/// The map side of the L4 path for one IPv4 TCP/UDP flow, in a frame of its
+/// The map side of the L4 path for one TCP/UDP flow, in a frame of its
 /// own: frontend lookup, then the connection table. A new flow returns
 /// `NEW_FLOW` and [`start_flow`] takes over (in a frame of its own too: the
 /// verifier allows 512 bytes for a whole call chain). The decision is
@@ -416,7 +501,7 @@ fn decide(flow: &FlowKey, tcp_flags: u8, counters: &PerCpuArray<u64>, out: &mut 
     };
     // SAFETY: map values stay valid for the rest of the program run.
     let Some(svc) = (unsafe { SERVICES.get(&scratch.key) }) else {
-        *out = reply_from_remote(flow, counters);
+        reply_from_remote(flow, counters, out);
         if out.action == Action::Forward && closes(tcp_flags) {
             out.close = CLOSE_REPLY;
         }
@@ -448,7 +533,7 @@ fn decide(flow: &FlowKey, tcp_flags: u8, counters: &PerCpuArray<u64>, out: &mut 
         }
         Some(f) => {
             bump(counters, Counter::L4FlowHit);
-            *out = to_backend(f, counters);
+            to_backend(f, counters, out);
             if closes(tcp_flags) && f.closed_at == 0 {
                 out.close = CLOSE_FLOW;
             }
@@ -470,37 +555,25 @@ const NEW_FLOW: u32 = 100;
 /// What [`choose`] returns for a new flow over this CPU's budget.
 const REFUSED: u32 = u32::MAX - 1;
 
-/// The translation towards a flow's recorded backend.
+/// The translation towards a flow's recorded backend, written field by
+/// field into `out` (a whole struct would be built on the stack first).
 #[inline(always)]
-fn to_backend(target: &FlowValue, counters: &PerCpuArray<u64>) -> Decision {
-    let a = &target.backend;
-    if !is_v4_mapped(a) {
-        return PASS;
-    }
-    let backend = [a[12], a[13], a[14], a[15]];
-    let backend_port = u16::from_be(target.backend_port);
+fn to_backend(target: &FlowValue, counters: &PerCpuArray<u64>, out: &mut Decision) {
+    out.dst = target.backend;
+    out.dst_port = u16::from_be(target.backend_port);
     if target.flags & BACKEND_LOCAL != 0 {
-        return Decision {
-            action: Action::Local,
-            dst: backend,
-            dst_port: backend_port,
-            ..PASS
-        };
+        out.action = Action::Local;
+        return;
     }
-    let snat = global(&SNAT_IPV4);
-    if snat == [0; 4] || target.snat_port == 0 {
+    out.src = snat_address(&target.backend);
+    if out.src == [0; 16] || target.snat_port == 0 {
         bump(counters, Counter::L4NoSnatAddress);
-        return PASS;
+        out.action = Action::Pass;
+        return;
     }
     bump(counters, Counter::L4DnatRemote);
-    Decision {
-        action: Action::Forward,
-        dst: backend,
-        dst_port: backend_port,
-        src: snat,
-        src_port: u16::from_be(target.snat_port),
-        close: CLOSE_NONE,
-    }
+    out.action = Action::Forward;
+    out.src_port = u16::from_be(target.snat_port);
 }
 
 /// XDP: a frame to a service frontend is translated to its backend; a
@@ -517,22 +590,32 @@ pub fn ingress<F: FrameMut>(
     if p.class == Class::Ipv4Other && p.l4_proto == IPPROTO_ICMP {
         // The forward step is called from here, not from the ICMP path's
         // frame: the verifier's 512 bytes are for the deepest chain.
-        let mut d = PASS;
-        if icmp_ingress(frame, p, counters, &mut d) == Action::Forward as u32 {
-            return forward(ctx, frame, IPPROTO_ICMP, d.src, d.dst, counters);
+        let Some(state) = PACKET.get_ptr_mut(0) else {
+            return xdp_action::XDP_PASS;
+        };
+        // SAFETY: this CPU's value, used only within this program run.
+        let d = unsafe { &mut (*state).decision };
+        if icmp_ingress(frame, p, counters, d) == Action::Forward as u32 {
+            return forward(ctx, frame, IPPROTO_ICMP, counters);
         }
         return xdp_action::XDP_PASS;
     }
     // Fragments are classed apart already; IPv4 with options passes
     // untouched by rule (rare on the wire, and often a probe).
-    if !matches!(p.class, Class::Ipv4Tcp | Class::Ipv4Udp)
-        || p.ipv4_options
-        || !may_concern_l4(p.dst_port)
-    {
+    if !is_tcp_udp(p) || p.ipv4_options || !may_concern_l4(p.dst_port) {
         return xdp_action::XDP_PASS;
     }
-    service_path(ctx, frame, p, counters)
+    match service_path(ctx, frame, p, counters) {
+        // Called from here: the RST's frame is the largest, and the
+        // verifier's 512 bytes are for the deepest chain.
+        ANSWER_WITH_RESET => reset(ctx, frame, p, counters),
+        verdict => verdict,
+    }
 }
+
+/// What [`service_path`] returns when the frame is to be answered with a
+/// RST (no XDP verdict has this value).
+const ANSWER_WITH_RESET: u32 = 1000;
 
 /// A TCP or UDP frame to a frontend port (or a SNAT port): the connection
 /// table or a new flow, then the rewrite.
@@ -543,10 +626,20 @@ fn service_path<F: FrameMut>(
     p: &Parsed,
     counters: &PerCpuArray<u64>,
 ) -> u32 {
-    let Some(flow) = flow_v4(frame, p) else {
+    // The flow key and the decision live in a per-CPU map value, not on
+    // the stack: with IPv6 addresses they would take a third of the
+    // verifier's 512 bytes.
+    let Some(state) = PACKET.get_ptr_mut(0) else {
         return xdp_action::XDP_PASS;
     };
-    let mut d = PASS;
+    // SAFETY: this CPU's value, used only within this program run; the key
+    // and the decision are distinct fields.
+    let (flow, d) = unsafe { (&mut (*state).flow, &mut (*state).decision) };
+    if !flow_key(frame, p, flow) {
+        return xdp_action::XDP_PASS;
+    }
+    *d = PASS;
+    let flow: &FlowKey = flow;
     // The action comes back as the return value (used here, so LLVM keeps
     // it in r0); the addresses come through `d`.
     const LOCAL: u32 = Action::Local as u32;
@@ -554,64 +647,136 @@ fn service_path<F: FrameMut>(
     const DROP: u32 = Action::Drop as u32;
     const RESET: u32 = Action::Reset as u32;
     let tcp_flags = if p.l4_proto == IPPROTO_TCP {
-        frame.bytes::<1>(p.l4_offset + 13).map_or(0, |b| b[0])
+        tcp_flags_of(frame, p)
     } else {
         0
     };
-    let mut action = decide(&flow, tcp_flags, counters, &mut d);
+    let mut action = decide(flow, tcp_flags, counters, d);
     match d.close {
         CLOSE_FLOW => {
-            close_flow(&flow, counters);
+            close_flow(flow, counters);
         }
         CLOSE_REPLY => {
-            close_reply(&flow, counters);
+            close_reply(flow, counters);
         }
         _ => {}
     }
     if action == NEW_FLOW {
-        action = match choose(&flow, counters) {
+        action = match choose(flow, counters) {
             NO_BACKEND => {
                 bump(counters, Counter::L4NoBackend);
                 Action::Reset as u32
             }
             REFUSED => Action::Drop as u32,
-            _ => start_flow(&flow, counters, &mut d),
+            _ => start_flow(flow, counters, d),
         };
     }
+    // Each rewrite runs in a verifier frame of its own (IPv6 addresses
+    // make them large); only the deepest chain counts against 512 bytes.
     match action {
         DROP => xdp_action::XDP_DROP,
-        RESET => match tcp_rst_v4(frame, p) {
-            Some(shrink) => {
-                // SAFETY: shrinking the frame's tail by the old payload; no
-                // pointer into the packet is used after this.
-                if shrink > 0
-                    && unsafe { bpf_xdp_adjust_tail(ctx.as_ptr() as *mut _, -(shrink as i32)) } != 0
-                {
-                    return xdp_action::XDP_DROP;
-                }
-                bump(counters, Counter::L4Reset);
-                xdp_action::XDP_TX
-            }
-            None => xdp_action::XDP_DROP,
-        },
+        RESET => ANSWER_WITH_RESET,
         LOCAL => {
-            if rewrite_v4(frame, p, End::Destination, d.dst, d.dst_port) {
+            if dnat(frame, p, d) != 0 {
                 bump(counters, Counter::L4DnatLocal);
             }
             xdp_action::XDP_PASS
         }
         FORWARD => {
-            // TTL 1 is left to the stack, which answers with an ICMP error.
-            if !decrement_ttl_v4(frame, p)
-                || !rewrite_v4(frame, p, End::Destination, d.dst, d.dst_port)
-                || !rewrite_v4(frame, p, End::Source, d.src, d.src_port)
-            {
+            if translate(frame, p, d) == 0 {
                 return xdp_action::XDP_PASS;
             }
-            forward(ctx, frame, p.l4_proto, d.src, d.dst, counters)
+            forward(ctx, frame, p.l4_proto, counters)
         }
         _ => xdp_action::XDP_PASS,
     }
+}
+
+/// Answers TCP to a service without endpoints with a RST, in place, sent
+/// back out of the interface it came in on.
+#[inline(always)]
+fn reset<F: FrameMut>(
+    ctx: &XdpContext,
+    frame: &mut F,
+    p: &Parsed,
+    counters: &PerCpuArray<u64>,
+) -> u32 {
+    let shrink = if p.ip == IpVersion::V6 {
+        reset_v6(frame, p)
+    } else {
+        reset_v4(frame, p)
+    };
+    if shrink == NO_RESET {
+        return xdp_action::XDP_DROP;
+    }
+    // SAFETY: shrinking the frame's tail by the old payload; no pointer
+    // into the packet is used after this.
+    if shrink > 0 && unsafe { bpf_xdp_adjust_tail(ctx.as_ptr() as *mut _, -(shrink as i32)) } != 0 {
+        return xdp_action::XDP_DROP;
+    }
+    bump(counters, Counter::L4Reset);
+    xdp_action::XDP_TX
+}
+
+/// What [`reset_v4`] and [`reset_v6`] return for a segment not answered.
+const NO_RESET: u32 = u32::MAX;
+
+/// The RST built in place; returns the bytes to trim from the tail.
+#[inline(never)]
+fn reset_v4<F: FrameMut>(frame: &mut F, p: &Parsed) -> u32 {
+    tcp_rst_v4(frame, p).unwrap_or(NO_RESET)
+}
+
+#[inline(never)]
+fn reset_v6<F: FrameMut>(frame: &mut F, p: &Parsed) -> u32 {
+    tcp_rst_v6(frame, p).unwrap_or(NO_RESET)
+}
+
+/// DNAT to a pod on this node (the stack delivers it). 1 when rewritten.
+#[inline(always)]
+fn dnat<F: FrameMut>(frame: &mut F, p: &Parsed, d: &Decision) -> u32 {
+    if p.ip == IpVersion::V6 {
+        dnat_v6(frame, p, d)
+    } else {
+        dnat_v4(frame, p, d)
+    }
+}
+
+#[inline(never)]
+fn dnat_v4<F: FrameMut>(frame: &mut F, p: &Parsed, d: &Decision) -> u32 {
+    rewrite_v4(frame, p, End::Destination, v4_of(&d.dst), d.dst_port) as u32
+}
+
+#[inline(never)]
+fn dnat_v6<F: FrameMut>(frame: &mut F, p: &Parsed, d: &Decision) -> u32 {
+    rewrite_v6(frame, p, End::Destination, &d.dst, d.dst_port) as u32
+}
+
+/// DNAT + SNAT towards a remote pod, or a remote pod's reply translated
+/// back, with a forwarding hop's TTL (hop limit) decrement; TTL 1 is left
+/// to the stack, which answers with an ICMP error. 1 when rewritten. One
+/// verifier frame per IP version keeps each small.
+#[inline(always)]
+fn translate<F: FrameMut>(frame: &mut F, p: &Parsed, d: &Decision) -> u32 {
+    if p.ip == IpVersion::V6 {
+        translate_v6(frame, p, d)
+    } else {
+        translate_v4(frame, p, d)
+    }
+}
+
+#[inline(never)]
+fn translate_v4<F: FrameMut>(frame: &mut F, p: &Parsed, d: &Decision) -> u32 {
+    (decrement_ttl_v4(frame, p)
+        && rewrite_v4(frame, p, End::Destination, v4_of(&d.dst), d.dst_port)
+        && rewrite_v4(frame, p, End::Source, v4_of(&d.src), d.src_port)) as u32
+}
+
+#[inline(never)]
+fn translate_v6<F: FrameMut>(frame: &mut F, p: &Parsed, d: &Decision) -> u32 {
+    (decrement_hop_limit_v6(frame, p)
+        && rewrite_v6(frame, p, End::Destination, &d.dst, d.dst_port)
+        && rewrite_v6(frame, p, End::Source, &d.src, d.src_port)) as u32
 }
 
 /// Records a new flow to the backend [`choose`] left in the scratch space
@@ -650,11 +815,11 @@ fn start_flow(flow: &FlowKey, counters: &PerCpuArray<u64>, out: &mut Decision) -
     s.reply.dport = flow.sport;
     s.reply.proto = flow.proto;
     s.reply._pad = [0; 3];
-    let snat = global(&SNAT_IPV4);
-    if b.flags & BACKEND_LOCAL == 0 && snat != [0; 4] {
+    let snat = snat_address(&b.addr);
+    if b.flags & BACKEND_LOCAL == 0 && snat != [0; 16] {
         let (min, span) = (global(&SNAT_PORT_MIN), global(&SNAT_PORT_SPAN).max(1));
         let start = (s.hash >> 16) as u16 % span;
-        s.reply.dst = v4_mapped(snat);
+        s.reply.dst = snat;
         s.rev.flags = REV_REMOTE;
         let mut chosen = 0u16;
         for i in 0..SNAT_PROBES {
@@ -675,52 +840,59 @@ fn start_flow(flow: &FlowKey, counters: &PerCpuArray<u64>, out: &mut Decision) -
     let _ = FLOWS.insert(flow, &s.flow, 0);
     let _ = REVNAT.insert(&s.reply, &s.rev, 0);
     bump(counters, Counter::L4NewFlow);
-    *out = to_backend(&s.flow, counters);
+    to_backend(&s.flow, counters, out);
     out.action as u32
 }
 
 /// A reply from a remote pod to a SNATed flow goes back to the client, from
 /// the frontend.
 #[inline(always)]
-fn reply_from_remote(reply: &FlowKey, counters: &PerCpuArray<u64>) -> Decision {
+fn reply_from_remote(reply: &FlowKey, counters: &PerCpuArray<u64>, out: &mut Decision) {
     // SAFETY: map values stay valid for the rest of the program run.
     let Some(rev) = (unsafe { REVNAT.get(reply) }) else {
-        return PASS;
+        return;
     };
-    if rev.flags & REV_REMOTE == 0 || !is_v4_mapped(&rev.frontend) || !is_v4_mapped(&rev.client) {
-        return PASS;
+    if rev.flags & REV_REMOTE == 0 {
+        return;
     }
-    let (fe, cl) = (&rev.frontend, &rev.client);
     bump(counters, Counter::L4ReplyRemote);
-    Decision {
-        action: Action::Forward,
-        dst: [cl[12], cl[13], cl[14], cl[15]],
-        dst_port: u16::from_be(rev.client_port),
-        src: [fe[12], fe[13], fe[14], fe[15]],
-        src_port: u16::from_be(rev.frontend_port),
-        close: CLOSE_NONE,
-    }
+    out.action = Action::Forward;
+    out.dst = rev.client;
+    out.dst_port = u16::from_be(rev.client_port);
+    out.src = rev.frontend;
+    out.src_port = u16::from_be(rev.frontend_port);
 }
 
 /// Sends a translated frame on by the kernel's FIB: new MACs, then XDP_TX
 /// out of the same interface or a redirect to another. Without an answer
-/// (no route, no neighbour entry yet) the stack forwards it.
+/// (no route, no neighbour entry yet) the stack forwards it. The addresses
+/// are the decision's, in [`PACKET`].
 #[inline(never)]
 fn forward<F: FrameMut>(
     ctx: &XdpContext,
     frame: &mut F,
     proto: u8,
-    src: [u8; 4],
-    dst: [u8; 4],
     counters: &PerCpuArray<u64>,
 ) -> u32 {
+    let Some(state) = PACKET.get(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    let (src, dst) = (&state.decision.src, &state.decision.dst);
     // SAFETY: an all-zero bpf_fib_lookup is a valid request to fill in.
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    fib.family = 2; // AF_INET
     fib.l4_protocol = proto;
     fib.ifindex = ctx.ingress_ifindex() as u32;
-    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
-    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    if is_v4_mapped(dst) {
+        fib.family = 2; // AF_INET
+        fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([src[12], src[13], src[14], src[15]]);
+        fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst[12], dst[13], dst[14], dst[15]]);
+    } else {
+        fib.family = 10; // AF_INET6
+        let word =
+            |a: &[u8; 16], i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+        fib.__bindgen_anon_3.ipv6_src = [word(src, 0), word(src, 4), word(src, 8), word(src, 12)];
+        fib.__bindgen_anon_4.ipv6_dst = [word(dst, 0), word(dst, 4), word(dst, 8), word(dst, 12)];
+    }
     // SAFETY: the helper reads and writes `fib`, which lives on the stack.
     let rc = unsafe {
         fib_lookup(
@@ -755,21 +927,16 @@ pub fn reply_of<F: FrameMut>(
     p: &Parsed,
     counters: &PerCpuArray<u64>,
 ) -> Option<RevValue> {
-    if !matches!(p.class, Class::Ipv4Tcp | Class::Ipv4Udp)
-        || port_flags(p.src_port) & PORT_BACKEND == 0
-    {
+    if !is_tcp_udp(p) || port_flags(p.src_port) & PORT_BACKEND == 0 {
         return None;
     }
-    let reply = flow_v4(frame, p)?;
+    let reply = flow_of(frame, p)?;
     // SAFETY: the value is copied out at once.
     let rev = unsafe { REVNAT.get(&reply) }.copied()?;
     if rev.flags & REV_REMOTE != 0 {
         return None;
     }
-    if p.l4_proto == IPPROTO_TCP
-        && rev.closed_at == 0
-        && closes(frame.bytes::<1>(p.l4_offset + 13).map_or(0, |b| b[0]))
-    {
+    if p.l4_proto == IPPROTO_TCP && rev.closed_at == 0 && closes(tcp_flags_of(frame, p)) {
         close_reply(&reply, counters);
     }
     Some(rev)
@@ -778,16 +945,13 @@ pub fn reply_of<F: FrameMut>(
 /// TC egress: a pod's reply gets the frontend back as its source.
 #[inline(always)]
 pub fn egress<F: FrameMut>(frame: &mut F, p: &Parsed, rev: &RevValue, counters: &PerCpuArray<u64>) {
-    let a = rev.frontend;
-    if is_v4_mapped(&a)
-        && rewrite_v4(
-            frame,
-            p,
-            End::Source,
-            [a[12], a[13], a[14], a[15]],
-            u16::from_be(rev.frontend_port),
-        )
-    {
+    if rewrite(
+        frame,
+        p,
+        End::Source,
+        &rev.frontend,
+        u16::from_be(rev.frontend_port),
+    ) {
         bump(counters, Counter::L4RevNat);
     }
 }
@@ -850,8 +1014,8 @@ fn icmp_ingress<F: FrameMut>(
         return Action::Pass as u32;
     }
     bump(counters, Counter::L4IcmpTranslated);
-    out.src = rw.outer_src;
-    out.dst = rw.outer_dst;
+    out.src = v4_mapped(rw.outer_src);
+    out.dst = v4_mapped(rw.outer_dst);
     Action::Forward as u32
 }
 

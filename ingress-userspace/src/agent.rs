@@ -91,6 +91,10 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
                 std::net::IpAddr::V4(a) => Some(*a),
                 std::net::IpAddr::V6(_) => None,
             }),
+            snat_ipv6: opts.config.node_ips.iter().find_map(|ip| match ip {
+                std::net::IpAddr::V6(a) => Some(*a),
+                std::net::IpAddr::V4(_) => None,
+            }),
             ..LoadOptions::default()
         },
     };

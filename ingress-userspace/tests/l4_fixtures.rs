@@ -12,7 +12,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use ingress_common::{
     counters::Counter,
     l4::{self, FlowKey},
-    testing::{L4, PacketBuilder, icmp4_error},
+    testing::{L4, PacketBuilder, icmp4_error, v6},
 };
 use ingress_userspace::{
     datapath::{
@@ -35,6 +35,16 @@ const CLIENT: [u8; 4] = [198, 18, 0, 2];
 const NODE: [u8; 4] = [198, 18, 0, 1];
 const POD: [u8; 4] = [198, 18, 3, 2];
 const REMOTE_POD: [u8; 4] = [198, 18, 4, 2];
+
+// The same roles over IPv6 (fd00::/8).
+const CLIENT6: u16 = 2;
+const NODE6: u16 = 1;
+const POD6: u16 = 0x302;
+const REMOTE_POD6: u16 = 0x402;
+
+fn sa6(last: u16, port: u16) -> SocketAddr {
+    SocketAddr::from((v6(last), port))
+}
 
 struct Harness {
     programs: LoadedPrograms,
@@ -105,6 +115,21 @@ impl Harness {
         table
             .services
             .insert((sa(NODE, 30070), Proto::Tcp), guarded);
+        table.services.insert(
+            (sa6(NODE6, 30080), Proto::Tcp),
+            service("web6", &[(sa6(POD6, 8080), true)]),
+        );
+        table.services.insert(
+            (sa6(NODE6, 30053), Proto::Udp),
+            service("dns6", &[(sa6(POD6, 5353), true)]),
+        );
+        table.services.insert(
+            (sa6(NODE6, 30090), Proto::Tcp),
+            service("far6", &[(sa6(REMOTE_POD6, 9090), false)]),
+        );
+        table
+            .services
+            .insert((sa6(NODE6, 30099), Proto::Tcp), service("empty6", &[]));
         assert!(l4.apply(&table).unwrap().is_empty());
         Harness {
             programs,
@@ -813,5 +838,139 @@ fn icmp_errors_about_a_remote_flow_are_translated_and_forwarded() {
             .build()
         );
         assert!(events.contains(&(Counter::L4IcmpTranslated, 1)));
+    });
+}
+
+/// An IPv6 frame with its hop limit set (the builder sends 64).
+fn hop_limit(mut frame: Vec<u8>, value: u8) -> Vec<u8> {
+    frame[14 + 7] = value;
+    frame
+}
+
+#[test]
+fn ipv6_tcp_and_udp_are_translated_to_the_local_pod_and_back() {
+    let mut h = Harness::new();
+    let syn = PacketBuilder::tcp6(v6(CLIENT6), v6(NODE6), 40000, 30080).build();
+    let (verdict, out, events) = h.run(Hook::Xdp, &syn);
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(
+        out,
+        PacketBuilder::tcp6(v6(CLIENT6), v6(POD6), 40000, 8080).build(),
+        "DNAT with the L4 checksum fixed (IPv6 has no header checksum)"
+    );
+    assert_eq!(
+        events,
+        [
+            (Counter::L4ServiceHit, 1),
+            (Counter::L4NewFlow, 1),
+            (Counter::L4DnatLocal, 1)
+        ]
+    );
+    let (_, _, events) = h.run(Hook::Xdp, &syn);
+    assert!(events.contains(&(Counter::L4FlowHit, 1)));
+    let reply = PacketBuilder::tcp6(v6(POD6), v6(CLIENT6), 8080, 40000).build();
+    let (verdict, out, events) = h.run(Hook::Tc, &reply);
+    assert_eq!(verdict, TC_ACT_PIPE);
+    assert_eq!(
+        out,
+        PacketBuilder::tcp6(v6(NODE6), v6(CLIENT6), 30080, 40000).build()
+    );
+    assert_eq!(events, [(Counter::L4RevNat, 1)]);
+
+    let q = PacketBuilder::udp6(v6(CLIENT6), v6(NODE6), 5000, 30053).build();
+    let (_, out, _) = h.run(Hook::Xdp, &q);
+    assert_eq!(
+        out,
+        PacketBuilder::udp6(v6(CLIENT6), v6(POD6), 5000, 5353).build()
+    );
+    let a = PacketBuilder::udp6(v6(POD6), v6(CLIENT6), 5353, 5000).build();
+    let (_, out, _) = h.run(Hook::Tc, &a);
+    assert_eq!(
+        out,
+        PacketBuilder::udp6(v6(NODE6), v6(CLIENT6), 30053, 5000).build()
+    );
+    // An IPv6 frontend with extension headers before TCP is translated
+    // where the parser found the TCP header.
+    let ext = PacketBuilder::tcp6(v6(CLIENT6), v6(NODE6), 40001, 30080)
+        .with_ext(60, &[1, 4, 0, 0, 0, 0])
+        .build();
+    let (_, out, _) = h.run(Hook::Xdp, &ext);
+    assert_eq!(
+        out,
+        PacketBuilder::tcp6(v6(CLIENT6), v6(POD6), 40001, 8080)
+            .with_ext(60, &[1, 4, 0, 0, 0, 0])
+            .build()
+    );
+}
+
+#[test]
+fn ipv6_tcp_to_an_empty_service_is_reset() {
+    let mut h = Harness::new();
+    let syn = PacketBuilder::tcp6(v6(CLIENT6), v6(NODE6), 40000, 30099).build();
+    let (verdict, out, events) = h.run(Hook::Xdp, &syn);
+    assert_eq!(verdict, XDP_TX);
+    assert!(events.contains(&(Counter::L4Reset, 1)));
+    assert_eq!(out.len(), 14 + 40 + 20);
+    let p = ingress_common::parse::parse(&out[..]);
+    assert_eq!((p.src_port, p.dst_port), (30099, 40000));
+    assert_eq!(&out[14 + 8..14 + 24], &v6(NODE6));
+    assert_eq!(&out[14 + 24..14 + 40], &v6(CLIENT6));
+    assert_eq!(out[14 + 40 + 13], 0x14, "RST|ACK");
+    let pseudo = ingress_common::csum::pseudo_header_v6(&v6(NODE6), &v6(CLIENT6), 6, 20);
+    assert_eq!(
+        ingress_common::csum::checksum(pseudo, &out[14 + 40..]),
+        0,
+        "TCP checksum from scratch"
+    );
+}
+
+#[test]
+fn ipv6_remote_backends_get_dnat_snat_and_their_replies_come_back() {
+    let ns = support::Namespaces::new(&["fib6"]);
+    support::in_netns(ns.name("fib6"), || {
+        let mut h = Harness::with(&LoadOptions {
+            snat_ipv6: Some(v6(NODE6).into()),
+            ..LoadOptions::default()
+        });
+        let syn = PacketBuilder::tcp6(v6(CLIENT6), v6(NODE6), 40000, 30090).build();
+        let (verdict, out, events) = h.run(Hook::Xdp, &syn);
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(
+            events,
+            [
+                (Counter::L4ServiceHit, 1),
+                (Counter::L4NewFlow, 1),
+                (Counter::L4DnatRemote, 1),
+                (Counter::L4FibPass, 1)
+            ]
+        );
+        let snat_port = ingress_common::parse::parse(&out[..]).src_port;
+        assert!((20_000..30_000).contains(&snat_port));
+        assert_eq!(
+            out,
+            hop_limit(
+                PacketBuilder::tcp6(v6(NODE6), v6(REMOTE_POD6), snat_port, 9090).build(),
+                63
+            )
+        );
+        let reply = PacketBuilder::tcp6(v6(REMOTE_POD6), v6(NODE6), 9090, snat_port).build();
+        let (_, out, events) = h.run(Hook::Xdp, &reply);
+        assert_eq!(
+            events,
+            [(Counter::L4ReplyRemote, 1), (Counter::L4FibPass, 1)]
+        );
+        assert_eq!(
+            out,
+            hop_limit(
+                PacketBuilder::tcp6(v6(NODE6), v6(CLIENT6), 30090, 40000).build(),
+                63
+            )
+        );
+        // Without an IPv6 SNAT address the IPv4 one is no substitute.
+        let (_, out, _) = h.run(
+            Hook::Xdp,
+            &PacketBuilder::tcp4(CLIENT, NODE, 40000, 30090).build(),
+        );
+        assert_eq!(out, PacketBuilder::tcp4(CLIENT, NODE, 40000, 30090).build());
     });
 }

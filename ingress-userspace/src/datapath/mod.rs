@@ -107,6 +107,8 @@ fn xdp_mode(arg: XdpModeArg) -> (XdpMode, &'static str) {
 pub struct LoadOptions {
     /// The source address towards pods on other nodes (the node's IPv4).
     pub snat_ipv4: Option<std::net::Ipv4Addr>,
+    /// The source address towards IPv6 pods on other nodes.
+    pub snat_ipv6: Option<std::net::Ipv6Addr>,
     /// SNAT ports: `min .. min + span`.
     pub snat_port_min: u16,
     pub snat_port_span: u16,
@@ -122,6 +124,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             snat_ipv4: None,
+            snat_ipv6: None,
             snat_port_min: ingress_common::l4::DEFAULT_SNAT_PORT_MIN,
             snat_port_span: ingress_common::l4::DEFAULT_SNAT_PORT_SPAN,
             max_services: ingress_common::l4::DEFAULT_MAX_SERVICES,
@@ -150,6 +153,7 @@ impl LoadedPrograms {
             return Err(DatapathError::Privileges(missing.join(", ")));
         }
         let snat = opts.snat_ipv4.map_or([0u8; 4], |a| a.octets());
+        let snat6 = opts.snat_ipv6.map_or([0u8; 16], |a| a.octets());
         let maglev_slots = opts
             .max_services
             .saturating_mul(ingress_common::maglev::DEFAULT_TABLE_SIZE);
@@ -157,6 +161,7 @@ impl LoadedPrograms {
             .map_max_entries(ingress_common::l4::L4_SERVICES, opts.max_services)
             .map_max_entries(ingress_common::l4::L4_MAGLEV, maglev_slots)
             .override_global(ingress_common::l4::SNAT_IPV4_GLOBAL, &snat, true)
+            .override_global(ingress_common::l4::SNAT_IPV6_GLOBAL, &snat6, true)
             .override_global(
                 ingress_common::l4::SNAT_PORT_MIN_GLOBAL,
                 &opts.snat_port_min,

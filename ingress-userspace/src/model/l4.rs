@@ -232,7 +232,14 @@ fn add_service(
                 )),
                 Some(_) => {}
                 None => {
-                    table.services.insert((fe, proto), service.clone());
+                    // A frontend is answered by the endpoints of its own
+                    // family (a dual-stack Service has a slice per family);
+                    // there is no NAT between IPv4 and IPv6.
+                    let mut same_family = service.clone();
+                    same_family
+                        .backends
+                        .retain(|b| b.addr.is_ipv4() == fe.is_ipv4());
+                    table.services.insert((fe, proto), same_family);
                 }
             }
         }

@@ -173,3 +173,39 @@ fn cidrs() {
     assert_eq!(parse_cidr("fd00::/129"), None);
     assert_eq!(parse_cidr("1.2.3.4"), None);
 }
+
+#[test]
+fn each_frontend_gets_the_endpoints_of_its_own_family() {
+    let v6_slice = r#"
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-2, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv6
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: ["fd00::1:2"], nodeName: edge-1, conditions: {ready: true}}
+"#;
+    let yaml = service(&format!("  type: NodePort\n{PORTS}"), "") + v6_slice;
+    let mut d = Vec::new();
+    let t = compile_l4(&state(&yaml), &opts(), &mut d);
+    let v4: Vec<_> = t.services[&(sa("198.18.0.1:30080"), Proto::Tcp)]
+        .backends
+        .iter()
+        .map(|b| b.addr)
+        .collect();
+    assert_eq!(v4.len(), 3);
+    assert!(v4.iter().all(SocketAddr::is_ipv4), "{v4:?}");
+    let v6: Vec<_> = t.services[&(sa("[fd00::1]:30080"), Proto::Tcp)]
+        .backends
+        .iter()
+        .map(|b| (b.addr, b.local))
+        .collect();
+    assert_eq!(v6, [(sa("[fd00::1:2]:8080"), true)]);
+    // The UDP port has no IPv6 endpoint: its IPv6 frontend has none.
+    assert!(
+        t.services[&(sa("[fd00::1]:30053"), Proto::Udp)]
+            .backends
+            .is_empty()
+    );
+}
