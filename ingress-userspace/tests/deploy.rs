@@ -844,3 +844,57 @@ fn a_budget_a_daemonset_cannot_use_fails() {
     );
     assert!(e.contains("absolute minAvailable"), "{e}");
 }
+
+// -------------------------------------------------------------- the image
+
+/// The value of `ARG NAME=value` in the Dockerfile.
+fn docker_arg<'a>(dockerfile: &'a str, arg: &str) -> Option<&'a str> {
+    dockerfile
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("ARG "))
+        .find_map(|l| l.strip_prefix(arg)?.strip_prefix('='))
+}
+
+/// The image builds with the toolchains this machine (and CI) builds with,
+/// by the same commands: no Docker engine runs here, so this is what keeps
+/// the Dockerfile from drifting.
+#[test]
+fn the_dockerfile_builds_like_ci() {
+    let path = deploy::deploy_dir().join("Dockerfile");
+    let dockerfile = std::fs::read_to_string(&path).expect("reading deploy/Dockerfile");
+    for step in [
+        "cargo xtask setup --build-only",
+        "cargo build --release --locked",
+    ] {
+        assert!(
+            dockerfile.contains(step),
+            "deploy/Dockerfile lacks `{step}`"
+        );
+    }
+    let version = |toolchain: &str| {
+        let out = std::process::Command::new("rustup")
+            .args(["run", toolchain, "rustc", "--version"])
+            .output()
+            .expect("running rustup");
+        assert!(out.status.success(), "rustup run {toolchain} failed");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // "rustc 1.95.0 (hash date)": the image's stable is the same release.
+    let stable = version("stable");
+    let wanted = docker_arg(&dockerfile, "RUST_STABLE").expect("ARG RUST_STABLE");
+    assert!(
+        stable.starts_with(&format!("rustc {wanted} ")),
+        "deploy/Dockerfile builds with Rust {wanted}, CI with {stable}"
+    );
+    // "rustc 1.97.0-nightly (hash 2026-05-19)": the image's nightly is the
+    // same dated build.
+    let nightly = version("nightly");
+    let wanted = docker_arg(&dockerfile, "RUST_NIGHTLY").expect("ARG RUST_NIGHTLY");
+    let date = wanted
+        .strip_prefix("nightly-")
+        .expect("RUST_NIGHTLY is nightly-DATE");
+    assert!(
+        nightly.ends_with(&format!(" {date})")),
+        "deploy/Dockerfile builds eBPF with {wanted}, CI with {nightly}"
+    );
+}
