@@ -5,6 +5,7 @@ pub mod admin;
 pub mod agent;
 pub mod check;
 pub mod cli;
+pub mod cluster;
 pub mod datapath;
 pub mod healthcheck;
 pub mod metrics;

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod build_ebpf;
 pub mod cmd;
 pub mod demo;
+pub mod deploy;
 pub mod setup;
 pub mod test;
 pub mod testbed;

@@ -12,8 +12,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Check the prerequisites and install what is missing (Debian packages,
-    /// nightly rust-src, bpf-linker built against LLVM 22).
-    Setup,
+    /// nightly rust-src, bpf-linker built against LLVM 22, and the deploy
+    /// tests' kubectl and kubernetes-validate).
+    Setup {
+        /// Only what `cargo build` needs (the container image build).
+        #[arg(long)]
+        build_only: bool,
+    },
     /// Build the eBPF object for bpfel-unknown-none and report on it.
     BuildEbpf,
     /// Run every check and test: fmt, clippy, unit, packet fixtures, end to end.
@@ -33,7 +38,7 @@ enum Task {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
-        Task::Setup => xtask::setup::run(),
+        Task::Setup { build_only } => xtask::setup::run(build_only),
         Task::BuildEbpf => xtask::build_ebpf::run().map(|_| ()),
         Task::Test => xtask::test::run(),
         Task::Demo => xtask::demo::run(),

@@ -7,17 +7,20 @@ use anyhow::bail;
 
 use crate::cmd::{self, succeeds};
 
-/// Debian packages the build and the tests need.
-/// - llvm-22-dev and companions: bpf-linker links against LLVM 22 (the
-///   nightly's LLVM).
-/// - iproute2, ethtool, util-linux: namespaces, veth, offload switches, setpriv.
-/// - iptables, nftables: the L4 tests assert the node has no rule at all.
-/// - iputils-ping: warms neighbour entries in the namespace tests.
-pub const DEBIAN_PACKAGES: &[&str] = &[
+/// Debian packages the build needs: bpf-linker links against LLVM 22 (the
+/// nightly's LLVM).
+pub const BUILD_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "zlib1g-dev",
     "libzstd-dev",
+];
+
+/// Debian packages the tests need besides the build's.
+/// - iproute2, ethtool, util-linux: namespaces, veth, offload switches, setpriv.
+/// - iptables, nftables: the L4 tests assert the node has no rule at all.
+/// - iputils-ping: warms neighbour entries in the namespace tests.
+pub const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
     "util-linux",
@@ -43,14 +46,29 @@ impl Report {
     }
 }
 
-pub fn run() -> anyhow::Result<()> {
+/// `build_only`: what `cargo build` needs and no more (the container image
+/// build, `deploy/Dockerfile`); otherwise the tests' prerequisites too.
+pub fn run(build_only: bool) -> anyhow::Result<()> {
     println!("setup: checking prerequisites");
     let mut report = Report {
         installed: Vec::new(),
     };
-    debian_packages(&mut report)?;
+    let packages: Vec<&str> = if build_only {
+        BUILD_PACKAGES.to_vec()
+    } else {
+        BUILD_PACKAGES
+            .iter()
+            .chain(TEST_PACKAGES)
+            .copied()
+            .collect()
+    };
+    debian_packages(&mut report, &packages)?;
     nightly_rust_src(&mut report)?;
     bpf_linker(&mut report)?;
+    if !build_only {
+        kubectl(&report)?;
+        kubernetes_validate(&mut report)?;
+    }
     if report.installed.is_empty() {
         println!("setup: every prerequisite is present; nothing to do");
     } else {
@@ -59,8 +77,8 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn missing_debian_packages() -> Vec<&'static str> {
-    DEBIAN_PACKAGES
+fn missing_debian_packages<'a>(packages: &[&'a str]) -> Vec<&'a str> {
+    packages
         .iter()
         .copied()
         .filter(|p| {
@@ -72,14 +90,14 @@ fn missing_debian_packages() -> Vec<&'static str> {
         .collect()
 }
 
-fn debian_packages(report: &mut Report) -> anyhow::Result<()> {
-    let missing = missing_debian_packages();
+fn debian_packages(report: &mut Report, packages: &[&str]) -> anyhow::Result<()> {
+    let missing = missing_debian_packages(packages);
     let fix = format!(
         "apt-get update && apt-get install -y --no-install-recommends {}",
         missing.join(" ")
     );
     if missing.is_empty() {
-        report.found("Debian packages", &DEBIAN_PACKAGES.join(" "));
+        report.found("Debian packages", &packages.join(" "));
         return Ok(());
     }
     if !cmd::is_root() {
@@ -99,7 +117,7 @@ fn debian_packages(report: &mut Report) -> anyhow::Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     );
-    let still = missing_debian_packages();
+    let still = missing_debian_packages(packages);
     if !ok || !still.is_empty() {
         bail!(
             "Debian packages {} could not be installed: run `{fix}`",
@@ -208,6 +226,65 @@ fn bpf_linker(report: &mut Report) -> anyhow::Result<()> {
     );
     if !ok || bpf_linker_found().is_none() {
         bail!("bpf-linker could not be installed: run `{fix}` (and put ~/.cargo/bin on PATH)");
+    }
+    Ok(())
+}
+
+/// kubectl renders the kustomize overlays under `deploy/` (the client
+/// alone, offline). The machines carry it; a missing one is named.
+fn kubectl(report: &Report) -> anyhow::Result<()> {
+    let out = Command::new("kubectl")
+        .args(["version", "--client"])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            report.found(
+                "kubectl",
+                &text.split_whitespace().collect::<Vec<_>>().join(" "),
+            );
+            Ok(())
+        }
+        _ => bail!(
+            "kubectl is missing (the deploy tests render the manifests with `kubectl kustomize`): install the Kubernetes client, version 1.32 or later, on PATH"
+        ),
+    }
+}
+
+fn kubernetes_validate_found() -> Option<String> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import kubernetes_validate.version as v; print(v.__version__)",
+        ])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// kubernetes-validate (PyPI) checks the rendered manifests against the
+/// Kubernetes schemas, which ship inside the package: it needs no network
+/// once installed.
+fn kubernetes_validate(report: &mut Report) -> anyhow::Result<()> {
+    let wanted = crate::deploy::KUBERNETES_VALIDATE_VERSION;
+    let fix = format!("python3 -m pip install kubernetes-validate=={wanted}");
+    if kubernetes_validate_found().as_deref() == Some(wanted) {
+        report.found("kubernetes-validate", &format!("{wanted} (python3)"));
+        return Ok(());
+    }
+    report.installing(&format!("kubernetes-validate {wanted} (pip)"));
+    let ok = succeeds(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        &format!("kubernetes-validate=={wanted}"),
+    ]));
+    if !ok || kubernetes_validate_found().as_deref() != Some(wanted) {
+        bail!("kubernetes-validate could not be installed: run `{fix}`");
     }
     Ok(())
 }

@@ -17,19 +17,21 @@ pub fn run() -> anyhow::Result<()> {
     }
     println!("test: CI={ci}; privileged tests are mandatory and run now");
     let root = workspace_root();
-    let steps: [(&str, Vec<&str>); 3] = [
-        ("formatting", vec!["fmt", "--all", "--", "--check"]),
-        (
-            "clippy",
-            vec!["clippy", "--all-targets", "--", "-D", "warnings"],
-        ),
-        ("tests", vec!["test", "--no-fail-fast"]),
-    ];
-    for (what, args) in steps {
+    let cargo = |what: &str, args: &[&str]| {
         println!("test: {what}: cargo {}", args.join(" "));
-        cmd::run(Command::new("cargo").args(&args).current_dir(&root))
-            .with_context(|| format!("{what} failed"))?;
-    }
+        cmd::run(Command::new("cargo").args(args).current_dir(&root))
+            .with_context(|| format!("{what} failed"))
+    };
+    cargo("formatting", &["fmt", "--all", "--", "--check"])?;
+    cargo(
+        "clippy",
+        &["clippy", "--all-targets", "--", "-D", "warnings"],
+    )?;
+    println!(
+        "test: deploy manifests: kubectl kustomize and kubernetes-validate, offline, for every overlay"
+    );
+    crate::deploy::check().context("the deploy manifests failed")?;
+    cargo("tests", &["test", "--no-fail-fast"])?;
     println!("test: clippy on the eBPF programs (nightly, bpfel-unknown-none)");
     cmd::run(
         Command::new("rustup")
