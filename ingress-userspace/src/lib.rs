@@ -7,6 +7,7 @@ pub mod check;
 pub mod cli;
 pub mod datapath;
 pub mod healthcheck;
+pub mod inspect;
 pub mod metrics;
 pub mod model;
 pub mod proxy;
