@@ -70,7 +70,7 @@ pub enum DatapathError {
     },
     #[error("{0}")]
     Options(String),
-    #[error("pinning under bpffs: {0}")]
+    #[error(transparent)]
     Pin(#[from] pin::PinError),
     #[error("pinning {what}: {source}")]
     PinObject {
@@ -340,6 +340,10 @@ impl Datapath {
             if !interface_exists(iface) {
                 return Err(DatapathError::UnknownInterface(iface.clone()));
             }
+        }
+        let missing = privileges::missing_capabilities();
+        if !missing.is_empty() {
+            return Err(DatapathError::Privileges(missing.join(", ")));
         }
         if let Some(layout) = &config.load.pins {
             pin::ensure_bpffs(layout.root())?;

@@ -6,7 +6,7 @@
 //! ```text
 //! DIR/v1/maps/L4_FLOWS L4_REVNAT L4_AFFINITY XDP_COUNTERS TC_COUNTERS   state: adopted on restart
 //! DIR/v1/maps/L4_SERVICES L4_BACKENDS L4_MAGLEV L4_PORTS L4_SOURCE_RANGES  config: rebuilt, then re-pinned
-//! DIR/v1/links/xdp@IFACE tc_egress@IFACE                               links: program replaced in place
+//! DIR/v1/links/xdp@IFACE tc_egress@IFACE                                links: program replaced in place
 //! ```
 //!
 //! The version directory changes whenever a pinned map's layout changes, so
@@ -54,7 +54,7 @@ pub enum PinError {
     Mount(#[source] io::Error),
     #[error("{0} is not on a bpf filesystem (mount one with: mount -t bpf bpf DIR)")]
     NotBpffs(PathBuf),
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {}: {source}", path.display())]
     Io {
         what: &'static str,
         path: PathBuf,
@@ -100,12 +100,16 @@ impl PinLayout {
     /// Where a config map waits, filled, before it replaces the pin tools
     /// read (a rename, so readers never see a half-filled map).
     pub fn staged_map(&self, name: &str) -> PathBuf {
-        self.maps_dir().join(format!(".new.{name}"))
+        // bpffs refuses names with a dot.
+        self.maps_dir().join(format!("staged@{name}"))
     }
 
     /// A program's link on an interface (`hook` is `xdp` or `tc_egress`).
+    /// bpffs refuses dots in names, which interface names may hold
+    /// (`eth0.100`): they are written `%2E`.
     pub fn link(&self, hook: &str, iface: &str) -> PathBuf {
-        self.links_dir().join(format!("{hook}@{iface}"))
+        self.links_dir()
+            .join(format!("{hook}@{}", iface.replace('.', "%2E")))
     }
 
     /// Creates the directories.
@@ -331,7 +335,11 @@ mod tests {
         );
         assert_eq!(
             l.staged_map(L4_SERVICES),
-            Path::new("/sys/fs/bpf/ingress-ebpf/v1/maps/.new.L4_SERVICES")
+            Path::new("/sys/fs/bpf/ingress-ebpf/v1/maps/staged@L4_SERVICES")
+        );
+        assert_eq!(
+            l.link("tc_egress", "eth0.100"),
+            Path::new("/sys/fs/bpf/ingress-ebpf/v1/links/tc_egress@eth0%2E100")
         );
         assert_eq!(
             l.link("xdp", "eth0"),
