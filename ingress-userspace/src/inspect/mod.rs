@@ -121,7 +121,7 @@ fn open_read_only(path: &Path) -> anyhow::Result<MapData> {
 
 fn open(layout: &PinLayout, name: &str) -> anyhow::Result<Map> {
     let data = open_read_only(&layout.map(name))?;
-    Ok(Map::from_map_data(data).with_context(|| format!("map {name}"))?)
+    Map::from_map_data(data).with_context(|| format!("map {name}"))
 }
 
 fn services(layout: &PinLayout) -> anyhow::Result<Vec<format::ServiceRow>> {
