@@ -370,6 +370,11 @@ impl Datapath {
     /// that are not pinned detach on drop.
     pub fn attach(&mut self, config: &DatapathConfig) -> Result<(), DatapathError> {
         let result = self.attach_all(config);
+        if result.is_ok()
+            && let Some(layout) = &config.load.pins
+        {
+            self.release_other_links(layout);
+        }
         if result.is_err() {
             // Links this agent made go again; adopted ones keep serving.
             for l in std::mem::take(&mut self.links) {
@@ -394,6 +399,26 @@ impl Datapath {
             tracing::info!(interface = %iface, xdp_mode = mode_name, xdp = how, tc_egress = tc_how, "XDP and TC egress attached");
         }
         Ok(())
+    }
+
+    /// Removes pinned links this agent does not hold (interfaces no longer
+    /// given), which detaches the old programs there.
+    fn release_other_links(&self, layout: &PinLayout) {
+        let Ok(entries) = std::fs::read_dir(layout.links_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if self.links.iter().any(|l| l.pin.as_deref() == Some(&path)) {
+                continue;
+            }
+            match pin::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(pin = %path.display(), "detached from an interface no longer given")
+                }
+                Err(e) => tracing::warn!(error = %e, "removing a stale link pin"),
+            }
+        }
     }
 
     /// Keeps a link: pins a new one, keeps the pin of an adopted one.
