@@ -13,9 +13,10 @@ use tokio::{
 
 use crate::{
     admin::{self, AdminState},
-    cli::{ConfigOpts, RunOpts},
+    cli::{ConfigOpts, OnExit, RunOpts},
     datapath::{
         Datapath, DatapathConfig, LoadOptions, counters::DatapathCollector, l4maps::L4Maps,
+        pin::PinLayout,
     },
     healthcheck::HealthChecks,
     metrics::ProxyMetrics,
@@ -86,22 +87,13 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
     let dp_config = DatapathConfig {
         interfaces: opts.interfaces.clone(),
         xdp_mode: opts.xdp_mode,
-        load: LoadOptions {
-            snat_ipv4: opts.config.node_ips.iter().find_map(|ip| match ip {
-                std::net::IpAddr::V4(a) => Some(*a),
-                std::net::IpAddr::V6(_) => None,
-            }),
-            snat_ipv6: opts.config.node_ips.iter().find_map(|ip| match ip {
-                std::net::IpAddr::V6(a) => Some(*a),
-                std::net::IpAddr::V4(_) => None,
-            }),
-            ..LoadOptions::default()
-        },
+        load: load_options(&opts),
     };
     let mut collector = DatapathCollector::default();
     let mut l4_maps = None;
-    let datapath = if dp_config.enabled() {
-        let (dp, maps, l4) = Datapath::start(&dp_config)?;
+    // Loaded now, attached once the first configuration fills the maps.
+    let mut datapath = if dp_config.enabled() {
+        let (dp, maps, l4) = Datapath::load(&dp_config)?;
         collector.maps = maps;
         l4_maps = Some(l4);
         Some(dp)
@@ -129,8 +121,13 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let admin_task = tokio::spawn(admin::serve(admin_listener, state.clone(), stop_rx.clone()));
     let source_task = start_source(&opts.config, applier)?;
+    if let Some(dp) = &mut datapath {
+        dp.attach(&dp_config)?;
+    }
+    // Served once the programs are attached, so /readyz never answers 200
+    // before they run.
+    let admin_task = tokio::spawn(admin::serve(admin_listener, state.clone(), stop_rx.clone()));
     let mut worker_threads = Vec::new();
     for (i, l) in http_listeners.into_iter().enumerate() {
         worker_threads.push(spawn_worker(
@@ -158,11 +155,37 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
     .await;
     source_task.abort();
     let _ = admin_task.await;
-    if let Some(dp) = datapath {
-        dp.detach();
+    match (datapath, opts.on_exit) {
+        (Some(dp), OnExit::Keep) => dp.keep(),
+        (Some(dp), OnExit::Detach) => dp.detach(),
+        (None, _) => {}
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The load-time settings of the eBPF programs from the command line.
+fn load_options(opts: &RunOpts) -> LoadOptions {
+    let l4 = &opts.l4;
+    LoadOptions {
+        snat_ipv4: opts.config.node_ips.iter().find_map(|ip| match ip {
+            std::net::IpAddr::V4(a) => Some(*a),
+            std::net::IpAddr::V6(_) => None,
+        }),
+        snat_ipv6: opts.config.node_ips.iter().find_map(|ip| match ip {
+            std::net::IpAddr::V6(a) => Some(*a),
+            std::net::IpAddr::V4(_) => None,
+        }),
+        snat_port_min: l4.snat_port_range.min,
+        snat_port_span: l4.snat_port_range.span(),
+        max_services: l4.l4_max_services,
+        max_backends: l4.l4_max_backends,
+        max_flows: l4.l4_max_flows,
+        maglev_size: l4.maglev_table_size,
+        pins: Some(PinLayout::new(opts.bpffs.bpffs_dir.clone())),
+        new_flow_rate: l4.l4_new_flow_rate,
+        close_timeout_s: l4.l4_close_timeout.as_secs().try_into().unwrap_or(u32::MAX),
+    }
 }
 
 /// Starts the configuration source: manifests (watched), or, without any,

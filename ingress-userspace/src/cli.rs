@@ -28,6 +28,153 @@ pub enum Command {
     /// Compile manifests, print the route table and every diagnostic; exit 1
     /// when any object is invalid.
     Check(CheckOpts),
+    /// Inspect or remove what the agent pinned under bpffs.
+    #[command(subcommand)]
+    Bpf(BpfCommand),
+}
+
+/// `ingress bpf ...`: read the pinned maps (read-only) or remove the pins.
+#[derive(Debug, Subcommand)]
+pub enum BpfCommand {
+    /// The L4 services: frontend, id, backends, flags, affinity timeout.
+    Services(BpfOpts),
+    /// The L4 backends: id, address, local/terminating.
+    Backends(BpfOpts),
+    /// The connection table: client -> frontend -> backend, SNAT port, flags.
+    Flows(BpfOpts),
+    /// The datapath counters by hook and name, summed over CPUs.
+    Stats(BpfOpts),
+    /// Remove every link and map the agent pinned (nothing stays attached).
+    Detach(BpfDirOpt),
+}
+
+/// Where the agent pins its maps and links.
+#[derive(Debug, Args, Clone)]
+pub struct BpfDirOpt {
+    /// Directory under a bpffs mount for the pinned maps and links (the
+    /// layout lives in a versioned subdirectory, `v1/`).
+    #[arg(long, default_value = DEFAULT_BPFFS_DIR, value_name = "DIR")]
+    pub bpffs_dir: PathBuf,
+}
+
+/// The default pin directory.
+pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/ingress-ebpf";
+
+#[derive(Debug, Args, Clone)]
+pub struct BpfOpts {
+    #[command(flatten)]
+    pub dir: BpfDirOpt,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+/// What happens to the pinned links and maps when the agent exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnExit {
+    /// Links and maps stay pinned and attached: traffic keeps flowing while
+    /// the agent restarts, and the next agent adopts the flows.
+    Keep,
+    /// Remove the links and pins: nothing stays attached.
+    Detach,
+}
+
+/// Sizes and ranges of the L4 path, fixed at load time.
+#[derive(Debug, Args, Clone)]
+pub struct L4Opts {
+    /// Services (frontends) the L4 maps hold; the Maglev array holds this
+    /// many tables.
+    #[arg(long, default_value_t = ingress_common::l4::DEFAULT_MAX_SERVICES, value_parser = parse_count)]
+    pub l4_max_services: u32,
+    /// Backends (pod address and port) the L4 maps hold.
+    #[arg(long, default_value_t = ingress_common::l4::DEFAULT_MAX_BACKENDS, value_parser = parse_count)]
+    pub l4_max_backends: u32,
+    /// Flows the connection table holds (also sizes the reverse-translation
+    /// and ClientIP-affinity tables); least recently used entries go first.
+    #[arg(long, default_value_t = ingress_common::l4::DEFAULT_MAX_FLOWS, value_parser = parse_count)]
+    pub l4_max_flows: u32,
+    /// Slots of each Service's Maglev table; must be prime (about 100 per
+    /// backend keeps shares even).
+    #[arg(long, default_value_t = ingress_common::maglev::DEFAULT_TABLE_SIZE, value_parser = parse_maglev_size)]
+    pub maglev_table_size: u32,
+    /// Source ports for flows SNATed to pods on other nodes, `MIN-MAX`
+    /// (keep it clear of the NodePort range and local ephemeral ports).
+    #[arg(long, default_value = "20000-29999", value_parser = parse_port_range, value_name = "MIN-MAX")]
+    pub snat_port_range: PortRange,
+    /// New flows one CPU records per second; past it new flows are refused
+    /// (counted as `l4_new_flow_refused`), so a SYN flood cannot push the
+    /// established flows out of the connection table. 0: no limit.
+    #[arg(long, default_value_t = ingress_common::l4::DEFAULT_NEW_FLOW_RATE)]
+    pub l4_new_flow_rate: u32,
+    /// How long a flow that saw a TCP FIN or RST keeps its entries (for the
+    /// last segments and retransmissions) before the sweep removes them.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub l4_close_timeout: Duration,
+}
+
+/// An inclusive port range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl PortRange {
+    /// How many ports the range holds (at most 65,535: port 0 is refused).
+    pub fn span(&self) -> u16 {
+        self.max - self.min + 1
+    }
+}
+
+/// A positive count.
+fn parse_count(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{s}' is not a whole number")),
+    }
+}
+
+/// A prime Maglev table size (Maglev's permutations need it).
+fn parse_maglev_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number"))?;
+    if n > MAX_MAGLEV_TABLE_SIZE {
+        return Err(format!(
+            "{n} is too large (at most {MAX_MAGLEV_TABLE_SIZE} slots per Service)"
+        ));
+    }
+    if !ingress_common::maglev::is_prime(n) {
+        return Err(format!(
+            "{n} is not prime (Maglev needs a prime table size; {} is the next one)",
+            ingress_common::maglev::next_prime(n)
+        ));
+    }
+    Ok(n)
+}
+
+/// The largest Maglev table accepted (a prime; enough for over 1,000
+/// backends at 100 slots each).
+pub const MAX_MAGLEV_TABLE_SIZE: u32 = 131_071;
+
+/// `MIN-MAX`, 1 <= MIN <= MAX <= 65535.
+fn parse_port_range(s: &str) -> Result<PortRange, String> {
+    let bad = || format!("'{s}' is not a port range MIN-MAX with 1 <= MIN <= MAX <= 65535");
+    let (a, b) = s.trim().split_once('-').ok_or_else(bad)?;
+    let min: u16 = a.trim().parse().map_err(|_| bad())?;
+    let max: u16 = b.trim().parse().map_err(|_| bad())?;
+    if min == 0 || min > max {
+        return Err(bad());
+    }
+    Ok(PortRange { min, max })
 }
 
 /// Where the configuration comes from and whose it is.
@@ -186,6 +333,18 @@ pub struct RunOpts {
 
     #[command(flatten)]
     pub proxy: ProxyOpts,
+
+    #[command(flatten)]
+    pub l4: L4Opts,
+
+    #[command(flatten)]
+    pub bpffs: BpfDirOpt,
+
+    /// On exit, `keep` leaves the programs attached and their maps pinned
+    /// (a restarted agent adopts them and keeps established flows);
+    /// `detach` removes links and pins so nothing stays attached.
+    #[arg(long, value_enum, default_value_t = OnExit::Keep)]
+    pub on_exit: OnExit,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -260,8 +419,107 @@ mod tests {
         full.extend_from_slice(args);
         Cli::try_parse_from(full).map(|c| match c.command {
             Command::Run(o) => *o,
-            Command::Check(_) => unreachable!(),
+            _ => unreachable!(),
         })
+    }
+
+    fn bpf(args: &[&str]) -> Result<BpfCommand, clap::Error> {
+        let mut full = vec!["ingress", "bpf"];
+        full.extend_from_slice(args);
+        Cli::try_parse_from(full).map(|c| match c.command {
+            Command::Bpf(b) => b,
+            _ => unreachable!(),
+        })
+    }
+
+    #[test]
+    fn l4_defaults() {
+        let o = run_opts(&[]).unwrap();
+        assert_eq!(o.l4.l4_max_services, 4096);
+        assert_eq!(o.l4.l4_max_backends, 65536);
+        assert_eq!(o.l4.l4_max_flows, 262144);
+        assert_eq!(o.l4.maglev_table_size, 1021);
+        assert_eq!(
+            o.l4.snat_port_range,
+            PortRange {
+                min: 20000,
+                max: 29999
+            }
+        );
+        assert_eq!(o.l4.snat_port_range.span(), 10000);
+        assert_eq!(o.l4.l4_new_flow_rate, 100_000);
+        assert_eq!(o.l4.l4_close_timeout, Duration::from_secs(10));
+        assert_eq!(o.bpffs.bpffs_dir, PathBuf::from("/sys/fs/bpf/ingress-ebpf"));
+        assert_eq!(o.on_exit, OnExit::Keep);
+    }
+
+    #[test]
+    fn l4_values() {
+        let o = run_opts(&[
+            "--l4-max-services",
+            "10",
+            "--l4-max-backends",
+            "100",
+            "--l4-max-flows",
+            "1000",
+            "--maglev-table-size",
+            "65537",
+            "--snat-port-range",
+            "1-65535",
+            "--bpffs-dir",
+            "/sys/fs/bpf/x",
+            "--on-exit",
+            "detach",
+        ])
+        .unwrap();
+        assert_eq!(o.l4.l4_max_services, 10);
+        assert_eq!(o.l4.l4_max_backends, 100);
+        assert_eq!(o.l4.l4_max_flows, 1000);
+        assert_eq!(o.l4.maglev_table_size, 65537);
+        assert_eq!(o.l4.snat_port_range.span(), 65535);
+        assert_eq!(o.on_exit, OnExit::Detach);
+    }
+
+    #[test]
+    fn bad_l4_values_are_refused_in_one_line() {
+        for (flag, value, needle) in [
+            ("--maglev-table-size", "1000", "not prime"),
+            ("--maglev-table-size", "x", "not a whole number"),
+            ("--maglev-table-size", "4294967295", "too large"),
+            ("--snat-port-range", "30000-20000", "port range"),
+            ("--snat-port-range", "0-10", "port range"),
+            ("--snat-port-range", "20000", "port range"),
+            ("--snat-port-range", "1-70000", "port range"),
+            ("--l4-max-flows", "0", "at least 1"),
+            ("--l4-max-services", "-3", "-3"),
+            ("--on-exit", "linger", "linger"),
+        ] {
+            let e = run_opts(&[flag, value]).unwrap_err();
+            let line = one_line(&e.render().to_string());
+            assert!(!line.contains('\n'));
+            assert!(line.contains(needle), "{flag} {value}: {line}");
+        }
+    }
+
+    #[test]
+    fn bpf_subcommands() {
+        match bpf(&["flows", "--output", "json", "--bpffs-dir", "/sys/fs/bpf/t"]).unwrap() {
+            BpfCommand::Flows(o) => {
+                assert_eq!(o.output, OutputFormat::Json);
+                assert_eq!(o.dir.bpffs_dir, PathBuf::from("/sys/fs/bpf/t"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match bpf(&["services"]).unwrap() {
+            BpfCommand::Services(o) => {
+                assert_eq!(o.output, OutputFormat::Table);
+                assert_eq!(o.dir.bpffs_dir, PathBuf::from(DEFAULT_BPFFS_DIR));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(bpf(&["detach"]).unwrap(), BpfCommand::Detach(_)));
+        assert!(bpf(&["stats", "--output", "yaml"]).is_err());
+        assert!(bpf(&["nothing"]).is_err());
     }
 
     #[test]

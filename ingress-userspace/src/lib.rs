@@ -8,6 +8,7 @@ pub mod cli;
 pub mod cluster;
 pub mod datapath;
 pub mod healthcheck;
+pub mod inspect;
 pub mod metrics;
 pub mod model;
 pub mod proxy;

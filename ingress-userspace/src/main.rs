@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use ingress_userspace::{agent, check, cli, telemetry};
+use ingress_userspace::{agent, check, cli, inspect, telemetry};
 
 /// The proxy allocates small, short-lived buffers on every request; mimalloc
 /// serves those with far less overhead than glibc's allocator.
@@ -20,6 +20,7 @@ fn main() -> ExitCode {
             Ok(false) => return ExitCode::from(1),
             Err(e) => Err(e),
         },
+        cli::Command::Bpf(cmd) => inspect::run(&cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -22,7 +22,7 @@ use std::{
 };
 
 use anyhow::{Context, bail, ensure};
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 use ingress_userspace::{
     cli::{Cli, Command, RunOpts},
     cluster::access::{self, Permission, Scope},
@@ -30,12 +30,6 @@ use ingress_userspace::{
 };
 use serde_json::Value;
 use xtask::deploy;
-
-/// Flags the manifests use that the CLI is gaining in a change of its own
-/// (pinning under bpffs, and what to leave attached on exit). While the CLI
-/// does not know one of them, the argument check sets it aside and says so;
-/// once the CLI knows it, it is parsed like every other flag.
-const PENDING_FLAGS: &[&str] = &["--bpffs-dir", "--on-exit"];
 
 /// What the downward API gives the test's imaginary node.
 const FIELD_VALUES: &[(&str, &str)] = &[
@@ -195,25 +189,8 @@ fn expand(arg: &str, env: &BTreeMap<String, String>) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// The long flags `ingress run` knows.
-fn known_run_flags() -> BTreeSet<String> {
-    let cmd = Cli::command();
-    let mut flags: BTreeSet<String> = cmd
-        .get_arguments()
-        .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
-        .collect();
-    if let Some(run) = cmd.find_subcommand("run") {
-        flags.extend(
-            run.get_arguments()
-                .filter_map(|a| a.get_long().map(|l| format!("--{l}"))),
-        );
-    }
-    flags
-}
-
-/// The agent's arguments after substitution, with pending flags the CLI
-/// does not know yet set aside (named in the second value).
-fn agent_args(objs: &[Value]) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+/// The agent's arguments after the kubelet's `$(VAR)` substitution.
+fn agent_args(objs: &[Value]) -> anyhow::Result<Vec<String>> {
     let w = workload(objs)?;
     let c = agent_container(w)?;
     ensure!(
@@ -221,27 +198,17 @@ fn agent_args(objs: &[Value]) -> anyhow::Result<(Vec<String>, Vec<String>)> {
         "the agent container must keep the image's entrypoint (the ingress binary)"
     );
     let env = container_env(objs, namespace(w), c)?;
-    let known = known_run_flags();
-    let mut args = Vec::new();
-    let mut set_aside = Vec::new();
-    for a in c["args"]
+    c["args"]
         .as_array()
         .context("the agent container has no args")?
-    {
-        let a = expand(a.as_str().context("args are strings")?, &env)?;
-        let flag = a.split('=').next().unwrap_or("");
-        if PENDING_FLAGS.contains(&flag) && !known.contains(flag) {
-            set_aside.push(a);
-            continue;
-        }
-        args.push(a);
-    }
-    Ok((args, set_aside))
+        .iter()
+        .map(|a| expand(a.as_str().context("args are strings")?, &env))
+        .collect()
 }
 
 /// Parses the rendered workload's arguments with the binary's CLI.
 fn parse_agent_args(objs: &[Value]) -> anyhow::Result<RunOpts> {
-    let (args, _) = agent_args(objs)?;
+    let args = agent_args(objs)?;
     let cli = Cli::try_parse_from(std::iter::once("ingress".to_string()).chain(args.clone()))
         .map_err(|e| {
             anyhow::anyhow!(
@@ -252,7 +219,9 @@ fn parse_agent_args(objs: &[Value]) -> anyhow::Result<RunOpts> {
         })?;
     match cli.command {
         Command::Run(o) => Ok(*o),
-        Command::Check(_) => bail!("the agent container runs `ingress check`, not `ingress run`"),
+        Command::Check(_) | Command::Bpf(_) => {
+            bail!("the agent container must run `ingress run`")
+        }
     }
 }
 
@@ -554,13 +523,7 @@ fn check_overlay(dir: &Path) -> anyhow::Result<String> {
     let run = parse_agent_args(&objs)?;
     check_pod(&objs, &run)?;
     check_rbac(&objs)?;
-    let (_, set_aside) = agent_args(&objs)?;
-    let note = if set_aside.is_empty() {
-        String::new()
-    } else {
-        format!("; not in the CLI yet, set aside: {}", set_aside.join(" "))
-    };
-    Ok(format!("{n} objects valid, args parse, RBAC exact{note}"))
+    Ok(format!("{n} objects valid, args parse, RBAC exact"))
 }
 
 fn rel_name(dir: &Path) -> String {

@@ -70,7 +70,18 @@ fn run_mode(mode: &str) {
     let ns = topology();
     let node = ns.name("node").to_string();
     let client = ns.name("client").to_string();
-    let agent = support::start_agent(&node, &["--interface", "eth0", "--xdp-mode", mode], admin());
+    let agent = support::start_agent(
+        &node,
+        &[
+            "--interface",
+            "eth0",
+            "--xdp-mode",
+            mode,
+            "--on-exit",
+            "detach",
+        ],
+        admin(),
+    );
     let (xdp, tc) = attached_programs(&node, "eth0");
     assert_eq!(
         (xdp, tc),
@@ -137,7 +148,14 @@ fn skb_mode_counts_real_traffic_and_detaches_on_sigterm_too() {
     let node = ns.name("node").to_string();
     let agent = support::start_agent(
         &node,
-        &["--interface", "eth0", "--xdp-mode", "skb"],
+        &[
+            "--interface",
+            "eth0",
+            "--xdp-mode",
+            "skb",
+            "--on-exit",
+            "detach",
+        ],
         admin(),
     );
     let (status, stderr) = agent.stop(libc::SIGTERM);

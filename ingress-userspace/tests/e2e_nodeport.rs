@@ -6,9 +6,18 @@
 
 mod support;
 
-use std::net::SocketAddr;
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::Duration,
+};
 
-use support::{Namespaces, TempDir, sh, start_agent};
+use support::{
+    Namespaces, TempDir, attached_programs, in_netns, ingress_bin, run_to_exit, sh, start_agent,
+};
 use xtask::testbed::traffic::{tcp_echo_server, tcp_round_trips, udp_echo_server, udp_round_trips};
 
 const CONNECTIONS: usize = 25;
@@ -40,25 +49,27 @@ endpoints:
 /// The agent on the ingress node "edge-1" (198.18.0.1), attached to eth0 in
 /// `mode`, serving the manifests in `dir`.
 fn start_edge_agent(node: &str, mode: &str, dir: &TempDir) -> support::Agent {
+    start_edge_agent_with(node, mode, dir, &[])
+}
+
+fn start_edge_agent_with(node: &str, mode: &str, dir: &TempDir, extra: &[&str]) -> support::Agent {
     let manifests = dir.path().display().to_string();
-    start_agent(
-        node,
-        &[
-            "--interface",
-            "eth0",
-            "--xdp-mode",
-            mode,
-            "--node-ip",
-            "198.18.0.1",
-            "--node-name",
-            "edge-1",
-            "--manifests",
-            &manifests,
-            "--http-listen",
-            "198.18.0.1:80",
-        ],
-        sa("127.0.0.1:9100"),
-    )
+    let mut args = vec![
+        "--interface",
+        "eth0",
+        "--xdp-mode",
+        mode,
+        "--node-ip",
+        "198.18.0.1",
+        "--node-name",
+        "edge-1",
+        "--manifests",
+        &manifests,
+        "--http-listen",
+        "198.18.0.1:80",
+    ];
+    args.extend_from_slice(extra);
+    start_agent(node, &args, sa("127.0.0.1:9100"))
 }
 
 /// No iptables or nftables rule in `ns`: the eBPF path did all of it.
@@ -178,7 +189,7 @@ endpoints:
 /// Client, ingress node and worker on one bridged segment (so the worker
 /// could answer the client directly: replies only arrive if SNAT and the
 /// reverse translation are right), plus a pod behind the ingress node.
-fn run_two_nodes(mode: &str) {
+fn two_node_testbed() -> Namespaces {
     let ns = Namespaces::new(&["lan", "node", "client", "worker", "pod"]);
     ns.link("node", "eth0", &["198.18.0.1/24"], "lan", "p-node", &[]);
     ns.link("client", "eth0", &["198.18.0.2/24"], "lan", "p-client", &[]);
@@ -192,13 +203,7 @@ fn run_two_nodes(mode: &str) {
         &["198.18.3.2/24"],
     );
     let name = |r: &str| ns.name(r).to_string();
-    let (lan, node, client, worker, pod) = (
-        name("lan"),
-        name("node"),
-        name("client"),
-        name("worker"),
-        name("pod"),
-    );
+    let (lan, node, client, worker) = (name("lan"), name("node"), name("client"), name("worker"));
     sh(&["ip", "-n", &lan, "link", "add", "br0", "type", "bridge"]);
     for port in ["p-node", "p-client", "p-worker"] {
         sh(&["ip", "-n", &lan, "link", "set", port, "master", "br0"]);
@@ -216,28 +221,46 @@ fn run_two_nodes(mode: &str) {
             "ip", "netns", "exec", from, "ping", "-c", "1", "-W", "2", to,
         ]);
     }
+    ns
+}
+
+/// Native XDP_TX on a veth is delivered promptly only to a peer that runs
+/// XDP itself (with GRO alone the frames wait for later traffic): gives the
+/// node's bridge port the do-nothing program, attached while the returned
+/// programs live. A physical NIC needs nothing of the kind.
+fn noop_on_bridge_port(lan: &str) -> ingress_userspace::datapath::LoadedPrograms {
+    support::in_netns(lan, || {
+        let mut programs = ingress_userspace::datapath::LoadedPrograms::load().expect("loading");
+        let noop: &mut aya::programs::Xdp = programs
+            .ebpf
+            .program_mut(ingress_common::maps::XDP_NOOP_PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        noop.load().unwrap();
+        noop.attach("p-node", aya::programs::XdpMode::Driver)
+            .expect("attaching to p-node");
+        programs
+    })
+}
+
+fn run_two_nodes(mode: &str) {
+    let ns = two_node_testbed();
+    let name = |r: &str| ns.name(r).to_string();
+    let (lan, node, client, worker, pod) = (
+        name("lan"),
+        name("node"),
+        name("client"),
+        name("worker"),
+        name("pod"),
+    );
     let dir = TempDir::new("nodeport2");
     dir.write("web.yaml", TWO_NODES);
     // Native XDP_TX on a veth is delivered promptly only to a peer that
     // runs XDP itself (with GRO alone the frames wait for later traffic):
     // give the node's bridge port the do-nothing program. A physical NIC
     // needs nothing of the kind.
-    let _peer = (mode == "native").then(|| {
-        support::in_netns(&lan, || {
-            let mut programs =
-                ingress_userspace::datapath::LoadedPrograms::load().expect("loading");
-            let noop: &mut aya::programs::Xdp = programs
-                .ebpf
-                .program_mut(ingress_common::maps::XDP_NOOP_PROGRAM)
-                .unwrap()
-                .try_into()
-                .unwrap();
-            noop.load().unwrap();
-            noop.attach("p-node", aya::programs::XdpMode::Driver)
-                .expect("attaching to p-node");
-            programs
-        })
-    });
+    let _peer = (mode == "native").then(|| noop_on_bridge_port(&lan));
     let agent = start_edge_agent(&node, mode, &dir);
     let local = tcp_echo_server(&pod, sa("198.18.3.2:8080"), CONNECTIONS);
     let remote = tcp_echo_server(&worker, sa("198.18.0.3:8080"), CONNECTIONS);
@@ -306,4 +329,301 @@ fn nodeport_to_pods_on_two_nodes_native() {
 #[test]
 fn nodeport_to_pods_on_two_nodes_skb() {
     run_two_nodes("skb");
+}
+
+/// An echo server that keeps its connections: each line read is answered
+/// with `TAG line`, until the peer closes or stays silent for 20 s. Serves
+/// at most `connections` peers.
+fn tagged_echo_server(ns: &str, addr: SocketAddr, tag: &'static str, connections: usize) {
+    let listener = in_netns(ns, move || TcpListener::bind(addr))
+        .unwrap_or_else(|e| panic!("binding tcp {addr}: {e}"));
+    thread::spawn(move || {
+        for _ in 0..connections {
+            let Ok((s, _)) = listener.accept() else {
+                return;
+            };
+            thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+                let mut w = match s.try_clone() {
+                    Ok(w) => w,
+                    Err(_) => return,
+                };
+                for line in BufReader::new(s).lines() {
+                    let Ok(line) = line else { return };
+                    if writeln!(w, "{tag} {line}").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// One line over an open connection and its echo: the tag of the pod that
+/// answered, or the error.
+fn exchange(s: &mut TcpStream, line: &str) -> Result<String, String> {
+    writeln!(s, "{line}").map_err(|e| format!("write: {e}"))?;
+    let mut reply = String::new();
+    BufReader::new(s.try_clone().map_err(|e| e.to_string())?)
+        .read_line(&mut reply)
+        .map_err(|e| format!("read: {e}"))?;
+    let (tag, echoed) = reply
+        .trim_end()
+        .split_once(' ')
+        .ok_or(format!("bad reply {reply:?}"))?;
+    if echoed != line {
+        return Err(format!("echo {echoed:?} for {line:?}"));
+    }
+    Ok(tag.to_string())
+}
+
+/// Opens connections from the client to the NodePort until one reaches
+/// each pod (Maglev spreads them), keeping those two open.
+fn one_connection_per_pod(client: &str) -> (TcpStream, TcpStream) {
+    in_netns(client, || {
+        let (mut local, mut remote) = (None, None);
+        for i in 0..32 {
+            let mut s = TcpStream::connect_timeout(&sa("198.18.0.1:30080"), Duration::from_secs(3))
+                .unwrap_or_else(|e| panic!("connecting to the NodePort: {e}"));
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            match exchange(&mut s, &format!("hello {i}")).as_deref() {
+                Ok("edge") if local.is_none() => local = Some(s),
+                Ok("worker") if remote.is_none() => remote = Some(s),
+                Ok(_) => {}
+                Err(e) => panic!("first exchange on connection {i}: {e}"),
+            }
+            if local.is_some() && remote.is_some() {
+                break;
+            }
+        }
+        (
+            local.expect("a connection to the pod on the ingress node"),
+            remote.expect("a connection to the pod on the worker"),
+        )
+    })
+}
+
+/// Runs `ingress bpf ARGS --bpffs-dir DIR`: (exit code, stdout, stderr).
+fn bpf(dir: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(ingress_bin())
+        .arg("bpf")
+        .args(args)
+        .arg("--bpffs-dir")
+        .arg(dir)
+        .output()
+        .expect("running ingress bpf");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A pin directory that is removed (detaching what is pinned) even when
+/// the test fails.
+struct PinDir(PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The core promise of pinning: established TCP connections through a
+/// NodePort, to a pod on the ingress node and to one on another node, keep
+/// working while the agent restarts (SIGTERM, then a new agent on the same
+/// pin directory), with no packet meeting an interface without programs.
+#[test]
+fn established_flows_survive_an_agent_restart_skb() {
+    restart("skb");
+}
+
+#[test]
+fn established_flows_survive_an_agent_restart_native() {
+    restart("native");
+}
+
+fn restart(mode: &str) {
+    let ns = two_node_testbed();
+    let name = |r: &str| ns.name(r).to_string();
+    let (node, client, worker, pod) = (name("node"), name("client"), name("worker"), name("pod"));
+    let _peer = (mode == "native").then(|| noop_on_bridge_port(&name("lan")));
+    let dir = TempDir::new("restart");
+    dir.write("web.yaml", TWO_NODES);
+    let pins = PinDir(xtask::testbed::agent::bpffs_test_dir());
+    let pins_s = pins.0.display().to_string();
+    let pin_args = ["--bpffs-dir", pins_s.as_str()];
+
+    // Before any agent ran, `ingress bpf` says there is nothing.
+    let (code, _, err) = bpf(&pins.0, &["flows"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("nothing pinned"), "{err}");
+
+    tagged_echo_server(&pod, sa("198.18.3.2:8080"), "edge", 64);
+    tagged_echo_server(&worker, sa("198.18.0.3:8080"), "worker", 64);
+    let first = start_edge_agent_with(&node, mode, &dir, &pin_args);
+    let (mut local, mut remote) = one_connection_per_pod(&client);
+    assert_eq!(exchange(&mut local, "before 1"), Ok("edge".into()));
+    assert_eq!(exchange(&mut remote, "before 2"), Ok("worker".into()));
+
+    // The pinned maps, read by `ingress bpf` against the live agent.
+    let (code, out, err) = bpf(&pins.0, &["flows", "--output", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let flows: serde_json::Value = serde_json::from_str(&out).expect("flows JSON");
+    let backends: Vec<&str> = flows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| {
+            f["client"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("198.18.0.2:")
+        })
+        .filter(|f| f["frontend"] == "198.18.0.1:30080")
+        .filter_map(|f| f["backend"].as_str())
+        .collect();
+    assert!(backends.contains(&"198.18.3.2:8080"), "{out}");
+    assert!(backends.contains(&"198.18.0.3:8080"), "{out}");
+    let remote_flow = flows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["backend"] == "198.18.0.3:8080")
+        .unwrap();
+    assert!(remote_flow["snat_port"].as_u64().is_some(), "{out}");
+    assert_eq!(remote_flow["flags"][0], "remote", "{out}");
+    let (code, table, _) = bpf(&pins.0, &["flows"]);
+    assert_eq!(code, Some(0));
+    assert!(table.starts_with("PROTO"), "{table}");
+    assert!(
+        table.contains("198.18.0.1:30080  ->  198.18.3.2:8080"),
+        "{table}"
+    );
+    let (code, services, _) = bpf(&pins.0, &["services"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        services
+            .lines()
+            .any(|l| l.starts_with("198.18.0.1:30080") && l.contains(" tcp ")),
+        "{services}"
+    );
+    let (code, out, _) = bpf(&pins.0, &["backends", "--output", "json"]);
+    assert_eq!(code, Some(0));
+    let b: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(b.as_array().unwrap().len(), 2, "{out}");
+    let (code, stats, _) = bpf(&pins.0, &["stats"]);
+    assert_eq!(code, Some(0));
+    let new_flows = stats
+        .lines()
+        .find(|l| {
+            l.starts_with("xdp ")
+                && l.contains("ingress_datapath_l4_events_total{event=\"l4_new_flow\"}")
+        })
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no l4_new_flow line in {stats}"));
+    assert!(new_flows >= 2, "{stats}");
+
+    // SIGTERM: the agent goes, the programs stay and keep translating.
+    let stopping = std::time::Instant::now();
+    let (status, log) = first.stop(libc::SIGTERM);
+    let stopped_in = stopping.elapsed();
+    assert!(status.success(), "{status}: {log}");
+    assert_eq!(attached_programs(&node, "eth0"), (1, 1), "left attached");
+    assert_eq!(exchange(&mut local, "between 1"), Ok("edge".into()));
+    assert_eq!(exchange(&mut remote, "between 2"), Ok("worker".into()));
+
+    // A new agent adopts the flows and replaces the programs in place.
+    let starting = std::time::Instant::now();
+    let mut second = start_edge_agent_with(&node, mode, &dir, &pin_args);
+    // For the record (not asserted): how long the node ran without an agent
+    // while its programs kept serving.
+    eprintln!(
+        "{mode}: agent stopped in {stopped_in:?}; the next one ready (programs replaced) in {:?}",
+        starting.elapsed()
+    );
+    assert_eq!(
+        attached_programs(&node, "eth0"),
+        (1, 1),
+        "one program per hook"
+    );
+    assert_eq!(exchange(&mut local, "after 1"), Ok("edge".into()));
+    assert_eq!(exchange(&mut remote, "after 2"), Ok("worker".into()));
+    let log = second.take_output();
+    assert!(log.contains("adopting pinned state maps"), "{log}");
+    assert!(log.contains("replaced in the pinned link"), "{log}");
+    // New connections work too.
+    let fresh = in_netns(&client, || {
+        let mut s = TcpStream::connect_timeout(&sa("198.18.0.1:30080"), Duration::from_secs(3))
+            .expect("a new connection after the restart");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        exchange(&mut s, "new")
+    });
+    assert!(
+        fresh.is_ok(),
+        "a new connection after the restart: {fresh:?}"
+    );
+    assert_no_packet_filter_rules(&node);
+    drop(local);
+    drop(remote);
+    let (status, log) = second.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}: {log}");
+
+    // `ingress bpf detach` removes it all.
+    assert_eq!(attached_programs(&node, "eth0"), (1, 1));
+    let (code, out, err) = bpf(&pins.0, &["detach"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(
+        attached_programs(&node, "eth0"),
+        (0, 0),
+        "nothing attached after ingress bpf detach"
+    );
+    assert!(!pins.0.exists(), "the pin directory is gone");
+}
+
+/// `--on-exit detach` leaves nothing attached and no pin behind.
+#[test]
+fn on_exit_detach_removes_links_and_pins() {
+    let ns = Namespaces::new(&["node", "client"]);
+    ns.link(
+        "node",
+        "eth0",
+        &["198.18.0.1/24"],
+        "client",
+        "eth0",
+        &["198.18.0.2/24"],
+    );
+    let node = ns.name("node").to_string();
+    let dir = TempDir::new("ondetach");
+    dir.write("web.yaml", MANIFESTS);
+    let pins = PinDir(xtask::testbed::agent::bpffs_test_dir());
+    let pins_s = pins.0.display().to_string();
+    let agent = start_edge_agent_with(
+        &node,
+        "skb",
+        &dir,
+        &["--bpffs-dir", &pins_s, "--on-exit", "detach"],
+    );
+    assert_eq!(attached_programs(&node, "eth0"), (1, 1));
+    assert!(pins.0.join("v1/links").is_dir());
+    let (status, log) = agent.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}: {log}");
+    assert_eq!(attached_programs(&node, "eth0"), (0, 0));
+    assert!(!pins.0.exists(), "pins removed: {log}");
+}
+
+#[test]
+fn bad_l4_flags_are_one_line_and_exit_1() {
+    for (flag, value, needle) in [
+        ("--maglev-table-size", "1000", "not prime"),
+        ("--snat-port-range", "30000-20000", "port range"),
+    ] {
+        let (status, stderr) = run_to_exit(Command::new(ingress_bin()).args(["run", flag, value]));
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{stderr}");
+        assert!(lines[0].contains(needle), "{stderr}");
+    }
 }

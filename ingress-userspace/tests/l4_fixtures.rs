@@ -974,3 +974,105 @@ fn ipv6_remote_backends_get_dnat_snat_and_their_replies_come_back() {
         assert_eq!(out, PacketBuilder::tcp4(CLIENT, NODE, 40000, 30090).build());
     });
 }
+
+/// The sizes and ranges of the command line reach the programs: a Maglev
+/// size other than the default (the userspace tables and the programs'
+/// `MAGLEV_SIZE` must agree, or services past the first land outside the
+/// array), a small service map, and a SNAT port range.
+#[test]
+fn load_options_reach_the_programs() {
+    let ns = support::Namespaces::new(&["fib"]);
+    support::in_netns(ns.name("fib"), || {
+        let mut h = Harness::with(&LoadOptions {
+            snat_ipv4: Some(NODE.into()),
+            snat_port_min: 40_000,
+            snat_port_span: 10,
+            max_services: 12,
+            max_backends: 16,
+            max_flows: 1024,
+            maglev_size: 251,
+            ..LoadOptions::default()
+        });
+        assert_eq!(h.l4.table_size(), 251);
+        for (i, port) in [30080u16, 30060, 30061, 30070].into_iter().enumerate() {
+            let syn = PacketBuilder::tcp4(CLIENT, NODE, 41000 + i as u16, port).build();
+            let (verdict, _, events) = h.run(Hook::Xdp, &syn);
+            assert_eq!(verdict, XDP_PASS, "port {port}");
+            assert!(
+                events.contains(&(Counter::L4DnatLocal, 1)),
+                "port {port}: {events:?}"
+            );
+        }
+        for sport in 42000..42005u16 {
+            let (_, out, _) = h.run(
+                Hook::Xdp,
+                &PacketBuilder::tcp4(CLIENT, NODE, sport, 30090).build(),
+            );
+            let snat = ingress_common::parse::parse(&out[..]).src_port;
+            assert!((40_000..40_010).contains(&snat), "SNAT port {snat}");
+        }
+    });
+}
+
+/// Pinned state maps: a second load adopts the connection table (a known
+/// flow stays a connection-table hit), config maps are published filled,
+/// and a pinned map of another size is replaced rather than adopted.
+#[test]
+fn pinned_state_maps_are_adopted_and_mismatched_ones_replaced() {
+    use ingress_common::l4::{L4_FLOWS, L4_SERVICES};
+    use ingress_userspace::datapath::pin::{self, PinLayout};
+
+    support::require_root();
+    let layout = PinLayout::new(xtask::testbed::agent::bpffs_test_dir());
+    struct Cleanup(PinLayout);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = self.0.remove_all();
+        }
+    }
+    let _cleanup = Cleanup(layout.clone());
+    pin::ensure_bpffs(layout.root()).expect("bpffs");
+    let opts = LoadOptions {
+        pins: Some(layout.clone()),
+        ..LoadOptions::default()
+    };
+    let syn = PacketBuilder::tcp4(CLIENT, NODE, 40000, 30060).build();
+    let mut ack = PacketBuilder::tcp4(CLIENT, NODE, 40000, 30060);
+    ack.l4 = L4::Tcp {
+        sport: 40000,
+        dport: 30060,
+        flags: 0x10,
+        payload: b"x".to_vec(),
+    };
+    let ack = ack.build();
+
+    let mut first = Harness::with(&opts);
+    assert!(layout.map(L4_SERVICES).exists(), "config maps published");
+    assert!(!layout.staged_map(L4_SERVICES).exists());
+    let (_, to_pod, events) = first.run(Hook::Xdp, &syn);
+    assert!(events.contains(&(Counter::L4NewFlow, 1)), "{events:?}");
+    drop(first);
+
+    let mut second = Harness::with(&opts);
+    let (_, out, events) = second.run(Hook::Xdp, &ack);
+    assert!(
+        events.contains(&(Counter::L4FlowHit, 1)),
+        "the flow is known to the new programs: {events:?}"
+    );
+    // Same pod as before the reload.
+    let pod = |b: &[u8]| ingress_common::parse::parse(b).dst_port;
+    assert_eq!(pod(&out[..]), pod(&to_pod[..]));
+    drop(second);
+
+    let mut third = Harness::with(&LoadOptions {
+        max_flows: 2048,
+        ..opts.clone()
+    });
+    let (_, _, events) = third.run(Hook::Xdp, &ack);
+    assert!(
+        events.contains(&(Counter::L4NewFlow, 1)),
+        "a table of another size is not adopted: {events:?}"
+    );
+    let info = aya::maps::MapInfo::from_pin(layout.map(L4_FLOWS)).unwrap();
+    assert_eq!(info.max_entries(), 2048);
+}

@@ -106,6 +106,8 @@ pub fn run() -> anyhow::Result<()> {
             "edge-1",
             "--node-ip",
             "198.18.0.1",
+            "--on-exit",
+            "detach",
         ],
         admin,
     );

@@ -66,6 +66,50 @@ impl CounterMap {
     }
 }
 
+/// The metric families of the counters: (name without `_total`, help,
+/// kind, label naming the counter; empty for the total).
+pub const FAMILIES: [(&str, &str, CounterKind, &str); 4] = [
+    (
+        "ingress_datapath_packets",
+        "Frames seen by each eBPF program.",
+        CounterKind::Total,
+        "",
+    ),
+    (
+        "ingress_datapath_packet_class",
+        "Frames by class (exactly one per frame: protocol, fragment, truncated or malformed).",
+        CounterKind::Class,
+        "class",
+    ),
+    (
+        "ingress_datapath_packet_flags",
+        "Frames carrying a VLAN tag or IPv4 options.",
+        CounterKind::Flag,
+        "flag",
+    ),
+    (
+        "ingress_datapath_l4_events",
+        "What the L4 service path did: frontend hits, connection-table hits, new flows, translations.",
+        CounterKind::Event,
+        "event",
+    ),
+];
+
+/// A counter's name as `/metrics` shows it, without the hook label:
+/// `ingress_datapath_l4_events_total{event="l4_new_flow"}`.
+pub fn metric_name(counter: Counter) -> String {
+    let (family, _, _, label) = FAMILIES
+        .iter()
+        .find(|f| f.2 == counter.kind())
+        .copied()
+        .unwrap_or(FAMILIES[0]);
+    if label.is_empty() {
+        format!("{family}_total")
+    } else {
+        format!("{family}_total{{{label}=\"{}\"}}", counter.name())
+    }
+}
+
 /// Exports the counter arrays on each scrape.
 #[derive(Debug, Default)]
 pub struct DatapathCollector {
@@ -81,32 +125,7 @@ impl Collector for DatapathCollector {
                 Err(e) => tracing::warn!(error = %e, "reading eBPF counters for /metrics"),
             }
         }
-        let families: [(&str, &str, CounterKind, &str); 4] = [
-            (
-                "ingress_datapath_packets",
-                "Frames seen by each eBPF program.",
-                CounterKind::Total,
-                "",
-            ),
-            (
-                "ingress_datapath_packet_class",
-                "Frames by class (exactly one per frame: protocol, fragment, truncated or malformed).",
-                CounterKind::Class,
-                "class",
-            ),
-            (
-                "ingress_datapath_packet_flags",
-                "Frames carrying a VLAN tag or IPv4 options.",
-                CounterKind::Flag,
-                "flag",
-            ),
-            (
-                "ingress_datapath_l4_events",
-                "What the L4 service path did: frontend hits, connection-table hits, new flows, translations.",
-                CounterKind::Event,
-                "event",
-            ),
-        ];
+        let families = FAMILIES;
         for (name, help, kind, label) in families {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for (hook, c, v) in rows.iter().filter(|r| r.1.kind() == kind) {
@@ -121,5 +140,26 @@ impl Collector for DatapathCollector {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_names_follow_the_families() {
+        assert_eq!(
+            metric_name(Counter::Packets),
+            "ingress_datapath_packets_total"
+        );
+        assert_eq!(
+            metric_name(Counter::L4NewFlow),
+            "ingress_datapath_l4_events_total{event=\"l4_new_flow\"}"
+        );
+        assert_eq!(
+            metric_name(Counter::Ipv4Tcp),
+            "ingress_datapath_packet_class_total{class=\"ipv4_tcp\"}"
+        );
     }
 }

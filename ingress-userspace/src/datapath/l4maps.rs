@@ -5,17 +5,15 @@ use aya::maps::{
     Array, HashMap, MapData,
     lpm_trie::{Key, LpmTrie},
 };
-use ingress_common::{
-    l4::{
-        BackendValue, L4_BACKENDS, L4_MAGLEV, L4_PORTS, L4_SERVICES, L4_SOURCE_RANGES, NO_BACKEND,
-        RangeKey, ServiceKey, ServiceValue,
-    },
-    maglev::DEFAULT_TABLE_SIZE,
+use ingress_common::l4::{
+    BackendValue, L4_BACKENDS, L4_MAGLEV, L4_PORTS, L4_SERVICES, L4_SOURCE_RANGES, NO_BACKEND,
+    RangeKey, ServiceKey, ServiceValue,
 };
 
 use super::{
     DatapathError, LoadedPrograms,
     l4sync::{CapacityError, Ids, MapImage, MapOp, plan},
+    pin::{self, CONFIG_MAPS, PinLayout},
 };
 use crate::model::l4::L4Table;
 
@@ -29,6 +27,9 @@ pub struct L4Maps {
     ids: Ids,
     image: MapImage,
     table_size: u32,
+    /// Config maps staged under bpffs, published (renamed over the pins
+    /// tools read) once the first image is written.
+    staged: Option<PinLayout>,
 }
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
@@ -36,8 +37,27 @@ fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError 
 }
 
 impl L4Maps {
-    /// Takes the maps out of `programs`.
+    /// Takes the maps out of `programs`. With a pin directory, the fresh
+    /// config maps are pinned under staging names right away.
     pub fn take(programs: &mut LoadedPrograms) -> Result<Self, DatapathError> {
+        let staged = programs.options.pins.clone();
+        if let Some(layout) = &staged {
+            for name in CONFIG_MAPS {
+                let path = layout.staged_map(name);
+                pin::remove_file(&path)?;
+                programs
+                    .ebpf
+                    .map(name)
+                    .ok_or(DatapathError::MissingMap(name))?
+                    .pin(&path)
+                    .map_err(|source| DatapathError::PinObject {
+                        what: format!("map {name} at {}", path.display()),
+                        source,
+                    })?;
+            }
+        }
+        let table_size = programs.options.maglev_size;
+        let max_backends = programs.options.max_backends;
         let mut take = |name: &'static str| {
             programs
                 .ebpf
@@ -51,7 +71,6 @@ impl L4Maps {
         let ranges =
             LpmTrie::try_from(take(L4_SOURCE_RANGES)?).map_err(map_err(L4_SOURCE_RANGES))?;
         let ports = Array::try_from(take(L4_PORTS)?).map_err(map_err(L4_PORTS))?;
-        let table_size = DEFAULT_TABLE_SIZE;
         let max_services = maglev.len() / table_size;
         Ok(L4Maps {
             services,
@@ -59,10 +78,16 @@ impl L4Maps {
             maglev,
             ranges,
             ports,
-            ids: Ids::new(max_services, ingress_common::l4::DEFAULT_MAX_BACKENDS),
+            ids: Ids::new(max_services, max_backends),
             image: MapImage::default(),
             table_size,
+            staged,
         })
+    }
+
+    /// The Maglev table size the maps were made for.
+    pub fn table_size(&self) -> u32 {
+        self.table_size
     }
 
     /// Brings the maps to `table`. What does not fit is returned (and left
@@ -73,6 +98,12 @@ impl L4Maps {
             self.execute(op)?;
         }
         self.image = next;
+        if let Some(layout) = self.staged.take() {
+            for name in CONFIG_MAPS {
+                pin::publish(&layout.staged_map(name), &layout.map(name))?;
+            }
+            tracing::info!(dir = %layout.maps_dir().display(), "config maps filled and pinned");
+        }
         Ok(errors)
     }
 

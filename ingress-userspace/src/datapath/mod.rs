@@ -7,6 +7,7 @@ pub mod flow_sweep;
 pub mod l4maps;
 pub mod l4sync;
 pub mod object;
+pub mod pin;
 pub mod privileges;
 
 use std::{
@@ -22,11 +23,14 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray},
     programs::{
-        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLinkId,
-        xdp::XdpLinkId,
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
     },
 };
 use ingress_common::maps::{TC_COUNTERS, TC_PROGRAM, XDP_COUNTERS, XDP_PROGRAM};
+use pin::PinLayout;
 use thiserror::Error;
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -72,6 +76,23 @@ pub enum DatapathError {
         #[source]
         source: ProgramError,
     },
+    #[error("{0}")]
+    Options(String),
+    #[error(transparent)]
+    Pin(#[from] pin::PinError),
+    #[error("pinning {what}: {source}")]
+    PinObject {
+        what: String,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("{hook} link on '{interface}': {source}")]
+    Link {
+        hook: &'static str,
+        interface: String,
+        #[source]
+        source: LinkError,
+    },
     #[error("reading {hook} counters: {source}")]
     ReadCounters {
         hook: &'static str,
@@ -102,7 +123,7 @@ fn xdp_mode(arg: XdpModeArg) -> (XdpMode, &'static str) {
     }
 }
 
-/// What is fixed at load time (globals of the programs).
+/// What is fixed at load time (globals of the programs, map sizes, pins).
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     /// The source address towards pods on other nodes (the node's IPv4).
@@ -118,6 +139,14 @@ pub struct LoadOptions {
     pub new_flow_rate: u32,
     /// Seconds a closed flow (FIN or RST seen) keeps its entries.
     pub close_timeout_s: u32,
+    /// Backends the L4 maps hold.
+    pub max_backends: u32,
+    /// Entries of the connection, reverse and affinity tables.
+    pub max_flows: u32,
+    /// Slots of one Maglev table (prime); the programs' `MAGLEV_SIZE`.
+    pub maglev_size: u32,
+    /// Where state maps are pinned and adopted from; `None`: nothing pinned.
+    pub pins: Option<PinLayout>,
 }
 
 impl Default for LoadOptions {
@@ -130,7 +159,28 @@ impl Default for LoadOptions {
             max_services: ingress_common::l4::DEFAULT_MAX_SERVICES,
             new_flow_rate: ingress_common::l4::DEFAULT_NEW_FLOW_RATE,
             close_timeout_s: ingress_common::l4::CLOSE_TIMEOUT_S,
+            max_backends: ingress_common::l4::DEFAULT_MAX_BACKENDS,
+            max_flows: ingress_common::l4::DEFAULT_MAX_FLOWS,
+            maglev_size: ingress_common::maglev::DEFAULT_TABLE_SIZE,
+            pins: None,
         }
+    }
+}
+
+impl LoadOptions {
+    /// The Maglev array's slots: one table per service.
+    pub fn maglev_slots(&self) -> Result<u32, DatapathError> {
+        self.max_services
+            .checked_mul(self.maglev_size)
+            .filter(|n| (*n as u64) * 4 <= u32::MAX as u64)
+            .ok_or_else(|| {
+                DatapathError::Options(format!(
+                    "{} services x {} Maglev slots is too large a Maglev array (at most {} slots in all)",
+                    self.max_services,
+                    self.maglev_size,
+                    u32::MAX / 4
+                ))
+            })
     }
 }
 
@@ -138,6 +188,8 @@ impl Default for LoadOptions {
 /// fixtures run through `BPF_PROG_TEST_RUN`.
 pub struct LoadedPrograms {
     pub ebpf: Ebpf,
+    /// What it was loaded with.
+    pub options: LoadOptions,
 }
 
 impl LoadedPrograms {
@@ -154,12 +206,39 @@ impl LoadedPrograms {
         }
         let snat = opts.snat_ipv4.map_or([0u8; 4], |a| a.octets());
         let snat6 = opts.snat_ipv6.map_or([0u8; 16], |a| a.octets());
-        let maglev_slots = opts
-            .max_services
-            .saturating_mul(ingress_common::maglev::DEFAULT_TABLE_SIZE);
-        let mut ebpf = EbpfLoader::new()
+        let maglev_slots = opts.maglev_slots()?;
+        let mut loader = EbpfLoader::new();
+        let state_maps = pin::state_maps(opts.max_flows);
+        let pin_paths: Vec<(&'static str, std::path::PathBuf)> = match &opts.pins {
+            Some(layout) => {
+                layout.create()?;
+                let adopted = pin::check_state_maps(layout, &state_maps)?;
+                if !adopted.is_empty() {
+                    tracing::info!(maps = ?adopted, dir = %layout.dir().display(), "adopting pinned state maps");
+                }
+                state_maps
+                    .iter()
+                    .map(|(name, _)| (*name, layout.map(name)))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        use ingress_common::l4::{L4_AFFINITY, L4_BACKENDS, L4_FLOWS, L4_REVNAT};
+        let mut ebpf = loader
             .map_max_entries(ingress_common::l4::L4_SERVICES, opts.max_services)
+            .map_max_entries(L4_BACKENDS, opts.max_backends)
+            .map_max_entries(L4_FLOWS, opts.max_flows)
+            .map_max_entries(L4_REVNAT, opts.max_flows)
+            .map_max_entries(L4_AFFINITY, opts.max_flows)
             .map_max_entries(ingress_common::l4::L4_MAGLEV, maglev_slots)
+            .override_global(
+                ingress_common::l4::MAGLEV_SIZE_GLOBAL,
+                &opts.maglev_size,
+                true,
+            )
             .override_global(ingress_common::l4::SNAT_IPV4_GLOBAL, &snat, true)
             .override_global(ingress_common::l4::SNAT_IPV6_GLOBAL, &snat6, true)
             .override_global(
@@ -196,7 +275,10 @@ impl LoadedPrograms {
                 name: TC_PROGRAM,
                 source,
             })?;
-        Ok(LoadedPrograms { ebpf })
+        Ok(LoadedPrograms {
+            ebpf,
+            options: opts.clone(),
+        })
     }
 
     pub fn xdp(&mut self) -> Result<&mut Xdp, DatapathError> {
@@ -244,25 +326,45 @@ fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DatapathError> {
 }
 
 fn interface_exists(name: &str) -> bool {
-    std::path::Path::new("/sys/class/net").join(name).exists()
+    // if_nametoindex asks the process's network namespace (sysfs may show
+    // another one's interfaces).
+    std::ffi::CString::new(name)
+        // SAFETY: a valid NUL-terminated string.
+        .map(|c| unsafe { libc::if_nametoindex(c.as_ptr()) } != 0)
+        .unwrap_or(false)
 }
 
-/// The programs attached to the uplinks. Dropping it detaches everything
-/// (the links are owned by the process); [`Datapath::detach`] does the same
-/// and reports each step.
+/// A program's link on an interface, held by the agent; pinned unless the
+/// data path runs without a pin directory.
+struct HeldLink {
+    hook: &'static str,
+    interface: String,
+    link: FdLink,
+    pin: Option<std::path::PathBuf>,
+    /// Made by this agent (not adopted from a pin).
+    created: bool,
+}
+
+/// The hook names links are pinned under.
+const XDP_HOOK: &str = "xdp";
+const TC_HOOK: &str = "tc_egress";
+
+/// The programs, loaded and (after [`Datapath::attach`]) attached to the
+/// uplinks. Links that are not pinned detach when it drops; pinned ones
+/// stay attached until [`Datapath::detach`] or `ingress bpf detach`.
 pub struct Datapath {
     programs: LoadedPrograms,
-    xdp_links: Vec<(String, XdpLinkId)>,
-    tc_links: Vec<(String, SchedClassifierLinkId)>,
+    links: Vec<HeldLink>,
     log_task: Option<tokio::task::JoinHandle<()>>,
     /// Tells the closed-flow sweeper to stop.
     sweep_stop: Arc<AtomicBool>,
 }
 
 impl Datapath {
-    /// Loads the programs and attaches them to every interface. On any
-    /// error what was attached so far is detached (by drop) before returning.
-    pub fn start(
+    /// Loads the programs (adopting pinned state maps) without attaching
+    /// them: the caller fills the config maps first, then calls
+    /// [`Datapath::attach`].
+    pub fn load(
         config: &DatapathConfig,
     ) -> Result<(Self, Vec<CounterMap>, l4maps::L4Maps), DatapathError> {
         for iface in &config.interfaces {
@@ -270,36 +372,21 @@ impl Datapath {
                 return Err(DatapathError::UnknownInterface(iface.clone()));
             }
         }
+        let missing = privileges::missing_capabilities();
+        if !missing.is_empty() {
+            return Err(DatapathError::Privileges(missing.join(", ")));
+        }
+        if let Some(layout) = &config.load.pins {
+            pin::ensure_bpffs(layout.root())?;
+        }
         let mut programs = LoadedPrograms::load_with(&config.load)?;
         let log_task = start_log_forwarder(&mut programs.ebpf);
         let mut dp = Datapath {
             programs,
-            xdp_links: Vec::new(),
-            tc_links: Vec::new(),
+            links: Vec::new(),
             log_task,
             sweep_stop: Arc::new(AtomicBool::new(false)),
         };
-        let (mode, mode_name) = xdp_mode(config.xdp_mode);
-        for iface in &config.interfaces {
-            let id = dp.programs.xdp()?.attach(iface, mode).map_err(|source| {
-                DatapathError::AttachXdp {
-                    interface: iface.clone(),
-                    mode: mode_name,
-                    source,
-                }
-            })?;
-            dp.xdp_links.push((iface.clone(), id));
-            let id = dp
-                .programs
-                .tc()?
-                .attach(iface, TcAttachType::Egress)
-                .map_err(|source| DatapathError::AttachTc {
-                    interface: iface.clone(),
-                    source,
-                })?;
-            dp.tc_links.push((iface.clone(), id));
-            tracing::info!(interface = %iface, xdp_mode = mode_name, "attached XDP and TC egress");
-        }
         let counters = vec![
             dp.programs.take_counters(Hook::Xdp)?,
             dp.programs.take_counters(Hook::Tc)?,
@@ -313,29 +400,228 @@ impl Datapath {
         Ok((dp, counters, l4))
     }
 
-    /// Detaches every program from every interface.
-    pub fn detach(mut self) {
-        for (iface, id) in std::mem::take(&mut self.xdp_links) {
-            match self.programs.xdp().and_then(|p| {
-                p.detach(id).map_err(|source| DatapathError::LoadProgram {
-                    name: XDP_PROGRAM,
-                    source,
-                })
-            }) {
-                Ok(()) => tracing::info!(interface = %iface, "detached XDP"),
-                Err(e) => tracing::warn!(interface = %iface, error = %e, "detaching XDP"),
+    /// Attaches XDP and TC egress to every interface. Where a pinned link
+    /// exists (an agent ran before), the program behind it is replaced
+    /// atomically, so no packet meets an interface without a program;
+    /// otherwise a new link is made and pinned. On error, links made so far
+    /// that are not pinned detach on drop.
+    pub fn attach(&mut self, config: &DatapathConfig) -> Result<(), DatapathError> {
+        let result = self.attach_all(config);
+        if result.is_ok()
+            && let Some(layout) = &config.load.pins
+        {
+            self.release_other_links(layout);
+        }
+        if result.is_err() {
+            // Links this agent made go again; adopted ones keep serving.
+            for l in std::mem::take(&mut self.links) {
+                if let (true, Some(p)) = (l.created, &l.pin) {
+                    let _ = pin::remove_file(p);
+                }
             }
         }
-        for (iface, id) in std::mem::take(&mut self.tc_links) {
-            match self.programs.tc().and_then(|p| {
-                p.detach(id).map_err(|source| DatapathError::LoadProgram {
-                    name: TC_PROGRAM,
-                    source,
-                })
-            }) {
-                Ok(()) => tracing::info!(interface = %iface, "detached TC egress"),
-                Err(e) => tracing::warn!(interface = %iface, error = %e, "detaching TC egress"),
+        result
+    }
+
+    fn attach_all(&mut self, config: &DatapathConfig) -> Result<(), DatapathError> {
+        let (mode, mode_name) = xdp_mode(config.xdp_mode);
+        let pins = config.load.pins.clone();
+        for iface in &config.interfaces {
+            let pin_path = pins.as_ref().map(|l| l.link(XDP_HOOK, iface));
+            let (link, how) = self.attach_xdp(iface, mode, mode_name, pin_path.as_deref())?;
+            self.hold(XDP_HOOK, iface, link, pin_path)?;
+            let pin_path = pins.as_ref().map(|l| l.link(TC_HOOK, iface));
+            let (link, tc_how) = self.attach_tc(iface, pin_path.as_deref())?;
+            self.hold(TC_HOOK, iface, link, pin_path)?;
+            tracing::info!(interface = %iface, xdp_mode = mode_name, xdp = how, tc_egress = tc_how, "XDP and TC egress attached");
+        }
+        Ok(())
+    }
+
+    /// Removes pinned links this agent does not hold (interfaces no longer
+    /// given), which detaches the old programs there.
+    fn release_other_links(&self, layout: &PinLayout) {
+        let Ok(entries) = std::fs::read_dir(layout.links_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if self.links.iter().any(|l| l.pin.as_deref() == Some(&path)) {
+                continue;
             }
+            match pin::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(pin = %path.display(), "detached from an interface no longer given")
+                }
+                Err(e) => tracing::warn!(error = %e, "removing a stale link pin"),
+            }
+        }
+    }
+
+    /// Keeps a link: pins a new one, keeps the pin of an adopted one.
+    fn hold(
+        &mut self,
+        hook: &'static str,
+        iface: &str,
+        link: Attached,
+        pin: Option<std::path::PathBuf>,
+    ) -> Result<(), DatapathError> {
+        let created = matches!(link, Attached::New(_));
+        let link = match (link, &pin) {
+            (Attached::New(link), Some(path)) => {
+                // A stale pin (a link whose interface went away) is replaced.
+                pin::remove_file(path)?;
+                FdLink::from(link.pin(path).map_err(|source| DatapathError::PinObject {
+                    what: format!("the {hook} link of '{iface}' at {}", path.display()),
+                    source,
+                })?)
+            }
+            (Attached::New(link) | Attached::Adopted(link), _) => link,
+        };
+        self.links.push(HeldLink {
+            hook,
+            interface: iface.to_string(),
+            link,
+            pin,
+            created,
+        });
+        Ok(())
+    }
+
+    fn attach_xdp(
+        &mut self,
+        iface: &str,
+        mode: XdpMode,
+        mode_name: &'static str,
+        pin_path: Option<&std::path::Path>,
+    ) -> Result<(Attached, &'static str), DatapathError> {
+        let link_err = |source| DatapathError::Link {
+            hook: XDP_HOOK,
+            interface: iface.to_string(),
+            source,
+        };
+        let prog_err = |source| DatapathError::AttachXdp {
+            interface: iface.to_string(),
+            mode: mode_name,
+            source,
+        };
+        let xdp = self.programs.xdp()?;
+        if let Some(old) = pin_path.and_then(adopt_pinned) {
+            let replaced = XdpLink::try_from(old)
+                .map_err(|e| e.to_string())
+                .and_then(|l| xdp.attach_to_link(l).map_err(|e| e.to_string()));
+            match replaced {
+                Ok(id) => {
+                    let link = xdp.take_link(id).map_err(prog_err)?;
+                    return Ok((
+                        Attached::Adopted(FdLink::try_from(link).map_err(link_err)?),
+                        "replaced in the pinned link",
+                    ));
+                }
+                Err(error) => {
+                    tracing::warn!(interface = %iface, %error, "the pinned XDP link cannot take the new program: attaching anew")
+                }
+            }
+        }
+        let id = xdp.attach(iface, mode).map_err(prog_err)?;
+        let link = xdp.take_link(id).map_err(prog_err)?;
+        Ok((
+            Attached::New(FdLink::try_from(link).map_err(link_err)?),
+            "new link",
+        ))
+    }
+
+    fn attach_tc(
+        &mut self,
+        iface: &str,
+        pin_path: Option<&std::path::Path>,
+    ) -> Result<(Attached, &'static str), DatapathError> {
+        let link_err = |source| DatapathError::Link {
+            hook: TC_HOOK,
+            interface: iface.to_string(),
+            source,
+        };
+        let prog_err = |source| DatapathError::AttachTc {
+            interface: iface.to_string(),
+            source,
+        };
+        let tc = self.programs.tc()?;
+        if let Some(old) = pin_path.and_then(adopt_pinned) {
+            let replaced = SchedClassifierLink::try_from(old)
+                .map_err(|e| e.to_string())
+                .and_then(|l| tc.attach_to_link(l).map_err(|e| e.to_string()));
+            match replaced {
+                Ok(id) => {
+                    let link = tc.take_link(id).map_err(prog_err)?;
+                    return Ok((
+                        Attached::Adopted(FdLink::try_from(link).map_err(link_err)?),
+                        "replaced in the pinned link",
+                    ));
+                }
+                Err(error) => {
+                    tracing::warn!(interface = %iface, %error, "the pinned TC link cannot take the new program: attaching anew")
+                }
+            }
+        }
+        let id = tc.attach(iface, TcAttachType::Egress).map_err(prog_err)?;
+        let link = tc.take_link(id).map_err(prog_err)?;
+        Ok((
+            Attached::New(FdLink::try_from(link).map_err(link_err)?),
+            "new link",
+        ))
+    }
+
+    /// Leaves the programs attached and the maps pinned (a restarted agent
+    /// adopts them). Links that are not pinned detach as they drop.
+    pub fn keep(self) {
+        for l in &self.links {
+            match &l.pin {
+                Some(p) => {
+                    tracing::info!(interface = %l.interface, hook = l.hook, pin = %p.display(), "left attached (pinned)")
+                }
+                None => tracing::info!(interface = %l.interface, hook = l.hook, "detached"),
+            }
+        }
+    }
+
+    /// Detaches every program from every interface and removes the pins.
+    pub fn detach(mut self) {
+        for l in std::mem::take(&mut self.links) {
+            if let Some(p) = &l.pin
+                && let Err(e) = pin::remove_file(p)
+            {
+                tracing::warn!(interface = %l.interface, hook = l.hook, error = %e, "unpinning");
+            }
+            // Closing the last reference to the link detaches it.
+            drop(l.link);
+            tracing::info!(interface = %l.interface, hook = l.hook, "detached");
+        }
+        if let Some(layout) = &self.programs.options.pins {
+            match layout.remove_all() {
+                Ok(_) => tracing::info!(dir = %layout.root().display(), "removed the pins"),
+                Err(e) => tracing::warn!(error = %e, "removing the pins"),
+            }
+        }
+    }
+}
+
+/// A link fresh from attaching, or one a previous agent pinned whose
+/// program was just replaced.
+enum Attached {
+    New(FdLink),
+    Adopted(FdLink),
+}
+
+/// Opens a pinned link, if there is one.
+fn adopt_pinned(path: &std::path::Path) -> Option<FdLink> {
+    if !path.exists() {
+        return None;
+    }
+    match PinnedLink::from_pin(path) {
+        Ok(l) => Some(FdLink::from(l)),
+        Err(error) => {
+            tracing::warn!(pin = %path.display(), %error, "unreadable link pin: attaching anew");
+            None
         }
     }
 }

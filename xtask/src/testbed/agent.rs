@@ -3,14 +3,28 @@
 
 use std::{
     collections::HashMap,
+    fs::File,
     net::SocketAddr,
+    os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
 use super::in_netns;
+
+/// A pin directory of its own for each agent a test runs (on the host's
+/// bpffs, which the agent mounts when nothing is mounted there).
+pub fn bpffs_test_dir() -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    PathBuf::from(format!(
+        "/sys/fs/bpf/ingress-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ))
+}
 
 /// The agent running inside a namespace (or on the host's loopback); killed
 /// on drop if still running.
@@ -22,11 +36,17 @@ pub struct Agent {
     /// The agent's stderr goes to a file, so a chatty agent never blocks on
     /// a full pipe.
     log: PathBuf,
+    /// The pin directory made up for this agent (none was given): removed
+    /// on drop, which detaches whatever the agent left pinned.
+    own_bpffs_dir: Option<PathBuf>,
 }
 
 impl Agent {
-    /// Starts `ingress run ARGS` in `ns` (`ip netns exec` execs it, so the
-    /// child's pid is the agent's) and waits for /readyz.
+    /// Starts `ingress run ARGS` in `ns` and waits for /readyz. The child
+    /// joins the network namespace only (not a mount namespace of its own
+    /// as under `ip netns exec`), so its bpffs pins are the host's and a
+    /// later agent or `ingress bpf` finds them. Without `--bpffs-dir` in
+    /// ARGS it gets a directory of its own, removed on drop.
     pub fn start(bin: &Path, ns: &str, args: &[&str], admin: SocketAddr) -> Agent {
         Self::spawn(bin, Some(ns), args, admin)
     }
@@ -44,16 +64,28 @@ impl Agent {
             admin.port()
         ));
         let log_file = std::fs::File::create(&log).expect("creating the agent log");
-        let mut cmd = match ns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(bin);
-                c
+        let mut cmd = Command::new(bin);
+        if let Some(ns) = ns {
+            let path = format!("/run/netns/{ns}");
+            let netns = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+            // SAFETY: setns is async-signal-safe; the fd stays open (owned
+            // by the closure) until exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
             }
-            None => Command::new(bin),
-        };
-        cmd.arg("run")
-            .args(args)
+        }
+        let own_bpffs_dir = (ns.is_some() && !args.contains(&"--bpffs-dir")).then(bpffs_test_dir);
+        if let Some(dir) = &own_bpffs_dir {
+            cmd.arg("run").arg("--bpffs-dir").arg(dir);
+        } else {
+            cmd.arg("run");
+        }
+        cmd.args(args)
             .arg("--admin-listen")
             .arg(admin.to_string())
             .stdin(Stdio::null())
@@ -65,6 +97,7 @@ impl Agent {
             ns: ns.map(str::to_string),
             admin,
             log,
+            own_bpffs_dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -138,6 +171,9 @@ impl Drop for Agent {
             let _ = self.child.wait();
         }
         let _ = std::fs::remove_file(&self.log);
+        if let Some(dir) = &self.own_bpffs_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
