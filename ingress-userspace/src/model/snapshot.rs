@@ -37,6 +37,8 @@ pub struct Backend {
     pub cursor: AtomicUsize,
     /// `ns/name:port`, made once for logs and metric labels.
     pub label: Arc<str>,
+    /// What the annotations of the Ingress behind it ask (redirects).
+    pub policy: super::compile::PathPolicy,
 }
 
 impl Backend {
@@ -52,6 +54,7 @@ impl PartialEq for Backend {
             && self.port == other.port
             && self.endpoints == other.endpoints
             && self.problem == other.problem
+            && self.policy == other.policy
     }
 }
 
@@ -69,6 +72,8 @@ pub struct Snapshot {
     pub backends: Vec<Backend>,
     /// The L4 frontends (NodePorts, LoadBalancer IPs, externalIPs).
     pub l4: super::l4::L4Table,
+    /// Certificates by SNI name.
+    pub tls: super::tls::TlsTable,
     pub served: Vec<ServedIngress>,
     pub diagnostics: Vec<Diagnostic>,
     /// This node's name (`--node-name`), for the L4 path.

@@ -70,6 +70,7 @@ mod tests {
             endpoints: Arc::from(eps),
             problem: None,
             cursor: Default::default(),
+            policy: Default::default(),
         }
     }
 

@@ -20,7 +20,7 @@ use super::{
     Proxy, balancer,
     body::{AccessRecord, BodyError, BodyTooLarge, LoggedBody, prebuffer},
     headers::{self, Forwarded},
-    responses::{not_found, plain},
+    responses::{not_found, plain, redirect},
     upstream::{BoxError, ConnectError, UpBody, Upstreams},
 };
 use crate::model::{RouteTarget, Snapshot, router::normalize_request_host};
@@ -131,6 +131,14 @@ async fn forward(
         },
     };
     record.service = backend.label();
+    if conn.scheme == "http"
+        && let Some(h) = host.as_deref()
+        && (backend.policy.force_ssl_redirect
+            || (backend.policy.ssl_redirect && snapshot.tls.has_host(h)))
+    {
+        proxy.metrics.redirects.inc();
+        return https_redirect(h, cfg.https_port, req.uri());
+    }
     if let Some(problem) = &backend.problem {
         return plain(StatusCode::SERVICE_UNAVAILABLE, problem);
     }
@@ -257,6 +265,17 @@ async fn forward(
         Some(e) => connect_failure(&e),
         None => plain(StatusCode::BAD_GATEWAY, "no endpoint could be reached"),
     }
+}
+
+/// 308 to the same host, path and query over HTTPS (on `port` when it is
+/// not 443).
+fn https_redirect(host: &str, port: Option<u16>, uri: &Uri) -> Response<UpBody> {
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = match port {
+        Some(p) if p != 443 => format!("https://{host}:{p}{pq}"),
+        _ => format!("https://{host}{pq}"),
+    };
+    redirect(StatusCode::PERMANENT_REDIRECT, &location)
 }
 
 fn connect_failure(e: &ConnectError) -> Response<UpBody> {

@@ -1,0 +1,701 @@
+//! TLS termination over real sockets: the real `ingress` binary on loopback
+//! with certificates from Secret manifests, rustls clients that record the
+//! certificate they were shown, and test backends standing in for pods.
+
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::{
+    DigitallySignedStruct, SignatureScheme,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use support::{TempDir, backend::Backend, manifests};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A self-signed certificate for `names`: (PEM certificate, PEM key, DER).
+fn cert(names: &[&str]) -> (String, String, Vec<u8>) {
+    let made =
+        rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    (
+        made.cert.pem(),
+        made.signing_key.serialize_pem(),
+        made.cert.der().to_vec(),
+    )
+}
+
+/// A kubernetes.io/tls Secret in `default`, PEM in stringData.
+fn secret(name: &str, crt: &str, key: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\ntype: kubernetes.io/tls\nstringData: {{\"tls.crt\": {}, \"tls.key\": {}}}\n",
+        serde_json::to_string(crt).unwrap(),
+        serde_json::to_string(key).unwrap()
+    )
+}
+
+/// An Ingress routing `host` to `service`, with `tls` (`(hosts, secret)`)
+/// and annotations.
+fn ingress(
+    name: &str,
+    host: &str,
+    service: &str,
+    tls: &[(&str, &str)],
+    annotations: &str,
+) -> String {
+    let tls: String = tls
+        .iter()
+        .map(|(h, s)| format!("  - {{hosts: [\"{h}\"], secretName: {s}}}\n"))
+        .collect();
+    let tls = if tls.is_empty() {
+        String::new()
+    } else {
+        format!("  tls:\n{tls}")
+    };
+    format!(
+        r#"---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: {name}, namespace: default, annotations: {{{annotations}}}}}
+spec:
+{tls}  rules:
+  - host: "{host}"
+    http:
+      paths:
+      - {{path: /, pathType: Prefix, backend: {{service: {{name: {service}, port: {{number: 80}}}}}}}}
+"#
+    )
+}
+
+/// Accepts any certificate and records the leaf it was shown (signatures
+/// are still checked, so the server must hold the key).
+#[derive(Debug)]
+struct Capture {
+    seen: Mutex<Option<Vec<u8>>>,
+    provider: rustls::crypto::CryptoProvider,
+}
+
+impl ServerCertVerifier for Capture {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        *self.seen.lock().unwrap() = Some(end_entity.to_vec());
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A TLS client offering `alpn`, and what it saw.
+struct Client {
+    connector: tokio_rustls::TlsConnector,
+    capture: Arc<Capture>,
+}
+
+impl Client {
+    fn new(alpn: &[&[u8]], versions: &[&'static rustls::SupportedProtocolVersion]) -> Client {
+        let provider = rustls::crypto::ring::default_provider();
+        let capture = Arc::new(Capture {
+            seen: Mutex::new(None),
+            provider: provider.clone(),
+        });
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(versions)
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(capture.clone())
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        // Every handshake shows the certificate (a resumed one would not).
+        config.resumption = rustls::client::Resumption::disabled();
+        Client {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            capture,
+        }
+    }
+
+    fn h1() -> Client {
+        Client::new(&[b"http/1.1"], rustls::DEFAULT_VERSIONS)
+    }
+
+    /// Handshakes with `sni` (none for `None`); returns the stream and the
+    /// leaf certificate shown.
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        sni: Option<&str>,
+    ) -> std::io::Result<(
+        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        Vec<u8>,
+    )> {
+        let name = match sni {
+            Some(h) => ServerName::try_from(h.to_string()).unwrap(),
+            None => ServerName::IpAddress(addr.ip().into()),
+        };
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let tls = tokio::time::timeout(Duration::from_secs(5), self.connector.connect(name, tcp))
+            .await
+            .map_err(|_| std::io::Error::other("handshake timed out"))??;
+        let seen = self.capture.seen.lock().unwrap().take().unwrap_or_default();
+        Ok((tls, seen))
+    }
+
+    /// `GET path` over HTTP/1.1 on a fresh TLS connection to `host`.
+    async fn get(
+        &self,
+        addr: SocketAddr,
+        host: &str,
+        path: &str,
+    ) -> anyhow::Result<(u16, hyper::HeaderMap, Bytes)> {
+        let (tls, _) = self.connect(addr, Some(host)).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        let driver = tokio::spawn(conn);
+        let req = hyper::Request::get(path)
+            .header("host", host)
+            .body(Empty::<Bytes>::new())?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await?.to_bytes();
+        driver.abort();
+        Ok((status, headers, body))
+    }
+}
+
+/// The agent with an HTTPS listener, serving `dir`.
+fn start(dir: &TempDir, extra: &[&str]) -> (support::Agent, SocketAddr, SocketAddr) {
+    support::start_local_agent_tls(dir.path(), extra)
+}
+
+fn metric(agent: &support::Agent, prefix: &str) -> f64 {
+    agent
+        .metrics()
+        .iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Waits (bounded) until the agent applied a configuration newer than
+/// `before`.
+fn wait_generation(agent: &support::Agent, before: f64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(agent, "ingress_snapshot_generation") <= before {
+        assert!(Instant::now() < deadline, "the change was never applied");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn sni_picks_exact_then_wildcard_then_default_then_self_signed() {
+    let rt = rt();
+    let a = rt.block_on(Backend::start("127.0.0.1:0".parse().unwrap(), "a"));
+    let (exact, exact_key, exact_der) = cert(&["exact.test"]);
+    let (wild, wild_key, wild_der) = cert(&["*.wild.test"]);
+    let (fallback, fallback_key, fallback_der) = cert(&["fallback.test"]);
+    let dir = TempDir::new("tls-sni");
+    dir.write(
+        "all.yaml",
+        &[
+            manifests::class(),
+            manifests::service("svc-a", &[a.addr]),
+            secret("exact", &exact, &exact_key),
+            secret("wild", &wild, &wild_key),
+            secret("fallback", &fallback, &fallback_key),
+            ingress("e", "exact.test", "svc-a", &[("exact.test", "exact")], ""),
+            ingress("w", "*.wild.test", "svc-a", &[("*.wild.test", "wild")], ""),
+        ]
+        .concat(),
+    );
+    let client = Client::h1();
+    let table: [(Option<&str>, &[u8], &str); 6] = [
+        (Some("exact.test"), &exact_der, "exact host"),
+        (Some("EXACT.test"), &exact_der, "exact host, other case"),
+        (Some("x.wild.test"), &wild_der, "wildcard, one label"),
+        (
+            Some("a.b.wild.test"),
+            &fallback_der,
+            "wildcard covers one label only",
+        ),
+        (Some("unknown.test"), &fallback_der, "unknown SNI"),
+        (None, &fallback_der, "no SNI"),
+    ];
+    {
+        let (_agent, _http, https) =
+            start(&dir, &["--default-ssl-certificate", "default/fallback"]);
+        for (sni, want, what) in table {
+            let (_, seen) = rt.block_on(client.connect(https, sni)).unwrap();
+            assert_eq!(seen, want, "{what}");
+        }
+        // The certificate is served, and so is the request.
+        let (status, _, body) = rt.block_on(client.get(https, "exact.test", "/")).unwrap();
+        assert_eq!(status, 200);
+        assert!(String::from_utf8_lossy(&body).contains("\"pod\":\"a\""));
+    }
+    // Without --default-ssl-certificate, a certificate made at start-up.
+    let (_agent, _http, https) = start(&dir, &[]);
+    for sni in [Some("unknown.test"), None] {
+        let (_, seen) = rt.block_on(client.connect(https, sni)).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&seen).unwrap();
+        let names: Vec<String> = parsed
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(names, ["DNSName(ingress.local)"], "{sni:?}");
+        assert_ne!(seen, fallback_der);
+    }
+    let (_, seen) = rt
+        .block_on(client.connect(https, Some("exact.test")))
+        .unwrap();
+    assert_eq!(seen, exact_der);
+}
+
+#[test]
+fn sessions_resume_with_tickets_on_tls13_and_tls12() {
+    let (crt, key, _) = cert(&["resume.test"]);
+    let dir = TempDir::new("tls-resume");
+    dir.write(
+        "all.yaml",
+        &[
+            manifests::class(),
+            secret("c", &crt, &key),
+            ingress("r", "resume.test", "svc-none", &[("resume.test", "c")], ""),
+        ]
+        .concat(),
+    );
+    let (_agent, _http, https) = start(&dir, &[]);
+    let rt = rt();
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let mut client = Client::new(&[b"http/1.1"], &[version]);
+        let mut config = rustls::ClientConfig::clone(client.connector.config());
+        config.resumption = rustls::client::Resumption::in_memory_sessions(16);
+        client.connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let kinds: Vec<_> = (0..3)
+            .map(|_| {
+                rt.block_on(async {
+                    use tokio::io::AsyncReadExt;
+                    let (mut tls, _) = client.connect(https, Some("resume.test")).await.unwrap();
+                    let kind = tls.get_ref().1.handshake_kind();
+                    // TLS 1.3 tickets arrive after the handshake: read a
+                    // little so they are taken in.
+                    let mut buf = [0u8; 1];
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(100), tls.read(&mut buf)).await;
+                    kind
+                })
+            })
+            .collect();
+        assert_eq!(
+            kinds[1..],
+            [Some(rustls::HandshakeKind::Resumed); 2],
+            "{version:?}: {kinds:?}"
+        );
+    }
+}
+
+#[test]
+fn https_forwarding_redirects_websocket_and_metrics() {
+    let rt = rt();
+    let a = rt.block_on(Backend::start("127.0.0.1:0".parse().unwrap(), "a"));
+    let (crt, key, _) = cert(&["secure.test", "optout.test"]);
+    let dir = TempDir::new("tls-fwd");
+    dir.write(
+        "all.yaml",
+        &[
+            manifests::class(),
+            manifests::service("svc-a", &[a.addr]),
+            secret("c", &crt, &key),
+            ingress("s", "secure.test", "svc-a", &[("secure.test", "c")], ""),
+            ingress(
+                "o",
+                "optout.test",
+                "svc-a",
+                &[("optout.test", "c")],
+                "nginx.ingress.kubernetes.io/ssl-redirect: \"false\"",
+            ),
+            ingress(
+                "f",
+                "forced.test",
+                "svc-a",
+                &[],
+                "nginx.ingress.kubernetes.io/force-ssl-redirect: \"true\"",
+            ),
+            ingress("p", "plain.test", "svc-a", &[], ""),
+        ]
+        .concat(),
+    );
+    let (agent, http, https) = start(&dir, &[]);
+    let client = Client::h1();
+
+    let (status, _, body) = rt
+        .block_on(client.get(https, "secure.test", "/x?q=1"))
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let seen = a.requests().pop().unwrap();
+    assert_eq!(seen.path, "/x");
+    assert_eq!(seen.headers["x-forwarded-proto"], ["https"]);
+    assert_eq!(seen.headers["x-forwarded-port"], [https.port().to_string()]);
+
+    // Plain HTTP to a host with TLS: 308 to the same path and query.
+    let r = support::get(http, "secure.test", "/x?q=1").unwrap();
+    assert_eq!(r.status, 308, "{r:?}");
+    assert_eq!(
+        r.header("location").as_deref(),
+        Some(format!("https://secure.test:{}/x?q=1", https.port()).as_str())
+    );
+    // Opted out by annotation, no TLS at all: served. Forced: redirected.
+    assert_eq!(support::get(http, "optout.test", "/").unwrap().status, 200);
+    assert_eq!(support::get(http, "plain.test", "/").unwrap().status, 200);
+    let forced = support::get(http, "forced.test", "/f").unwrap();
+    assert_eq!(forced.status, 308);
+    assert_eq!(
+        forced.header("location").as_deref(),
+        Some(format!("https://forced.test:{}/f", https.port()).as_str())
+    );
+    // Over HTTPS, never redirected.
+    let (status, _, _) = rt.block_on(client.get(https, "forced.test", "/")).unwrap();
+    assert_eq!(status, 200);
+
+    // WebSocket over HTTP/1.1 on TLS.
+    rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut tls, _) = client.connect(https, Some("secure.test")).await.unwrap();
+        tls.write_all(b"GET /ws HTTP/1.1\r\nHost: secure.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(tls.read(&mut byte).await.unwrap(), 1, "closed during the upgrade");
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+        for msg in [&b"ping"[..], b"\x81\x05hello"] {
+            tls.write_all(msg).await.unwrap();
+            let mut got = vec![0u8; msg.len()];
+            tls.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, msg);
+        }
+    });
+
+    let m = agent.metrics();
+    let handshakes: f64 = m
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("ingress_tls_handshakes_total{") && k.contains("alpn=\"http/1.1\"")
+        })
+        .map(|(_, v)| v)
+        .sum();
+    assert!(handshakes >= 3.0, "{m:?}");
+    assert!(metric(&agent, "ingress_https_redirects_total") >= 2.0);
+    let expiry = m
+        .iter()
+        .find(|(k, _)| {
+            k.starts_with("ingress_tls_certificate_expiry_seconds{")
+                && k.contains("secret=\"default/c\"")
+        })
+        .map(|(_, v)| *v)
+        .unwrap_or_else(|| panic!("no expiry gauge for default/c: {m:?}"));
+    // rcgen's default validity runs to 4096: far ahead, and positive.
+    assert!(expiry > 365.0 * 86_400.0, "{expiry}");
+}
+
+#[test]
+fn http2_over_tls_multiplexes_requests() {
+    let rt = rt();
+    let a = rt.block_on(Backend::start("127.0.0.1:0".parse().unwrap(), "a"));
+    let (crt, key, _) = cert(&["h2.test"]);
+    let dir = TempDir::new("tls-h2");
+    dir.write(
+        "all.yaml",
+        &[
+            manifests::class(),
+            manifests::service("svc-a", &[a.addr]),
+            secret("c", &crt, &key),
+            ingress("h", "h2.test", "svc-a", &[("h2.test", "c")], ""),
+        ]
+        .concat(),
+    );
+    let (_agent, _http, https) = start(&dir, &[]);
+    let client = Client::new(&[b"h2", b"http/1.1"], rustls::DEFAULT_VERSIONS);
+    let results = rt.block_on(async {
+        let (tls, _) = client.connect(https, Some("h2.test")).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let mut sender = sender.clone();
+            tasks.push(tokio::spawn(async move {
+                let req = hyper::Request::get(format!("https://h2.test/slow/{}", 50 + i))
+                    .body(Empty::<Bytes>::new())
+                    .unwrap();
+                let resp = sender.send_request(req).await.unwrap();
+                let version = resp.version();
+                let status = resp.status().as_u16();
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                (status, version, body)
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    assert_eq!(results.len(), 20);
+    for (status, version, body) in &results {
+        assert_eq!(*status, 200);
+        assert_eq!(*version, hyper::Version::HTTP_2);
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["headers"]["x-forwarded-proto"][0], "https");
+    }
+    let seen = a.requests();
+    assert_eq!(seen.len(), 20);
+    assert!(seen.iter().all(|s| s.headers["host"] == ["h2.test"]));
+}
+
+#[test]
+fn garbage_instead_of_a_client_hello_is_closed_and_others_are_served() {
+    let rt = rt();
+    let a = rt.block_on(Backend::start("127.0.0.1:0".parse().unwrap(), "a"));
+    let (crt, key, _) = cert(&["g.test"]);
+    let dir = TempDir::new("tls-garbage");
+    dir.write(
+        "all.yaml",
+        &[
+            manifests::class(),
+            manifests::service("svc-a", &[a.addr]),
+            secret("c", &crt, &key),
+            ingress("g", "g.test", "svc-a", &[("g.test", "c")], ""),
+        ]
+        .concat(),
+    );
+    let (agent, _http, https) = start(&dir, &[]);
+    let client = Client::h1();
+    // A connection that stays silent while the others go on.
+    let silent = TcpStream::connect(https).unwrap();
+    let garbage: [&[u8]; 3] = [
+        b"GET / HTTP/1.1\r\nHost: g.test\r\n\r\n",
+        &[0x16, 0x03, 0x01, 0x00, 0x05, 0xde, 0xad, 0xbe, 0xef, 0x00],
+        &[0xff; 64],
+    ];
+    for bytes in garbage {
+        let mut s = TcpStream::connect(https).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(bytes).unwrap();
+        // rustls may answer with an alert; then the connection closes.
+        let mut buf = Vec::new();
+        match s.read_to_end(&mut buf) {
+            Ok(_) => assert!(buf.len() < 64, "more than an alert came back: {buf:?}"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+        let (status, _, _) = rt.block_on(client.get(https, "g.test", "/")).unwrap();
+        assert_eq!(status, 200, "still serving after {bytes:?}");
+    }
+    drop(silent);
+    assert!(
+        metric(
+            &agent,
+            "ingress_tls_handshake_failures_total{reason=\"invalid_message\"}"
+        ) >= 1.0,
+        "{:?}",
+        agent.metrics()
+    );
+    assert_eq!(agent.get("/healthz").unwrap().0, 200);
+}
+
+#[test]
+fn a_bad_secret_is_reported_and_does_not_replace_the_good_certificate() {
+    let rt = rt();
+    let a = rt.block_on(Backend::start("127.0.0.1:0".parse().unwrap(), "a"));
+    let (good, good_key, good_der) = cert(&["keep.test"]);
+    let (other, _, _) = cert(&["keep.test"]);
+    let dir = TempDir::new("tls-bad");
+    let base = [
+        manifests::class(),
+        manifests::service("svc-a", &[a.addr]),
+        ingress("k", "keep.test", "svc-a", &[("keep.test", "c")], ""),
+    ]
+    .concat();
+    dir.write("base.yaml", &base);
+    dir.write("secret.yaml", &secret("c", &good, &good_key));
+    let (mut agent, _http, https) = start(&dir, &[]);
+    let client = Client::h1();
+    let (_, seen) = rt
+        .block_on(client.connect(https, Some("keep.test")))
+        .unwrap();
+    assert_eq!(seen, good_der);
+    assert_eq!(metric(&agent, "ingress_config_diagnostics"), 0.0);
+    // A certificate with the wrong key, then one that is not PEM.
+    for (crt, key) in [
+        (other.as_str(), good_key.as_str()),
+        ("garbage", good_key.as_str()),
+    ] {
+        let before = metric(&agent, "ingress_snapshot_generation");
+        dir.write("secret.yaml", &secret("c", crt, key));
+        wait_generation(&agent, before);
+        assert!(metric(&agent, "ingress_config_diagnostics") >= 1.0);
+        let (_, seen) = rt
+            .block_on(client.connect(https, Some("keep.test")))
+            .unwrap();
+        assert_eq!(seen, good_der, "the good certificate stays");
+        let (status, _, _) = rt.block_on(client.get(https, "keep.test", "/")).unwrap();
+        assert_eq!(status, 200);
+    }
+    let log = agent.take_output();
+    assert!(
+        log.contains("Secret default/c") && log.contains("does not match the certificate"),
+        "{log}"
+    );
+    assert!(log.contains("no CERTIFICATE block"), "{log}");
+    assert!(log.contains("keeps its previous certificate"), "{log}");
+}
+
+#[test]
+fn rotation_under_handshakes_fails_none_and_the_new_certificate_is_seen() {
+    let rt = rt();
+    let a = rt.block_on(Backend::start("127.0.0.1:0".parse().unwrap(), "a"));
+    let (old, old_key, old_der) = cert(&["rot.test"]);
+    let (new, new_key, new_der) = cert(&["rot.test"]);
+    let dir = TempDir::new("tls-rotate");
+    dir.write(
+        "base.yaml",
+        &[
+            manifests::class(),
+            manifests::service("svc-a", &[a.addr]),
+            ingress("r", "rot.test", "svc-a", &[("rot.test", "c")], ""),
+        ]
+        .concat(),
+    );
+    dir.write("secret.yaml", &secret("c", &old, &old_key));
+    let (agent, _http, https) = start(&dir, &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let seen_new = Arc::new(AtomicBool::new(false));
+    let loops: Vec<_> = (0..2)
+        .map(|i| {
+            let (stop, ok, failed, seen_new) =
+                (stop.clone(), ok.clone(), failed.clone(), seen_new.clone());
+            let (old_der, new_der) = (old_der.clone(), new_der.clone());
+            // TLS 1.3 and 1.2 both rotate.
+            static TLS13: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+            static TLS12: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS12];
+            let versions: &'static [&'static rustls::SupportedProtocolVersion] =
+                if i == 0 { &TLS13 } else { &TLS12 };
+            thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let client = Client::new(&[b"http/1.1"], versions);
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    match rt.block_on(client.connect(https, Some("rot.test"))) {
+                        Ok((_, cert)) if cert == new_der => {
+                            seen_new.store(true, Ordering::SeqCst);
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok((_, cert)) if cert == old_der => {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        _ => {
+                            failed.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    let before = metric(&agent, "ingress_snapshot_generation");
+    dir.write("secret.yaml", &secret("c", &new, &new_key));
+    wait_generation(&agent, before);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !seen_new.load(Ordering::SeqCst) {
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    for l in loops {
+        l.join().unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "handshakes failed during rotation"
+    );
+    assert!(
+        ok.load(Ordering::SeqCst) > 20,
+        "too few handshakes: {}",
+        ok.load(Ordering::SeqCst)
+    );
+    assert_eq!(metric(&agent, "ingress_tls_handshake_failures_total"), 0.0);
+}
