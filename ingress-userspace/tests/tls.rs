@@ -699,3 +699,197 @@ fn rotation_under_handshakes_fails_none_and_the_new_certificate_is_seen() {
     );
     assert_eq!(metric(&agent, "ingress_tls_handshake_failures_total"), 0.0);
 }
+
+/// A pod speaking HTTP/1.1 and HTTP/2 (detected), in clear or over TLS:
+/// gRPC-style POSTs are echoed with `grpc-status` trailers, anything else
+/// gets its body back; every answer says which protocol and whether TLS
+/// carried the request.
+async fn multi_protocol_pod(tls: Option<tokio_rustls::TlsAcceptor>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let over_tls = tls.is_some();
+                let svc = hyper::service::service_fn(move |req| pod_answer(req, over_tls));
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                match tls {
+                    None => {
+                        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                    }
+                    Some(acceptor) => {
+                        if let Ok(s) = acceptor.accept(stream).await {
+                            let _ = builder.serve_connection(TokioIo::new(s), svc).await;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+type PodBody = http_body_util::StreamBody<
+    futures::stream::Iter<
+        std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>,
+    >,
+>;
+
+async fn pod_answer(
+    req: hyper::Request<hyper::body::Incoming>,
+    over_tls: bool,
+) -> Result<hyper::Response<PodBody>, std::convert::Infallible> {
+    use hyper::body::Frame;
+    let version = format!("{:?}", req.version());
+    let te = req
+        .headers()
+        .get("te")
+        .map(|v| v.to_str().unwrap_or("").to_string())
+        .unwrap_or_default();
+    let grpc = req
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v == "application/grpc");
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let mut frames = vec![Ok(Frame::data(body))];
+    if grpc {
+        let mut trailers = hyper::HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        trailers.insert("grpc-message", "echoed".parse().unwrap());
+        frames.push(Ok(Frame::trailers(trailers)));
+    }
+    let mut resp = hyper::Response::new(http_body_util::StreamBody::new(futures::stream::iter(
+        frames,
+    )));
+    let h = resp.headers_mut();
+    h.insert("x-proto", version.parse().unwrap());
+    h.insert("x-tls", over_tls.to_string().parse().unwrap());
+    h.insert("x-te", te.parse().unwrap());
+    if grpc {
+        h.insert("content-type", "application/grpc".parse().unwrap());
+    }
+    Ok(resp)
+}
+
+/// A TLS acceptor for a pod, with a self-signed certificate and `alpn`.
+fn pod_tls() -> tokio_rustls::TlsAcceptor {
+    let made = rcgen::generate_simple_self_signed(vec!["pod.local".to_string()]).unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(made.signing_key.serialize_der().into());
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![made.cert.der().clone()], key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// A Service `name` whose port has `app_protocol`, with one endpoint.
+fn service_with_app_protocol(name: &str, pod: SocketAddr, app_protocol: &str) -> String {
+    manifests::service(name, &[pod]).replace(
+        &format!("targetPort: {}}}]", pod.port()),
+        &format!("targetPort: {}, appProtocol: {app_protocol}}}]", pod.port()),
+    )
+}
+
+#[test]
+fn grpc_and_tls_to_pods_by_annotation_and_app_protocol() {
+    let rt = rt();
+    let h2c = rt.block_on(multi_protocol_pod(None));
+    let tls_pod = rt.block_on(multi_protocol_pod(Some(pod_tls())));
+    let (crt, key, _) = cert(&["*.proto.test"]);
+    let dir = TempDir::new("tls-upstream");
+    let annotated = |name: &str, svc: &str, proto: &str| {
+        ingress(
+            name,
+            &format!("{name}.proto.test"),
+            svc,
+            &[(&format!("{name}.proto.test"), "c")],
+            &format!("nginx.ingress.kubernetes.io/backend-protocol: {proto}"),
+        )
+    };
+    dir.write(
+        "all.yaml",
+        &[
+            manifests::class(),
+            secret("c", &crt, &key),
+            manifests::service("svc-h2c", &[h2c]),
+            manifests::service("svc-tls", &[tls_pod]),
+            service_with_app_protocol("svc-app", h2c, "kubernetes.io/h2c"),
+            annotated("grpc", "svc-h2c", "GRPC"),
+            annotated("grpcs", "svc-tls", "GRPCS"),
+            annotated("https", "svc-tls", "HTTPS"),
+            ingress(
+                "app",
+                "app.proto.test",
+                "svc-app",
+                &[("app.proto.test", "c")],
+                "",
+            ),
+            ingress(
+                "plain",
+                "plain.proto.test",
+                "svc-h2c",
+                &[("plain.proto.test", "c")],
+                "",
+            ),
+        ]
+        .concat(),
+    );
+    let (_agent, _http, https) = start(&dir, &[]);
+    let client = Client::new(&[b"h2"], rustls::DEFAULT_VERSIONS);
+    // A gRPC call (length-prefixed message, te: trailers) over HTTP/2 on
+    // TLS, to pods in h2c, h2 over TLS, and h2c by appProtocol.
+    for (host, tls) in [
+        ("grpc.proto.test", "false"),
+        ("grpcs.proto.test", "true"),
+        ("app.proto.test", "false"),
+    ] {
+        let (status, headers, body, trailers) = rt.block_on(async {
+            let (tls, _) = client.connect(https, Some(host)).await.unwrap();
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let message = b"\x00\x00\x00\x00\x05hello".to_vec();
+            let req = hyper::Request::post(format!("https://{host}/echo.Echo/Say"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(http_body_util::Full::new(Bytes::from(message)))
+                .unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let collected = resp.into_body().collect().await.unwrap();
+            let trailers = collected.trailers().cloned();
+            (status, headers, collected.to_bytes(), trailers)
+        });
+        assert_eq!(status, 200, "{host}");
+        assert_eq!(headers["x-proto"], "HTTP/2.0", "{host}");
+        assert_eq!(headers["x-tls"], tls, "{host}");
+        assert_eq!(headers["x-te"], "trailers", "{host}");
+        assert_eq!(&body[..], b"\x00\x00\x00\x00\x05hello", "{host}");
+        let trailers = trailers.unwrap_or_else(|| panic!("{host}: no trailers"));
+        assert_eq!(trailers["grpc-status"], "0", "{host}");
+        assert_eq!(trailers["grpc-message"], "echoed", "{host}");
+    }
+    // HTTPS: HTTP/1.1 over TLS to the pod; without annotation, HTTP/1.1.
+    let h1 = Client::h1();
+    for (host, proto, tls) in [
+        ("https.proto.test", "HTTP/1.1", "true"),
+        ("plain.proto.test", "HTTP/1.1", "false"),
+    ] {
+        let (status, headers, _) = rt.block_on(h1.get(https, host, "/")).unwrap();
+        assert_eq!(status, 200, "{host}");
+        assert_eq!(headers["x-proto"], proto, "{host}");
+        assert_eq!(headers["x-tls"], tls, "{host}");
+    }
+}

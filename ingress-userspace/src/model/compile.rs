@@ -8,7 +8,8 @@ use k8s_openapi::api::{
 };
 
 use super::{
-    Backend, BackendId, ClusterState, Diagnostic, Endpoint, ObjectKey, Snapshot, endpoints, l4,
+    Backend, BackendId, ClusterState, Diagnostic, Endpoint, ObjectKey, Snapshot, UpstreamProtocol,
+    endpoints, l4,
     router::{PathKind, RouterBuilder, normalize_prefix},
     snapshot::ServedIngress,
     tls,
@@ -56,11 +57,16 @@ pub const SSL_REDIRECT_ANNOTATION: &str = "nginx.ingress.kubernetes.io/ssl-redir
 /// Per-Ingress annotation: redirect plain HTTP to HTTPS even without TLS.
 pub const FORCE_SSL_REDIRECT_ANNOTATION: &str = "nginx.ingress.kubernetes.io/force-ssl-redirect";
 
+/// Per-Ingress annotation: how to talk to the pods (HTTP, HTTPS, GRPC, GRPCS).
+pub const BACKEND_PROTOCOL_ANNOTATION: &str = "nginx.ingress.kubernetes.io/backend-protocol";
+
 /// What an Ingress's annotations ask of the paths it defines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct PathPolicy {
     pub ssl_redirect: bool,
     pub force_ssl_redirect: bool,
+    /// `backend-protocol`, when given.
+    pub backend_protocol: Option<UpstreamProtocol>,
 }
 
 /// Compiles the whole state. Never fails: what cannot be served is left out
@@ -261,9 +267,41 @@ fn path_policy(
             }
         }
     };
+    let ssl_redirect = flag(SSL_REDIRECT_ANNOTATION, opts.ssl_redirect);
+    let force_ssl_redirect = flag(FORCE_SSL_REDIRECT_ANNOTATION, false);
+    let backend_protocol = match annotations
+        .and_then(|a| a.get(BACKEND_PROTOCOL_ANNOTATION))
+        .map(|v| v.trim().to_ascii_uppercase())
+        .as_deref()
+    {
+        None => None,
+        Some("HTTP") => Some(UpstreamProtocol::Http1),
+        Some("HTTPS") => Some(UpstreamProtocol::Https),
+        Some("GRPC") => Some(UpstreamProtocol::H2c),
+        Some("GRPCS") => Some(UpstreamProtocol::H2s),
+        Some(other) => {
+            diagnostics.push(Diagnostic::warning(
+                object,
+                format!("metadata.annotations[{BACKEND_PROTOCOL_ANNOTATION}]"),
+                format!("'{other}' is not HTTP, HTTPS, GRPC or GRPCS; HTTP is used"),
+            ));
+            None
+        }
+    };
     PathPolicy {
-        ssl_redirect: flag(SSL_REDIRECT_ANNOTATION, opts.ssl_redirect),
-        force_ssl_redirect: flag(FORCE_SSL_REDIRECT_ANNOTATION, false),
+        ssl_redirect,
+        force_ssl_redirect,
+        backend_protocol,
+    }
+}
+
+/// The protocol a Service port's appProtocol names, if one we speak.
+fn app_protocol(sp: &ServicePort) -> Option<UpstreamProtocol> {
+    match sp.app_protocol.as_deref()? {
+        "kubernetes.io/h2c" | "h2c" | "grpc" => Some(UpstreamProtocol::H2c),
+        "https" | "kubernetes.io/https" => Some(UpstreamProtocol::Https),
+        "http" | "kubernetes.io/http" => Some(UpstreamProtocol::Http1),
+        _ => None,
     }
 }
 
@@ -417,9 +455,9 @@ impl Compiler<'_> {
             }
             return Some(*id);
         }
-        let (endpoints, problem) = match resolved {
-            Ok((_, sp)) => (self.endpoints_of(&key, sp), None),
-            Err(problem) => (Vec::new(), Some(problem)),
+        let (endpoints, problem, port_protocol) = match resolved {
+            Ok((_, sp)) => (self.endpoints_of(&key, sp), None, app_protocol(sp)),
+            Err(problem) => (Vec::new(), Some(problem), None),
         };
         if let Some(problem) = &problem {
             self.diagnostics.push(Diagnostic::error(
@@ -437,6 +475,10 @@ impl Compiler<'_> {
             problem,
             cursor: Default::default(),
             policy,
+            protocol: policy
+                .backend_protocol
+                .or(port_protocol)
+                .unwrap_or_default(),
         });
         self.backend_ids.insert((key, port, policy), id);
         Some(id)

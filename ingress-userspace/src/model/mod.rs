@@ -16,5 +16,5 @@ pub mod tls;
 pub use compile::{CompileOptions, PathPolicy, compile, compile_at};
 pub use diagnostics::{Diagnostic, Severity};
 pub use router::{RouteTarget, Router};
-pub use snapshot::{Backend, BackendId, Endpoint, Snapshot};
+pub use snapshot::{Backend, BackendId, Endpoint, Snapshot, UpstreamProtocol};
 pub use state::{ClusterState, ObjectKey};

@@ -21,6 +21,30 @@ pub struct Endpoint {
     pub ready: bool,
 }
 
+/// How the proxy talks to the pods of a backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 in clear (the default).
+    #[default]
+    Http1,
+    /// HTTP/2 in clear with prior knowledge (gRPC, `kubernetes.io/h2c`).
+    H2c,
+    /// HTTP/1.1 over TLS.
+    Https,
+    /// HTTP/2 over TLS (gRPC with TLS).
+    H2s,
+}
+
+impl UpstreamProtocol {
+    pub fn is_h2(self) -> bool {
+        matches!(self, UpstreamProtocol::H2c | UpstreamProtocol::H2s)
+    }
+
+    pub fn is_tls(self) -> bool {
+        matches!(self, UpstreamProtocol::Https | UpstreamProtocol::H2s)
+    }
+}
+
 /// A Service port an Ingress path points at, resolved to pod endpoints.
 #[derive(Debug)]
 pub struct Backend {
@@ -39,6 +63,9 @@ pub struct Backend {
     pub label: Arc<str>,
     /// What the annotations of the Ingress behind it ask (redirects).
     pub policy: super::compile::PathPolicy,
+    /// From the `backend-protocol` annotation, else the Service port's
+    /// appProtocol, else HTTP/1.1.
+    pub protocol: UpstreamProtocol,
 }
 
 impl Backend {
@@ -55,6 +82,7 @@ impl PartialEq for Backend {
             && self.endpoints == other.endpoints
             && self.problem == other.problem
             && self.policy == other.policy
+            && self.protocol == other.protocol
     }
 }
 

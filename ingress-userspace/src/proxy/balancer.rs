@@ -71,6 +71,7 @@ mod tests {
             problem: None,
             cursor: Default::default(),
             policy: Default::default(),
+            protocol: Default::default(),
         }
     }
 

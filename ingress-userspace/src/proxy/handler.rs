@@ -23,7 +23,7 @@ use super::{
     responses::{not_found, plain, redirect},
     upstream::{BoxError, ConnectError, UpBody, Upstreams},
 };
-use crate::model::{RouteTarget, Snapshot, router::normalize_request_host};
+use crate::model::{RouteTarget, Snapshot, UpstreamProtocol, router::normalize_request_host};
 
 /// The client connection a request came on.
 #[derive(Clone, Copy, Debug)]
@@ -175,7 +175,8 @@ async fn forward(
         record.bytes_in = b.len() as u64;
     }
     let mut body = Some(body.into_upstream());
-    let template = upstream_parts(parts, conn, raw_host.as_deref(), upgrade);
+    let protocol = backend.protocol;
+    let template = upstream_parts(parts, conn, raw_host.as_deref(), upgrade, protocol);
 
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last_error: Option<ConnectError> = None;
@@ -189,7 +190,7 @@ async fn forward(
         }
         tried.push(addr);
         record.upstream = Some(addr);
-        let mut pooled = match pool.checkout(addr).await {
+        let mut pooled = match pool.checkout(addr, protocol).await {
             Ok(c) => c,
             Err(e) => {
                 proxy.metrics.upstream_connect_errors.inc();
@@ -217,7 +218,7 @@ async fn forward(
                     match unsent {
                         Some(back) if fresh_retry => {
                             fresh_retry = false;
-                            match pool.connect(addr).await {
+                            match pool.connect(addr, protocol).await {
                                 Ok(sender) => {
                                     pooled.sender = sender;
                                     upreq = back;
@@ -257,7 +258,7 @@ async fn forward(
                 "upstream switched protocols without being asked",
             );
         }
-        pool.release(pooled.sender, &endpoint);
+        pool.release(pooled.sender, protocol, &endpoint);
         headers::strip_hop_by_hop(resp.headers_mut());
         return resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed());
     }
@@ -323,8 +324,19 @@ fn upstream_parts(
     conn: ConnInfo,
     raw_host: Option<&str>,
     upgrade: bool,
+    protocol: UpstreamProtocol,
 ) -> Template {
     let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
+    // gRPC needs `te: trailers` end to end; HTTP/2 allows exactly that value.
+    let te_trailers = parts
+        .headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
     headers::strip_hop_by_hop(&mut parts.headers);
     if upgrade && let Some(u) = upgrade_value {
         parts.headers.insert(header::UPGRADE, u);
@@ -346,14 +358,31 @@ fn upstream_parts(
             port: conn.local.port(),
         },
     );
-    // Origin-form to the pod, whatever form the client used.
     let pq = parts
         .uri
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
-    parts.uri = pq.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
-    parts.version = Version::HTTP_11;
+    if protocol.is_h2() {
+        // HTTP/2 carries scheme and authority as pseudo-headers: an
+        // absolute URI with the client's Host.
+        let scheme = if protocol.is_tls() { "https" } else { "http" };
+        let authority = raw_host.unwrap_or("localhost");
+        parts.uri = format!("{scheme}://{authority}{pq}")
+            .parse::<Uri>()
+            .unwrap_or_else(|_| Uri::from_static("/"));
+        parts.headers.remove(header::HOST);
+        if te_trailers {
+            parts
+                .headers
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        parts.version = Version::HTTP_2;
+    } else {
+        // Origin-form to the pod, whatever form the client used.
+        parts.uri = pq.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
+        parts.version = Version::HTTP_11;
+    }
     Template { parts }
 }
 

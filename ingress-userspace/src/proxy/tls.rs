@@ -145,3 +145,76 @@ pub fn failure_reason(e: &io::Error) -> &'static str {
         _ => "io",
     }
 }
+
+/// Accepts whatever certificate a pod shows (signatures are still
+/// checked): pods' certificates are usually self-signed, and ingress-nginx
+/// does not verify them by default either.
+#[derive(Debug)]
+struct AnyCertificate(rustls::crypto::CryptoProvider);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The client configuration for TLS to pods offering `alpn`.
+pub fn upstream_connector(alpn: &[u8]) -> tokio_rustls::TlsConnector {
+    let provider = rustls::crypto::ring::default_provider();
+    let verifier = Arc::new(AnyCertificate(provider.clone()));
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(provider));
+    // The ring provider supports the default versions, so this cannot fail;
+    // fall back to the provider's defaults if it ever did.
+    let builder = match builder.with_safe_default_protocol_versions() {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "TLS versions for upstreams");
+            rustls::ClientConfig::builder()
+        }
+    };
+    let mut config = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
