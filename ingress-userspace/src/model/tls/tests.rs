@@ -434,3 +434,67 @@ fn redirect_annotations_shape_the_backends() {
     // Three policies, so three backends for the one Service port.
     assert_eq!(snap.backends.len(), 3);
 }
+
+#[test]
+fn upstream_protocol_from_annotation_then_app_protocol() {
+    let service = |name: &str, app: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: web}}\nspec:\n  ports: [{{name: http, port: 80{app}}}]\n"
+        )
+    };
+    let yaml = [
+        service("s", ""),
+        service("h2c", ", appProtocol: kubernetes.io/h2c"),
+        service("tls", ", appProtocol: https"),
+        ingress(
+            "a",
+            "2026-01-01T00:00:00Z",
+            &["grpc.test"],
+            "    []\n",
+            "nginx.ingress.kubernetes.io/backend-protocol: GRPC",
+        ),
+        ingress(
+            "b",
+            "2026-01-02T00:00:00Z",
+            &["grpcs.test"],
+            "    []\n",
+            "nginx.ingress.kubernetes.io/backend-protocol: grpcs",
+        ),
+        ingress(
+            "c",
+            "2026-01-03T00:00:00Z",
+            &["odd.test"],
+            "    []\n",
+            "nginx.ingress.kubernetes.io/backend-protocol: SPDY",
+        ),
+        ingress("d", "2026-01-04T00:00:00Z", &["plain.test"], "    []\n", ""),
+        ingress("e", "2026-01-05T00:00:00Z", &["h2c.test"], "    []\n", "")
+            .replace("name: s,", "name: h2c,"),
+        ingress("f", "2026-01-06T00:00:00Z", &["tls.test"], "    []\n", "")
+            .replace("name: s,", "name: tls,"),
+        ingress(
+            "g",
+            "2026-01-07T00:00:00Z",
+            &["override.test"],
+            "    []\n",
+            "nginx.ingress.kubernetes.io/backend-protocol: HTTP",
+        )
+        .replace("name: s,", "name: h2c,"),
+    ]
+    .concat();
+    let snap = compile(&state(&yaml, Vec::new()), &CompileOptions::default(), None);
+    let protocol = |host: &str| match snap.router.route(Some(host), "/") {
+        crate::model::RouteTarget::Backend(id) => snap.backend(id).unwrap().protocol,
+        crate::model::RouteTarget::NotFound => panic!("{host} not routed"),
+    };
+    use crate::model::UpstreamProtocol as P;
+    assert_eq!(protocol("grpc.test"), P::H2c);
+    assert_eq!(protocol("grpcs.test"), P::H2s);
+    assert_eq!(protocol("odd.test"), P::Http1);
+    assert_eq!(protocol("plain.test"), P::Http1);
+    assert_eq!(protocol("h2c.test"), P::H2c);
+    assert_eq!(protocol("tls.test"), P::Https);
+    assert_eq!(protocol("override.test"), P::Http1, "the annotation wins");
+    assert!(snap.diagnostics.iter().any(|d| d.object == "Ingress web/c"
+        && d.field == "metadata.annotations[nginx.ingress.kubernetes.io/backend-protocol]"));
+}
