@@ -189,6 +189,9 @@ pub struct TlsTable {
     /// Host patterns some Ingress lists under `spec.tls` (whether or not its
     /// Secret is usable): plain HTTP to these is redirected.
     tls_hosts: std::collections::HashSet<String>,
+    /// The suffixes of the `*.suffix` ones among them, for lookups without
+    /// allocating.
+    tls_wildcards: std::collections::HashSet<String>,
 }
 
 impl PartialEq for TlsTable {
@@ -245,9 +248,7 @@ impl TlsTable {
             return true;
         }
         match host.split_once('.') {
-            Some((first, rest)) if !first.is_empty() => {
-                self.tls_hosts.contains(&format!("*.{rest}"))
-            }
+            Some((first, rest)) if !first.is_empty() => self.tls_wildcards.contains(rest),
             _ => false,
         }
     }
@@ -283,6 +284,14 @@ impl TlsTable {
             .collect();
         v.sort();
         v
+    }
+
+    /// Records that some Ingress lists `pattern` under `spec.tls`.
+    fn add_tls_host(&mut self, pattern: String) {
+        if let Some(suffix) = pattern.strip_prefix("*.") {
+            self.tls_wildcards.insert(suffix.to_string());
+        }
+        self.tls_hosts.insert(pattern);
     }
 
     fn insert(&mut self, pattern: &str, cert: Arc<ServedCert>) {
@@ -392,7 +401,7 @@ pub fn compile_tls(
                 // The hosts still ask for HTTPS, so redirects apply.
                 for h in tls.hosts.iter().flatten() {
                     if validate_host(h).is_ok() {
-                        table.tls_hosts.insert(h.to_ascii_lowercase());
+                        table.add_tls_host(h.to_ascii_lowercase());
                     }
                 }
                 continue;
@@ -437,7 +446,7 @@ pub fn compile_tls(
                     continue;
                 }
                 let host = host.to_ascii_lowercase();
-                table.tls_hosts.insert(host.clone());
+                table.add_tls_host(host.clone());
                 if let Some((winner, winner_secret)) = claims.get(&host) {
                     if *winner_secret != secret_key {
                         diagnostics.push(Diagnostic::warning(
