@@ -64,11 +64,17 @@ fn builder(proxy: &Proxy) -> auto::Builder<TokioExecutor> {
 }
 
 /// The next connection on any of `listeners`, with the index of its
-/// listener.
-async fn accept_any(listeners: &[Listener]) -> (usize, std::io::Result<(TcpStream, SocketAddr)>) {
+/// listener. Polling starts at `start`, which the caller rotates so that a
+/// busy listener cannot starve the others.
+async fn accept_any(
+    listeners: &[Listener],
+    start: usize,
+) -> (usize, std::io::Result<(TcpStream, SocketAddr)>) {
+    let n = listeners.len();
     poll_fn(|cx| {
-        for (i, l) in listeners.iter().enumerate() {
-            if let Poll::Ready(r) = l.tcp.poll_accept(cx) {
+        for k in 0..n {
+            let i = (start + k) % n;
+            if let Poll::Ready(r) = listeners[i].tcp.poll_accept(cx) {
                 return Poll::Ready((i, r));
             }
         }
@@ -90,9 +96,11 @@ pub async fn serve(
     let pool = proxy.new_pool();
     let locals: Vec<Option<SocketAddr>> =
         listeners.iter().map(|l| l.tcp.local_addr().ok()).collect();
+    let mut turn = 0usize;
     loop {
+        turn = turn.wrapping_add(1);
         let (index, accepted) = tokio::select! {
-            a = accept_any(&listeners) => a,
+            a = accept_any(&listeners, turn) => a,
             _ = shutdown.changed() => break,
         };
         let (stream, peer) = match accepted {
