@@ -137,7 +137,7 @@ impl ProxyMetrics {
         );
         registry.register(
             "ingress_tls_handshake_failures",
-            "Failed TLS handshakes, by reason (invalid_message, incompatible, no_alpn, alert_received, misbehaved, timeout, eof, io, other).",
+            "Failed TLS handshakes, by reason (plain_http, invalid_message, incompatible, no_alpn, alert_received, misbehaved, timeout, eof, io, other).",
             m.tls_handshake_failures.clone(),
         );
         registry.register(

@@ -547,15 +547,32 @@ fn garbage_instead_of_a_client_hello_is_closed_and_others_are_served() {
         let mut s = TcpStream::connect(https).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         s.write_all(bytes).unwrap();
-        // rustls may answer with an alert; then the connection closes.
+        // Plain HTTP gets a 400 saying so; anything else at most an alert;
+        // then the connection closes.
         let mut buf = Vec::new();
         match s.read_to_end(&mut buf) {
+            Ok(_) if bytes.starts_with(b"GET") => {
+                let text = String::from_utf8_lossy(&buf);
+                assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+                assert!(
+                    text.contains("plain HTTP was sent to the HTTPS port"),
+                    "{text}"
+                );
+            }
             Ok(_) => assert!(buf.len() < 64, "more than an alert came back: {buf:?}"),
             Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
         }
         let (status, _, _) = rt.block_on(client.get(https, "g.test", "/")).unwrap();
         assert_eq!(status, 200, "still serving after {bytes:?}");
     }
+    assert!(
+        metric(
+            &agent,
+            "ingress_tls_handshake_failures_total{reason=\"plain_http\"}"
+        ) >= 1.0,
+        "{:?}",
+        agent.metrics()
+    );
     drop(silent);
     assert!(
         metric(

@@ -11,7 +11,7 @@ use rustls::{
     sign::CertifiedKey,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::net::TcpStream;
+use tokio::{io::AsyncWriteExt, net::TcpStream};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
 use super::Proxy;
@@ -88,6 +88,9 @@ pub fn acceptor(proxy: Arc<Proxy>) -> Result<TlsAcceptor, TlsSetupError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// What a plain HTTP request on the HTTPS port gets.
+const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 55\r\nConnection: close\r\n\r\n400 Bad Request: plain HTTP was sent to the HTTPS port\n";
+
 /// Runs the handshake (bounded by [`HANDSHAKE_TIMEOUT`]) and counts its
 /// outcome; `None` when it failed (the connection is then dropped).
 pub async fn handshake(
@@ -96,7 +99,20 @@ pub async fn handshake(
     proxy: &Proxy,
 ) -> Option<TlsStream<TcpStream>> {
     let m = &proxy.metrics;
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    // A TLS record starts with 0x16; a request line with a letter. Tell a
+    // client that spoke plain HTTP to this port, as nginx does.
+    let mut first = [0u8; 1];
+    if let Ok(Ok(1)) = tokio::time::timeout_at(deadline, stream.peek(&mut first)).await
+        && first[0].is_ascii_alphabetic()
+    {
+        m.observe_handshake_failure("plain_http");
+        let mut stream = stream;
+        let _ = tokio::time::timeout_at(deadline, stream.write_all(PLAIN_HTTP_ANSWER)).await;
+        let _ = stream.shutdown().await;
+        return None;
+    }
+    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => {
             let (_, conn) = tls.get_ref();
             let version = match conn.protocol_version() {
