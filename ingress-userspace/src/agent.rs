@@ -10,6 +10,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::watch,
 };
+use tokio_rustls::TlsAcceptor;
 
 use crate::{
     admin::{self, AdminState},
@@ -19,9 +20,9 @@ use crate::{
         pin::PinLayout,
     },
     healthcheck::HealthChecks,
-    metrics::ProxyMetrics,
-    model::{ClusterState, CompileOptions, Diagnostic, Severity, Snapshot, compile},
-    proxy::{Proxy, listen, server},
+    metrics::{CertExpiryCollector, ProxyMetrics},
+    model::{ClusterState, CompileOptions, Diagnostic, Severity, Snapshot, compile_at},
+    proxy::{Proxy, listen, server, tls},
     source::files,
 };
 
@@ -45,7 +46,7 @@ pub fn run(opts: RunOpts) -> anyhow::Result<()> {
 /// shutdown and drain are over.
 fn spawn_worker(
     index: usize,
-    listener: std::net::TcpListener,
+    listeners: Vec<(std::net::TcpListener, Option<TlsAcceptor>)>,
     proxy: Arc<Proxy>,
     stop: watch::Receiver<bool>,
     drain: std::time::Duration,
@@ -64,12 +65,17 @@ fn spawn_worker(
                 }
             };
             rt.block_on(async move {
-                match TcpListener::from_std(listener) {
-                    Ok(l) => server::serve(l, proxy, stop, drain).await,
-                    Err(e) => {
-                        tracing::error!(error = %e, worker = index, "registering the HTTP listener")
+                let mut registered = Vec::new();
+                for (l, tls) in listeners {
+                    match TcpListener::from_std(l) {
+                        Ok(tcp) => registered.push(server::Listener { tcp, tls }),
+                        Err(e) => {
+                            tracing::error!(error = %e, worker = index, "registering a listener");
+                            return;
+                        }
                     }
                 }
+                server::serve(registered, proxy, stop, drain).await
             });
         })
         .context("starting a proxy worker thread")
@@ -83,6 +89,14 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
     let workers = opts.proxy.worker_count();
     let http_listeners = listen::bind(opts.http_listen, workers)
         .map_err(|e| anyhow::anyhow!("binding the HTTP listener on {}: {e}", opts.http_listen))?;
+    let https_listeners: Vec<Option<std::net::TcpListener>> = match opts.https_listen.0 {
+        Some(addr) => listen::bind(addr, workers)
+            .map_err(|e| anyhow::anyhow!("binding the HTTPS listener on {addr}: {e}"))?
+            .into_iter()
+            .map(Some)
+            .collect(),
+        None => (0..workers).map(|_| None).collect(),
+    };
 
     let dp_config = DatapathConfig {
         interfaces: opts.interfaces.clone(),
@@ -105,8 +119,17 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(collector));
     let metrics = Arc::new(ProxyMetrics::register(&mut registry));
+    let mut proxy_config = opts.proxy.proxy_config();
+    proxy_config.https_port = opts.https_listen.0.map(|a| a.port());
+    let proxy = Proxy::new(proxy_config, metrics.clone());
+    registry.register_collector(Box::new(CertExpiryCollector {
+        proxy: proxy.clone(),
+    }));
     let state = AdminState::new(registry);
-    let proxy = Proxy::new(opts.proxy.proxy_config(), metrics.clone());
+    let acceptor = match opts.https_listen.0 {
+        Some(_) => Some(tls::acceptor(proxy.clone()).context("setting up TLS")?),
+        None => None,
+    };
     let status_address = opts.publish_status_address.clone().or_else(|| {
         (!opts.http_listen.ip().is_unspecified()).then(|| opts.http_listen.ip().to_string())
     });
@@ -129,16 +152,24 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
     // before they run.
     let admin_task = tokio::spawn(admin::serve(admin_listener, state.clone(), stop_rx.clone()));
     let mut worker_threads = Vec::new();
-    for (i, l) in http_listeners.into_iter().enumerate() {
+    for (i, (l, tl)) in http_listeners.into_iter().zip(https_listeners).enumerate() {
+        let mut listeners = vec![(l, None)];
+        if let Some(tl) = tl {
+            listeners.push((tl, acceptor.clone()));
+        }
         worker_threads.push(spawn_worker(
             i,
-            l,
+            listeners,
             proxy.clone(),
             stop_rx.clone(),
             opts.proxy.drain_timeout,
         )?);
     }
-    tracing::info!(http = %opts.http_listen, admin = %opts.admin_listen, workers, "agent ready");
+    let https = opts
+        .https_listen
+        .0
+        .map_or("off".to_string(), |a| a.to_string());
+    tracing::info!(http = %opts.http_listen, https, admin = %opts.admin_listen, workers, "agent ready");
 
     let which = tokio::select! {
         _ = sigterm.recv() => "SIGTERM",
@@ -247,7 +278,12 @@ struct Applier {
 
 impl Applier {
     fn apply(&mut self, state: ClusterState, source_diags: Vec<Diagnostic>, started: Instant) {
-        let mut snapshot = compile(&state, &self.compile_options);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let previous = self.proxy.snapshot();
+        let mut snapshot = compile_at(&state, &self.compile_options, Some(&previous), now);
+        drop(previous);
         let mut diags = source_diags;
         diags.append(&mut snapshot.diagnostics);
         snapshot.diagnostics = diags;

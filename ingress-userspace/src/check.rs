@@ -109,6 +109,23 @@ pub fn render(snap: &Snapshot) -> String {
             );
         }
     }
+    let tls_hosts = snap.tls.hosts();
+    if !tls_hosts.is_empty() || snap.tls.default.is_some() {
+        let _ = writeln!(out, "\nTLS HOST -> SECRET (NOT AFTER, UNIX SECONDS)");
+        let not_after = |key: &crate::model::ObjectKey| {
+            snap.tls
+                .certificates()
+                .iter()
+                .find(|c| &c.secret == key)
+                .map_or(0, |c| c.not_after)
+        };
+        for (host, secret) in &tls_hosts {
+            let _ = writeln!(out, "{host} -> {secret} ({})", not_after(secret));
+        }
+        if let Some(d) = &snap.tls.default {
+            let _ = writeln!(out, "(default) -> {} ({})", d.secret, d.not_after);
+        }
+    }
     if snap.diagnostics.is_empty() {
         let _ = writeln!(out, "\nno problems found");
     } else {

@@ -198,6 +198,28 @@ pub struct ConfigOpts {
     /// several (IPv4 and IPv6).
     #[arg(long = "node-ip", value_name = "IP")]
     pub node_ips: Vec<std::net::IpAddr>,
+
+    /// The Secret (NAMESPACE/NAME, kubernetes.io/tls) served to TLS clients
+    /// whose SNI name no Ingress lists; without it, a self-signed
+    /// certificate made at start-up.
+    #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_object_key)]
+    pub default_ssl_certificate: Option<crate::model::ObjectKey>,
+
+    /// Redirect plain HTTP to HTTPS (308) for hosts listed under an
+    /// Ingress's spec.tls, unless its `nginx.ingress.kubernetes.io/ssl-redirect`
+    /// annotation says otherwise.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub ssl_redirect: bool,
+}
+
+/// `namespace/name`.
+fn parse_object_key(s: &str) -> Result<crate::model::ObjectKey, String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok(crate::model::ObjectKey::new(ns, name))
+        }
+        _ => Err(format!("'{s}' is not NAMESPACE/NAME")),
+    }
 }
 
 impl ConfigOpts {
@@ -206,6 +228,8 @@ impl ConfigOpts {
             ingress_class: self.ingress_class.clone(),
             node_name: self.node_name(),
             node_ips: self.node_ips.clone(),
+            default_certificate: self.default_ssl_certificate.clone(),
+            ssl_redirect: self.ssl_redirect,
         }
     }
 
@@ -323,6 +347,11 @@ pub struct RunOpts {
     #[arg(long, default_value = "0.0.0.0:80")]
     pub http_listen: SocketAddr,
 
+    /// Address of the HTTPS listener (TLS 1.2/1.3, HTTP/1.1 and HTTP/2 by
+    /// ALPN), or `off`.
+    #[arg(long, default_value = "0.0.0.0:443", value_parser = parse_listen)]
+    pub https_listen: Listen,
+
     /// The address Ingress status shows (defaults to the HTTP listener's
     /// address when it is not a wildcard).
     #[arg(long)]
@@ -345,6 +374,19 @@ pub struct RunOpts {
     /// `detach` removes links and pins so nothing stays attached.
     #[arg(long, value_enum, default_value_t = OnExit::Keep)]
     pub on_exit: OnExit,
+}
+
+/// A listener address, or `off` for no listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen(pub Option<SocketAddr>);
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if s == "off" {
+        return Ok(Listen(None));
+    }
+    s.parse()
+        .map(|a| Listen(Some(a)))
+        .map_err(|_| format!("'{s}' is neither an address like 0.0.0.0:443 nor off"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -529,6 +571,9 @@ mod tests {
         assert_eq!(o.xdp_mode, XdpModeArg::Native);
         assert_eq!(o.admin_listen, "127.0.0.1:9100".parse().unwrap());
         assert_eq!(o.http_listen, "0.0.0.0:80".parse().unwrap());
+        assert_eq!(o.https_listen, Listen(Some("0.0.0.0:443".parse().unwrap())));
+        assert!(o.config.ssl_redirect);
+        assert_eq!(o.config.default_ssl_certificate, None);
         let p = o.proxy.proxy_config();
         assert_eq!(p.connect_timeout, Duration::from_secs(5));
         assert_eq!(p.read_timeout, Duration::from_secs(60));
@@ -580,6 +625,29 @@ mod tests {
         assert!(run_opts(&["--interface", "a-name-that-is-too-long"]).is_err());
         assert!(run_opts(&["--interface", "a/b"]).is_err());
         assert!(run_opts(&["--admin-listen", "nowhere"]).is_err());
+        assert!(run_opts(&["--https-listen", "nowhere"]).is_err());
+        assert!(run_opts(&["--default-ssl-certificate", "no-namespace"]).is_err());
+    }
+
+    #[test]
+    fn tls_flags() {
+        let o = run_opts(&[
+            "--https-listen",
+            "off",
+            "--default-ssl-certificate",
+            "ingress/wildcard",
+            "--ssl-redirect",
+            "false",
+        ])
+        .unwrap();
+        assert_eq!(o.https_listen, Listen(None));
+        assert_eq!(
+            o.config.default_ssl_certificate,
+            Some(crate::model::ObjectKey::new("ingress", "wildcard"))
+        );
+        assert!(!o.config.ssl_redirect);
+        let c = o.config.compile_options();
+        assert!(!c.ssl_redirect);
     }
 
     #[test]

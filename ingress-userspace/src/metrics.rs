@@ -43,8 +43,24 @@ pub struct RequestLabels {
     pub service: Label,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    /// `1.2` or `1.3`.
+    pub version: &'static str,
+    /// `h2`, `http/1.1` or `none`.
+    pub alpn: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub reason: &'static str,
+}
+
 #[derive(Debug)]
 pub struct ProxyMetrics {
+    pub tls_handshakes: Family<HandshakeLabels, Counter>,
+    pub tls_handshake_failures: Family<FailureLabels, Counter>,
+    pub redirects: Counter,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Histogram,
     pub upstream_connect_errors: Counter,
@@ -59,6 +75,9 @@ impl ProxyMetrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
         let m = ProxyMetrics {
+            tls_handshakes: Family::default(),
+            tls_handshake_failures: Family::default(),
+            redirects: Counter::default(),
             requests: Family::default(),
             request_duration: Histogram::new([
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -111,7 +130,34 @@ impl ProxyMetrics {
             "Problems found in the configuration being served.",
             m.config_diagnostics.clone(),
         );
+        registry.register(
+            "ingress_tls_handshakes",
+            "Completed TLS handshakes, by protocol version and negotiated ALPN protocol.",
+            m.tls_handshakes.clone(),
+        );
+        registry.register(
+            "ingress_tls_handshake_failures",
+            "Failed TLS handshakes, by reason (plain_http, invalid_message, incompatible, no_alpn, alert_received, misbehaved, timeout, eof, io, other).",
+            m.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "ingress_https_redirects",
+            "Plain HTTP requests answered with a redirect to HTTPS.",
+            m.redirects.clone(),
+        );
         m
+    }
+
+    pub fn observe_handshake(&self, version: &'static str, alpn: &'static str) {
+        self.tls_handshakes
+            .get_or_create(&HandshakeLabels { version, alpn })
+            .inc();
+    }
+
+    pub fn observe_handshake_failure(&self, reason: &'static str) {
+        self.tls_handshake_failures
+            .get_or_create(&FailureLabels { reason })
+            .inc();
     }
 
     pub fn observe_request(
@@ -128,5 +174,44 @@ impl ProxyMetrics {
         };
         self.requests.get_or_create(&labels).inc();
         self.request_duration.observe(duration.as_secs_f64());
+    }
+}
+
+/// `ingress_tls_certificate_expiry_seconds{secret}`: seconds until notAfter
+/// of every certificate the current snapshot serves, computed at scrape
+/// time.
+pub struct CertExpiryCollector {
+    pub proxy: Arc<crate::proxy::Proxy>,
+}
+
+impl std::fmt::Debug for CertExpiryCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CertExpiryCollector")
+    }
+}
+
+impl prometheus_client::collector::Collector for CertExpiryCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::{encoding::EncodeMetric, metrics::gauge::ConstGauge};
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let certs = self.proxy.snapshot().tls.certificates();
+        let mut family = encoder.encode_descriptor(
+            "ingress_tls_certificate_expiry_seconds",
+            "Seconds until notAfter of each certificate served, by Secret.",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for c in certs {
+            let secret = c.secret.to_string();
+            let labels = [("secret", secret.as_str())];
+            let gauge = ConstGauge::new(c.not_after - now);
+            gauge.encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }

@@ -272,6 +272,12 @@ fn check_pod(objs: &[Value], run: &RunOpts) -> anyhow::Result<()> {
         "--http-listen {} but container port http is {http}",
         run.http_listen
     );
+    let https = port_named(c, "https").context("no container port named https")?;
+    ensure!(
+        run.https_listen.0.map(|a| u64::from(a.port())) == Some(https),
+        "--https-listen {:?} but container port https is {https}",
+        run.https_listen.0
+    );
     let admin = port_named(c, "admin").context("no container port named admin")?;
     ensure!(
         u64::from(run.admin_listen.port()) == admin,

@@ -247,6 +247,8 @@ fn missing_privileges_is_one_line_and_exit_1() {
         "127.0.0.1:9100",
         "--http-listen",
         "127.0.0.1:8080",
+        "--https-listen",
+        "127.0.0.1:8443",
     ])
     .env("RUST_LOG", "error");
     let (status, stderr) = run_to_exit(&mut cmd);

@@ -8,9 +8,11 @@ use k8s_openapi::api::{
 };
 
 use super::{
-    Backend, BackendId, ClusterState, Diagnostic, Endpoint, ObjectKey, Snapshot, endpoints, l4,
+    Backend, BackendId, ClusterState, Diagnostic, Endpoint, ObjectKey, Snapshot, UpstreamProtocol,
+    endpoints, l4,
     router::{PathKind, RouterBuilder, normalize_prefix},
     snapshot::ServedIngress,
+    tls,
 };
 
 /// The `spec.controller` value of IngressClasses this agent implements.
@@ -30,11 +32,62 @@ pub struct CompileOptions {
     pub node_name: String,
     /// The addresses NodePorts answer on.
     pub node_ips: Vec<std::net::IpAddr>,
+    /// `--default-ssl-certificate`: the Secret served to SNI names no
+    /// Ingress lists (a self-signed certificate otherwise).
+    pub default_certificate: Option<ObjectKey>,
+    /// Whether plain HTTP to a host with TLS is redirected when the Ingress
+    /// does not say (ingress-nginx's `ssl-redirect`, default true).
+    pub ssl_redirect: bool,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions {
+            ingress_class: "ingress-ebpf".into(),
+            node_name: String::new(),
+            node_ips: Vec::new(),
+            default_certificate: None,
+            ssl_redirect: true,
+        }
+    }
+}
+
+/// Per-Ingress annotation: redirect plain HTTP to HTTPS when the host has TLS.
+pub const SSL_REDIRECT_ANNOTATION: &str = "nginx.ingress.kubernetes.io/ssl-redirect";
+/// Per-Ingress annotation: redirect plain HTTP to HTTPS even without TLS.
+pub const FORCE_SSL_REDIRECT_ANNOTATION: &str = "nginx.ingress.kubernetes.io/force-ssl-redirect";
+
+/// Per-Ingress annotation: how to talk to the pods (HTTP, HTTPS, GRPC, GRPCS).
+pub const BACKEND_PROTOCOL_ANNOTATION: &str = "nginx.ingress.kubernetes.io/backend-protocol";
+
+/// What an Ingress's annotations ask of the paths it defines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PathPolicy {
+    pub ssl_redirect: bool,
+    pub force_ssl_redirect: bool,
+    /// `backend-protocol`, when given.
+    pub backend_protocol: Option<UpstreamProtocol>,
 }
 
 /// Compiles the whole state. Never fails: what cannot be served is left out
-/// (or answers 503) and reported in `Snapshot::diagnostics`.
+/// (or answers 503) and reported in `Snapshot::diagnostics`. Certificates
+/// are checked against the clock; [`compile_at`] is the pure form.
 pub fn compile(state: &ClusterState, opts: &CompileOptions) -> Snapshot {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    compile_at(state, opts, None, now)
+}
+
+/// [`compile`] at `now` (Unix seconds), after `previous`: a TLS Secret that
+/// turned bad keeps the certificate `previous` served for its hosts, and
+/// unchanged Secrets are not parsed again.
+pub fn compile_at(
+    state: &ClusterState,
+    opts: &CompileOptions,
+    previous: Option<&Snapshot>,
+    now: i64,
+) -> Snapshot {
     let mut c = Compiler {
         state,
         backends: Vec::new(),
@@ -42,6 +95,16 @@ pub fn compile(state: &ClusterState, opts: &CompileOptions) -> Snapshot {
         diagnostics: Vec::new(),
     };
     let ours = our_ingresses(state, opts, &mut c.diagnostics);
+    let tls = tls::compile_tls(
+        state,
+        &ours,
+        &tls::TlsInputs {
+            default_certificate: opts.default_certificate.as_ref(),
+            previous: previous.map(|p| &p.tls),
+            now,
+        },
+        &mut c.diagnostics,
+    );
     let mut router = RouterBuilder::default();
     // Who holds each (host, kind, path) and the default backend, to name the
     // winner when a younger Ingress loses a conflict.
@@ -57,8 +120,9 @@ pub fn compile(state: &ClusterState, opts: &CompileOptions) -> Snapshot {
             continue;
         };
         let mut hosts = Vec::new();
+        let policy = path_policy(ing, opts, &object, &mut c.diagnostics);
         if let Some(def) = &spec.default_backend
-            && let Some(id) = c.backend(&key, def, &object, "spec.defaultBackend")
+            && let Some(id) = c.backend(&key, def, policy, &object, "spec.defaultBackend")
         {
             if router.set_default(id) {
                 default_owner = Some(key.clone());
@@ -114,8 +178,13 @@ pub fn compile(state: &ClusterState, opts: &CompileOptions) -> Snapshot {
                     ));
                     continue;
                 }
-                let Some(id) = c.backend(&key, &p.backend, &object, &format!("{field}.backend"))
-                else {
+                let Some(id) = c.backend(
+                    &key,
+                    &p.backend,
+                    policy,
+                    &object,
+                    &format!("{field}.backend"),
+                ) else {
                     continue;
                 };
                 let norm = match kind {
@@ -166,10 +235,73 @@ pub fn compile(state: &ClusterState, opts: &CompileOptions) -> Snapshot {
         router,
         host_labels,
         l4,
+        tls,
         backends: c.backends,
         served,
         diagnostics: c.diagnostics,
         node_name: opts.node_name.clone(),
+    }
+}
+
+/// The annotations of `ing` that shape its paths; bad values are reported
+/// and the default kept.
+fn path_policy(
+    ing: &Ingress,
+    opts: &CompileOptions,
+    object: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> PathPolicy {
+    let annotations = ing.metadata.annotations.as_ref();
+    let mut flag = |name: &str, default: bool| -> bool {
+        match annotations.and_then(|a| a.get(name)).map(|v| v.trim()) {
+            None => default,
+            Some("true") => true,
+            Some("false") => false,
+            Some(other) => {
+                diagnostics.push(Diagnostic::warning(
+                    object,
+                    format!("metadata.annotations[{name}]"),
+                    format!("'{other}' is not \"true\" or \"false\"; {default} is used"),
+                ));
+                default
+            }
+        }
+    };
+    let ssl_redirect = flag(SSL_REDIRECT_ANNOTATION, opts.ssl_redirect);
+    let force_ssl_redirect = flag(FORCE_SSL_REDIRECT_ANNOTATION, false);
+    let backend_protocol = match annotations
+        .and_then(|a| a.get(BACKEND_PROTOCOL_ANNOTATION))
+        .map(|v| v.trim().to_ascii_uppercase())
+        .as_deref()
+    {
+        None => None,
+        Some("HTTP") => Some(UpstreamProtocol::Http1),
+        Some("HTTPS") => Some(UpstreamProtocol::Https),
+        Some("GRPC") => Some(UpstreamProtocol::H2c),
+        Some("GRPCS") => Some(UpstreamProtocol::H2s),
+        Some(other) => {
+            diagnostics.push(Diagnostic::warning(
+                object,
+                format!("metadata.annotations[{BACKEND_PROTOCOL_ANNOTATION}]"),
+                format!("'{other}' is not HTTP, HTTPS, GRPC or GRPCS; HTTP is used"),
+            ));
+            None
+        }
+    };
+    PathPolicy {
+        ssl_redirect,
+        force_ssl_redirect,
+        backend_protocol,
+    }
+}
+
+/// The protocol a Service port's appProtocol names, if one we speak.
+fn app_protocol(sp: &ServicePort) -> Option<UpstreamProtocol> {
+    match sp.app_protocol.as_deref()? {
+        "kubernetes.io/h2c" | "h2c" | "grpc" => Some(UpstreamProtocol::H2c),
+        "https" | "kubernetes.io/https" => Some(UpstreamProtocol::Https),
+        "http" | "kubernetes.io/http" => Some(UpstreamProtocol::Http1),
+        _ => None,
     }
 }
 
@@ -264,7 +396,7 @@ fn our_ingresses<'a>(
 struct Compiler<'a> {
     state: &'a ClusterState,
     backends: Vec<Backend>,
-    backend_ids: HashMap<(ObjectKey, String), BackendId>,
+    backend_ids: HashMap<(ObjectKey, String, PathPolicy), BackendId>,
     diagnostics: Vec<Diagnostic>,
 }
 
@@ -276,6 +408,7 @@ impl Compiler<'_> {
         &mut self,
         ing: &ObjectKey,
         b: &IngressBackend,
+        policy: PathPolicy,
         object: &str,
         field: &str,
     ) -> Option<BackendId> {
@@ -312,7 +445,7 @@ impl Compiler<'_> {
             Ok((_, sp)) => sp.port.to_string(),
             Err(_) => port,
         };
-        if let Some(id) = self.backend_ids.get(&(key.clone(), port.clone())) {
+        if let Some(id) = self.backend_ids.get(&(key.clone(), port.clone(), policy)) {
             if let Some(problem) = &self.backends[id.0].problem {
                 self.diagnostics.push(Diagnostic::error(
                     object,
@@ -322,9 +455,9 @@ impl Compiler<'_> {
             }
             return Some(*id);
         }
-        let (endpoints, problem) = match resolved {
-            Ok((_, sp)) => (self.endpoints_of(&key, sp), None),
-            Err(problem) => (Vec::new(), Some(problem)),
+        let (endpoints, problem, port_protocol) = match resolved {
+            Ok((_, sp)) => (self.endpoints_of(&key, sp), None, app_protocol(sp)),
+            Err(problem) => (Vec::new(), Some(problem), None),
         };
         if let Some(problem) = &problem {
             self.diagnostics.push(Diagnostic::error(
@@ -341,8 +474,13 @@ impl Compiler<'_> {
             endpoints: Arc::from(endpoints),
             problem,
             cursor: Default::default(),
+            policy,
+            protocol: policy
+                .backend_protocol
+                .or(port_protocol)
+                .unwrap_or_default(),
         });
-        self.backend_ids.insert((key, port), id);
+        self.backend_ids.insert((key, port, policy), id);
         Some(id)
     }
 

@@ -11,9 +11,10 @@ pub mod l4;
 pub mod router;
 pub mod snapshot;
 pub mod state;
+pub mod tls;
 
-pub use compile::{CompileOptions, compile};
+pub use compile::{CompileOptions, PathPolicy, compile, compile_at};
 pub use diagnostics::{Diagnostic, Severity};
 pub use router::{RouteTarget, Router};
-pub use snapshot::{Backend, BackendId, Endpoint, Snapshot};
+pub use snapshot::{Backend, BackendId, Endpoint, Snapshot, UpstreamProtocol};
 pub use state::{ClusterState, ObjectKey};

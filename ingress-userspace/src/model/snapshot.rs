@@ -21,6 +21,30 @@ pub struct Endpoint {
     pub ready: bool,
 }
 
+/// How the proxy talks to the pods of a backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 in clear (the default).
+    #[default]
+    Http1,
+    /// HTTP/2 in clear with prior knowledge (gRPC, `kubernetes.io/h2c`).
+    H2c,
+    /// HTTP/1.1 over TLS.
+    Https,
+    /// HTTP/2 over TLS (gRPC with TLS).
+    H2s,
+}
+
+impl UpstreamProtocol {
+    pub fn is_h2(self) -> bool {
+        matches!(self, UpstreamProtocol::H2c | UpstreamProtocol::H2s)
+    }
+
+    pub fn is_tls(self) -> bool {
+        matches!(self, UpstreamProtocol::Https | UpstreamProtocol::H2s)
+    }
+}
+
 /// A Service port an Ingress path points at, resolved to pod endpoints.
 #[derive(Debug)]
 pub struct Backend {
@@ -37,6 +61,11 @@ pub struct Backend {
     pub cursor: AtomicUsize,
     /// `ns/name:port`, made once for logs and metric labels.
     pub label: Arc<str>,
+    /// What the annotations of the Ingress behind it ask (redirects).
+    pub policy: super::compile::PathPolicy,
+    /// From the `backend-protocol` annotation, else the Service port's
+    /// appProtocol, else HTTP/1.1.
+    pub protocol: UpstreamProtocol,
 }
 
 impl Backend {
@@ -52,6 +81,8 @@ impl PartialEq for Backend {
             && self.port == other.port
             && self.endpoints == other.endpoints
             && self.problem == other.problem
+            && self.policy == other.policy
+            && self.protocol == other.protocol
     }
 }
 
@@ -69,6 +100,8 @@ pub struct Snapshot {
     pub backends: Vec<Backend>,
     /// The L4 frontends (NodePorts, LoadBalancer IPs, externalIPs).
     pub l4: super::l4::L4Table,
+    /// Certificates by SNI name.
+    pub tls: super::tls::TlsTable,
     pub served: Vec<ServedIngress>,
     pub diagnostics: Vec<Diagnostic>,
     /// This node's name (`--node-name`), for the L4 path.

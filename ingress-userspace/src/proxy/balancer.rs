@@ -70,6 +70,8 @@ mod tests {
             endpoints: Arc::from(eps),
             problem: None,
             cursor: Default::default(),
+            policy: Default::default(),
+            protocol: Default::default(),
         }
     }
 

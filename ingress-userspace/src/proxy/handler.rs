@@ -20,10 +20,10 @@ use super::{
     Proxy, balancer,
     body::{AccessRecord, BodyError, BodyTooLarge, LoggedBody, prebuffer},
     headers::{self, Forwarded},
-    responses::{not_found, plain},
+    responses::{not_found, plain, redirect},
     upstream::{BoxError, ConnectError, UpBody, Upstreams},
 };
-use crate::model::{RouteTarget, Snapshot, router::normalize_request_host};
+use crate::model::{RouteTarget, Snapshot, UpstreamProtocol, router::normalize_request_host};
 
 /// The client connection a request came on.
 #[derive(Clone, Copy, Debug)]
@@ -131,6 +131,14 @@ async fn forward(
         },
     };
     record.service = backend.label();
+    if conn.scheme == "http"
+        && let Some(h) = host.as_deref()
+        && (backend.policy.force_ssl_redirect
+            || (backend.policy.ssl_redirect && snapshot.tls.has_host(h)))
+    {
+        proxy.metrics.redirects.inc();
+        return https_redirect(h, cfg.https_port, req.uri());
+    }
     if let Some(problem) = &backend.problem {
         return plain(StatusCode::SERVICE_UNAVAILABLE, problem);
     }
@@ -167,7 +175,8 @@ async fn forward(
         record.bytes_in = b.len() as u64;
     }
     let mut body = Some(body.into_upstream());
-    let template = upstream_parts(parts, conn, raw_host.as_deref(), upgrade);
+    let protocol = backend.protocol;
+    let template = upstream_parts(parts, conn, raw_host.as_deref(), upgrade, protocol);
 
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last_error: Option<ConnectError> = None;
@@ -181,7 +190,7 @@ async fn forward(
         }
         tried.push(addr);
         record.upstream = Some(addr);
-        let mut pooled = match pool.checkout(addr).await {
+        let mut pooled = match pool.checkout(addr, protocol).await {
             Ok(c) => c,
             Err(e) => {
                 proxy.metrics.upstream_connect_errors.inc();
@@ -209,7 +218,7 @@ async fn forward(
                     match unsent {
                         Some(back) if fresh_retry => {
                             fresh_retry = false;
-                            match pool.connect(addr).await {
+                            match pool.connect(addr, protocol).await {
                                 Ok(sender) => {
                                     pooled.sender = sender;
                                     upreq = back;
@@ -249,7 +258,7 @@ async fn forward(
                 "upstream switched protocols without being asked",
             );
         }
-        pool.release(pooled.sender, &endpoint);
+        pool.release(pooled.sender, protocol, &endpoint);
         headers::strip_hop_by_hop(resp.headers_mut());
         return resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed());
     }
@@ -257,6 +266,17 @@ async fn forward(
         Some(e) => connect_failure(&e),
         None => plain(StatusCode::BAD_GATEWAY, "no endpoint could be reached"),
     }
+}
+
+/// 308 to the same host, path and query over HTTPS (on `port` when it is
+/// not 443).
+fn https_redirect(host: &str, port: Option<u16>, uri: &Uri) -> Response<UpBody> {
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = match port {
+        Some(p) if p != 443 => format!("https://{host}:{p}{pq}"),
+        _ => format!("https://{host}{pq}"),
+    };
+    redirect(StatusCode::PERMANENT_REDIRECT, &location)
 }
 
 fn connect_failure(e: &ConnectError) -> Response<UpBody> {
@@ -304,8 +324,19 @@ fn upstream_parts(
     conn: ConnInfo,
     raw_host: Option<&str>,
     upgrade: bool,
+    protocol: UpstreamProtocol,
 ) -> Template {
     let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
+    // gRPC needs `te: trailers` end to end; HTTP/2 allows exactly that value.
+    let te_trailers = parts
+        .headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
     headers::strip_hop_by_hop(&mut parts.headers);
     if upgrade && let Some(u) = upgrade_value {
         parts.headers.insert(header::UPGRADE, u);
@@ -327,14 +358,31 @@ fn upstream_parts(
             port: conn.local.port(),
         },
     );
-    // Origin-form to the pod, whatever form the client used.
     let pq = parts
         .uri
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
-    parts.uri = pq.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
-    parts.version = Version::HTTP_11;
+    if protocol.is_h2() {
+        // HTTP/2 carries scheme and authority as pseudo-headers: an
+        // absolute URI with the client's Host.
+        let scheme = if protocol.is_tls() { "https" } else { "http" };
+        let authority = raw_host.unwrap_or("localhost");
+        parts.uri = format!("{scheme}://{authority}{pq}")
+            .parse::<Uri>()
+            .unwrap_or_else(|_| Uri::from_static("/"));
+        parts.headers.remove(header::HOST);
+        if te_trailers {
+            parts
+                .headers
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        parts.version = Version::HTTP_2;
+    } else {
+        // Origin-form to the pod, whatever form the client used.
+        parts.uri = pq.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
+        parts.version = Version::HTTP_11;
+    }
     Template { parts }
 }
 

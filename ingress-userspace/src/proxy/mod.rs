@@ -18,6 +18,7 @@ pub mod headers;
 pub mod listen;
 pub mod responses;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 
 use std::{
@@ -61,6 +62,8 @@ pub struct ProxyConfig {
     pub retries: usize,
     pub load_balance: LoadBalance,
     pub max_idle_per_endpoint: usize,
+    /// The port of the HTTPS listener, for redirects (omitted when 443).
+    pub https_port: Option<u16>,
 }
 
 impl Default for ProxyConfig {
@@ -76,6 +79,7 @@ impl Default for ProxyConfig {
             retries: 2,
             load_balance: LoadBalance::RoundRobin,
             max_idle_per_endpoint: 128,
+            https_port: None,
         }
     }
 }

@@ -31,3 +31,16 @@ pub fn not_found() -> Response<UpBody> {
         "no Ingress rule matches this request",
     )
 }
+
+/// A redirect to `location` (which must be a valid header value; a bad one
+/// becomes 400).
+pub fn redirect(status: StatusCode, location: &str) -> Response<UpBody> {
+    match header::HeaderValue::from_str(location) {
+        Ok(v) => {
+            let mut resp = plain(status, &format!("moved to {location}"));
+            resp.headers_mut().insert(header::LOCATION, v);
+            resp
+        }
+        Err(_) => plain(StatusCode::BAD_REQUEST, "invalid request target"),
+    }
+}

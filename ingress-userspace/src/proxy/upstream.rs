@@ -1,6 +1,7 @@
-//! Upstream connections: one pool of idle HTTP/1.1 connections per pod
-//! endpoint, built on hyper's client connection API so that the proxy
-//! decides when to connect, reuse and retry.
+//! Upstream connections: per pod endpoint, a pool of idle HTTP/1.1
+//! connections and one shared HTTP/2 connection (h2c or TLS), built on
+//! hyper's client connection API so that the proxy decides when to connect,
+//! reuse and retry.
 
 use std::{
     collections::HashMap,
@@ -14,9 +15,15 @@ use std::{
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::{
+    Request, Response,
+    body::Incoming,
+    client::conn::{TrySendError, http1, http2},
+};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+
+pub use crate::model::UpstreamProtocol;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type sent upstream.
@@ -29,12 +36,49 @@ pub enum ConnectError {
     Timeout(SocketAddr),
     #[error("connect to {0}: {1}")]
     Io(SocketAddr, std::io::Error),
-    #[error("HTTP/1.1 handshake with {0}: {1}")]
+    #[error("HTTP handshake with {0}: {1}")]
     Handshake(SocketAddr, hyper::Error),
+    #[error("TLS handshake with {0}: {1}")]
+    Tls(SocketAddr, std::io::Error),
+}
+
+/// A connection able to carry requests: HTTP/1.1 (one at a time) or
+/// HTTP/2 (shared, multiplexed).
+pub enum Sender {
+    H1(http1::SendRequest<UpBody>),
+    H2(http2::SendRequest<UpBody>),
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_ready(),
+            Sender::H2(s) => s.is_ready(),
+        }
+    }
+
+    /// Sends a request; an unsent one comes back in the error.
+    pub async fn try_send_request(
+        &mut self,
+        req: Request<UpBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<UpBody>>> {
+        match self {
+            Sender::H1(s) => s.try_send_request(req).await,
+            Sender::H2(s) => s.try_send_request(req).await,
+        }
+    }
 }
 
 struct Idle {
-    sender: http1::SendRequest<UpBody>,
+    sender: Sender,
+    protocol: UpstreamProtocol,
     since: Instant,
 }
 
@@ -51,7 +95,7 @@ pub struct EndpointState {
 
 /// A connection checked out for one request.
 pub struct PooledConn {
-    pub sender: http1::SendRequest<UpBody>,
+    pub sender: Sender,
     pub endpoint: Arc<EndpointState>,
     /// Whether it came from the pool (then a failure before sending means
     /// the peer closed it while idle, and a fresh connection may retry).
@@ -60,6 +104,10 @@ pub struct PooledConn {
 
 pub struct Upstreams {
     endpoints: RwLock<HashMap<SocketAddr, Arc<EndpointState>>>,
+    /// TLS to pods: no verification (as ingress-nginx's default
+    /// proxy-ssl-verify off), ALPN per protocol.
+    tls_h1: tokio_rustls::TlsConnector,
+    tls_h2: tokio_rustls::TlsConnector,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
@@ -70,6 +118,8 @@ impl Upstreams {
     pub fn new(connect_timeout: Duration, idle_timeout: Duration, max_idle: usize) -> Self {
         Upstreams {
             endpoints: RwLock::new(HashMap::new()),
+            tls_h1: super::tls::upstream_connector(b"http/1.1"),
+            tls_h2: super::tls::upstream_connector(b"h2"),
             connect_timeout,
             idle_timeout,
             max_idle,
@@ -112,11 +162,17 @@ impl Upstreams {
 
     /// A ready pooled connection to `addr` if there is one, else a new one.
     ///
-    /// The pool holds connections from the moment their response head came
-    /// back: one still carrying its response body is not ready yet and is
-    /// passed over (and kept); one the peer closed, or idle too long, is
-    /// dropped. This way returning a connection costs no task and no wakeup.
-    pub async fn checkout(&self, addr: SocketAddr) -> Result<PooledConn, ConnectError> {
+    /// HTTP/1.1: the pool holds connections from the moment their response
+    /// head came back: one still carrying its response body is not ready yet
+    /// and is passed over (and kept); one the peer closed, or idle too long,
+    /// is dropped. This way returning a connection costs no task and no
+    /// wakeup. HTTP/2: one connection per endpoint and protocol, shared by
+    /// every request (cloned out, never removed while open).
+    pub async fn checkout(
+        &self,
+        addr: SocketAddr,
+        protocol: UpstreamProtocol,
+    ) -> Result<PooledConn, ConnectError> {
         let endpoint = self.endpoint(addr);
         let reused = {
             let mut idle = endpoint.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -124,9 +180,21 @@ impl Upstreams {
             idle.retain(|c| {
                 !c.sender.is_closed() && now.duration_since(c.since) < self.idle_timeout
             });
-            idle.iter()
-                .rposition(|c| c.sender.is_ready())
-                .map(|i| idle.swap_remove(i).sender)
+            if protocol.is_h2() {
+                idle.iter_mut()
+                    .find(|c| c.protocol == protocol)
+                    .and_then(|c| match &c.sender {
+                        Sender::H2(s) => {
+                            c.since = now;
+                            Some(Sender::H2(s.clone()))
+                        }
+                        Sender::H1(_) => None,
+                    })
+            } else {
+                idle.iter()
+                    .rposition(|c| c.protocol == protocol && c.sender.is_ready())
+                    .map(|i| idle.swap_remove(i).sender)
+            }
         };
         if let Some(sender) = reused {
             return Ok(PooledConn {
@@ -135,7 +203,18 @@ impl Upstreams {
                 reused: true,
             });
         }
-        let sender = self.connect(addr).await?;
+        let sender = self.connect(addr, protocol).await?;
+        if let Sender::H2(s) = &sender {
+            endpoint
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Idle {
+                    sender: Sender::H2(s.clone()),
+                    protocol,
+                    since: Instant::now(),
+                });
+        }
         Ok(PooledConn {
             sender,
             endpoint,
@@ -147,33 +226,42 @@ impl Upstreams {
     pub async fn connect(
         &self,
         addr: SocketAddr,
-    ) -> Result<http1::SendRequest<UpBody>, ConnectError> {
+        protocol: UpstreamProtocol,
+    ) -> Result<Sender, ConnectError> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| ConnectError::Timeout(addr))?
             .map_err(|e| ConnectError::Io(addr, e))?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+        if !protocol.is_tls() {
+            return handshake(addr, protocol, stream).await;
+        }
+        let connector = if protocol.is_h2() {
+            &self.tls_h2
+        } else {
+            &self.tls_h1
+        };
+        let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+        let tls = tokio::time::timeout(self.connect_timeout, connector.connect(name, stream))
             .await
-            .map_err(|e| ConnectError::Handshake(addr, e))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(%addr, error = %e, "upstream connection ended");
-            }
-        });
-        Ok(sender)
+            .map_err(|_| ConnectError::Timeout(addr))?
+            .map_err(|e| ConnectError::Tls(addr, e))?;
+        handshake(addr, protocol, tls).await
     }
 
     /// Puts a connection whose response head has arrived back in the pool;
     /// it becomes usable once its response body is done (see `checkout`).
-    pub fn release(&self, sender: http1::SendRequest<UpBody>, endpoint: &EndpointState) {
-        let mut idle = endpoint.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < self.max_idle {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+    /// HTTP/2 connections stay in the pool all along.
+    pub fn release(&self, sender: Sender, protocol: UpstreamProtocol, endpoint: &EndpointState) {
+        if let Sender::H1(_) = sender {
+            let mut idle = endpoint.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < self.max_idle {
+                idle.push(Idle {
+                    sender,
+                    protocol,
+                    since: Instant::now(),
+                });
+            }
         }
     }
 
@@ -193,4 +281,42 @@ impl Upstreams {
         };
         endpoint.ewma_ns.store(next as u64, Ordering::Relaxed);
     }
+}
+
+/// The HTTP handshake on a connected (maybe TLS) stream; the connection is
+/// driven by its own task.
+async fn handshake<S>(
+    addr: SocketAddr,
+    protocol: UpstreamProtocol,
+    stream: S,
+) -> Result<Sender, ConnectError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if protocol.is_h2() {
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(1024 * 1024)
+            .initial_connection_window_size(4 * 1024 * 1024)
+            .keep_alive_interval(std::time::Duration::from_secs(30))
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ConnectError::Handshake(addr, e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        return Ok(Sender::H2(sender));
+    }
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ConnectError::Handshake(addr, e))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(%addr, error = %e, "upstream connection ended");
+        }
+    });
+    Ok(Sender::H1(sender))
 }

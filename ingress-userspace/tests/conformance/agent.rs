@@ -25,6 +25,7 @@ const POLL: Duration = Duration::from_millis(10);
 pub struct Agent {
     child: Option<Child>,
     pub http: SocketAddr,
+    pub https: SocketAddr,
     pub admin: SocketAddr,
     dir: tempfile::TempDir,
 }
@@ -54,6 +55,7 @@ impl Agent {
         let mut agent = Agent {
             child: None,
             http: free_port()?,
+            https: free_port()?,
             admin: free_port()?,
             dir,
         };
@@ -70,6 +72,7 @@ impl Agent {
                     agent.stop();
                     if attempt < 3 && exited.is_some() && agent.log().contains("binding the") {
                         agent.http = free_port()?;
+                        agent.https = free_port()?;
                         agent.admin = free_port()?;
                         continue;
                     }
@@ -96,6 +99,13 @@ impl Agent {
             .arg(self.manifests())
             .arg("--http-listen")
             .arg(self.http.to_string())
+            .arg("--https-listen")
+            .arg(self.https.to_string())
+            // The Ingress spec defines no redirect, and the suite expects
+            // plain HTTP to a host listed under spec.tls to be served (200),
+            // so the agent's ingress-nginx-style redirect is off here.
+            .arg("--ssl-redirect")
+            .arg("false")
             .arg("--admin-listen")
             .arg(self.admin.to_string())
             .arg("--xdp-mode")

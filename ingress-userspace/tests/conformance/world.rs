@@ -27,6 +27,14 @@ const CONTROLLER: &str = "ingress-ebpf.dev/controller";
 /// Bound on waiting for an Ingress to show in the status.
 const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// A self-signed certificate made for one host, stored as a TLS Secret.
+#[derive(Debug)]
+struct TlsSecret {
+    name: String,
+    cert_pem: String,
+    key_pem: String,
+}
+
 /// One scenario's cluster: what the steps declared, the pods, the agent and
 /// the last responses.
 #[derive(Debug, Default)]
@@ -34,8 +42,8 @@ pub struct IngressWorld {
     namespace: Option<String>,
     /// The Ingress, namespace set.
     ingress: Option<Yaml>,
-    /// TLS Secrets: (name, host).
-    secrets: Vec<(String, String)>,
+    /// TLS Secrets the scenario asked for.
+    secrets: Vec<TlsSecret>,
     /// Replicas asked for by "scaled to N" (others have one).
     replicas: BTreeMap<String, usize>,
     pods: BTreeMap<String, Vec<echo::Pod>>,
@@ -170,19 +178,13 @@ impl IngressWorld {
                 "endpoints": endpoints,
             }))?;
         }
-        for (name, host) in &self.secrets {
-            // No key material: TLS termination (which would read it) is not
-            // built yet, and the agent does not look inside Secrets.
+        for secret in &self.secrets {
             push(&json!({
                 "apiVersion": "v1",
                 "kind": "Secret",
                 "type": "kubernetes.io/tls",
-                "metadata": {
-                    "name": name,
-                    "namespace": ns,
-                    "annotations": {"conformance.ingress-ebpf.dev/self-signed-for": host},
-                },
-                "data": {"tls.crt": "", "tls.key": ""},
+                "metadata": {"name": secret.name, "namespace": ns},
+                "stringData": {"tls.crt": secret.cert_pem, "tls.key": secret.key_pem},
             }))?;
         }
         Ok(docs.join("---\n"))
@@ -225,6 +227,18 @@ impl IngressWorld {
             host.to_string()
         };
         client::send(agent.http, method, &host, path).await
+    }
+
+    /// Sends one request over TLS to the HTTPS listener, trusting the
+    /// scenario's self-signed certificates only.
+    async fn request_tls(&self, method: &str, host: &str, path: &str) -> anyhow::Result<Reply> {
+        let agent = self.agent()?;
+        ensure!(
+            !self.secrets.is_empty(),
+            "an https:// request needs a TLS secret given before it"
+        );
+        let trusted: String = self.secrets.iter().map(|s| s.cert_pem.as_str()).collect();
+        client::send_tls(agent.https, method, host, path, &trusted).await
     }
 }
 
@@ -313,7 +327,13 @@ async fn ingress_in_new_namespace(w: &mut IngressWorld, ctx: Context) -> anyhow:
 
 async fn tls_secret(w: &mut IngressWorld, ctx: Context) -> anyhow::Result<()> {
     let g = groups(&ctx);
-    w.secrets.push((g[0].clone(), g[1].clone()));
+    let made = rcgen::generate_simple_self_signed(vec![g[1].clone()])
+        .context("making the self-signed certificate")?;
+    w.secrets.push(TlsSecret {
+        name: g[0].clone(),
+        cert_pem: made.cert.pem(),
+        key_pem: made.signing_key.serialize_pem(),
+    });
     Ok(())
 }
 
@@ -374,7 +394,8 @@ async fn scaled_to(w: &mut IngressWorld, ctx: Context) -> anyhow::Result<()> {
 fn split_url(url: &str) -> anyhow::Result<(String, String)> {
     let rest = url
         .strip_prefix("http://")
-        .with_context(|| format!("{url:?} is not an http:// URL"))?;
+        .or_else(|| url.strip_prefix("https://"))
+        .with_context(|| format!("{url:?} is not an http:// or https:// URL"))?;
     let (host, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -385,7 +406,11 @@ fn split_url(url: &str) -> anyhow::Result<(String, String)> {
 async fn send_url(w: &mut IngressWorld, ctx: Context) -> anyhow::Result<()> {
     let g = groups(&ctx);
     let (host, path) = split_url(&g[1])?;
-    let reply = w.request(&g[0], &host, &path).await?;
+    let reply = if g[1].starts_with("https://") {
+        w.request_tls(&g[0], &host, &path).await?
+    } else {
+        w.request(&g[0], &host, &path).await?
+    };
     w.replies = vec![reply];
     Ok(())
 }
@@ -409,6 +434,14 @@ async fn send_many(w: &mut IngressWorld, ctx: Context) -> anyhow::Result<()> {
     }
     w.replies = replies;
     Ok(())
+}
+
+async fn verified_hostname(w: &mut IngressWorld, ctx: Context) -> anyhow::Result<()> {
+    let want = &groups(&ctx)[0];
+    match &w.last()?.verified_host {
+        Some(host) => expect_eq("certificate verified for", want, host),
+        None => bail!("the last request did not go over TLS"),
+    }
 }
 
 async fn status_code(w: &mut IngressWorld, ctx: Context) -> anyhow::Result<()> {
@@ -591,11 +624,13 @@ pub fn steps() -> Collection<IngressWorld> {
             r#"^The backend deployment "([^"]+)" for the ingress resource is scaled to (\d+)$"#,
             step!(scaled_to),
         ),
-        // https:// URLs match no step on purpose: TLS termination is not
-        // built yet, so those scenarios are reported as skipped.
         (
-            r#"^I send a "([A-Z]+)" request to "(http://[^"]*)"$"#,
+            r#"^I send a "([A-Z]+)" request to "(https?://[^"]*)"$"#,
             step!(send_url),
+        ),
+        (
+            r#"^the secure connection must verify the "([^"]+)" hostname$"#,
+            step!(verified_hostname),
         ),
         (
             r#"^I send a "([A-Z]+)" request to http://"([^"]*)"/"([^"]*)"$"#,

@@ -96,20 +96,33 @@ impl Drop for TempDir {
 
 /// The agent on loopback serving `dir`, with its HTTP address.
 pub fn start_local_agent(dir: &Path, extra: &[&str]) -> (Agent, SocketAddr) {
+    let (agent, http, _) = start_local_agent_tls(dir, extra);
+    (agent, http)
+}
+
+/// The agent on loopback serving `dir`, with its HTTP and HTTPS addresses.
+pub fn start_local_agent_tls(dir: &Path, extra: &[&str]) -> (Agent, SocketAddr, SocketAddr) {
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let http_s = http.to_string();
+    let (http_s, https_s) = (http.to_string(), https.to_string());
     let dir_s = dir.display().to_string();
     let mut args = vec![
         "--manifests",
         &dir_s,
         "--http-listen",
         &http_s,
+        "--https-listen",
+        &https_s,
         "--xdp-mode",
         "off",
     ];
     args.extend_from_slice(extra);
-    (Agent::start_local(&ingress_bin(), &args, admin), http)
+    (
+        Agent::start_local(&ingress_bin(), &args, admin),
+        http,
+        https,
+    )
 }
 
 /// A parsed HTTP/1.1 response.

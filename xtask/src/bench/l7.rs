@@ -28,6 +28,8 @@ use super::{
 const HEADING: &str = "## L7: ingress vs nginx (cargo xtask bench l7)";
 
 const OURS: &str = "127.0.0.1:18080";
+const OURS_TLS: &str = "127.0.0.1:18443";
+const NGINX_TLS: &str = "127.0.0.1:18444";
 const BACKEND: &str = "127.0.0.1:18081";
 const NGINX: &str = "127.0.0.1:18082";
 const ADMIN: &str = "127.0.0.1:19100";
@@ -52,19 +54,46 @@ pub fn run() -> anyhow::Result<()> {
     let started = Instant::now();
     process::catch_interrupts();
     let load_before = loadavg();
-    let tools = process::ensure_tools(&[("nginx", "nginx"), ("wrk", "wrk")])?;
+    let tools =
+        process::ensure_tools(&[("nginx", "nginx"), ("wrk", "wrk"), ("openssl", "openssl")])?;
     let (nginx_bin, wrk_bin) = (&tools[0], &tools[1]);
     println!("bench l7: building the agent (cargo build --release)");
     let bin = build_agent()?;
     process::check_interrupted()?;
     let (ours, backend, nginx_addr, admin) = (sa(OURS), sa(BACKEND), sa(NGINX), sa(ADMIN));
-    process::ensure_free(&[ours, backend, nginx_addr, admin])?;
+    let (ours_tls, nginx_tls) = (sa(OURS_TLS), sa(NGINX_TLS));
+    process::ensure_free(&[ours, backend, nginx_addr, admin, ours_tls, nginx_tls])?;
 
     // Dropped last: every process below is stopped before it goes.
     let tmp = TempDir::new("l7")?;
     let watched = tmp.subdir("manifests")?;
     let staging = tmp.subdir("staging")?;
-    write(&watched.join("base.yaml"), &base_manifests())?;
+    // One ECDSA P-256 certificate for both proxies.
+    let (cert, key) = (tmp.path().join("tls.crt"), tmp.path().join("tls.key"));
+    crate::cmd::run(
+        Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args(["-subj", &format!("/CN={HOST}")])
+            .args(["-addext", &format!("subjectAltName=DNS:{HOST}")])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    )
+    .context("making the bench certificate with openssl")?;
+    let pem =
+        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    write(
+        &watched.join("base.yaml"),
+        &format!(
+            "{}---\n{}",
+            base_manifests(),
+            tls_secret(&pem(&cert)?, &pem(&key)?)
+        ),
+    )?;
     write(&watched.join("bench.yaml"), &ingress("bench", HOST))?;
 
     let mut backend_nginx = nginx::start(
@@ -81,7 +110,15 @@ pub fn run() -> anyhow::Result<()> {
         "nginx (proxy)",
         &tmp.path().join("nginx-proxy"),
         PROXY_CPU,
-        &nginx::proxy_block(nginx_addr, backend),
+        &nginx::proxy_block(
+            nginx_addr,
+            backend,
+            Some(&nginx::TlsFiles {
+                listen: nginx_tls,
+                cert: &cert,
+                key: &key,
+            }),
+        ),
         nginx_addr,
         HOST,
     )?;
@@ -135,6 +172,35 @@ pub fn run() -> anyhow::Result<()> {
             pair.push(r);
         }
         rounds.push((pair[0], pair[1]));
+    }
+    // The same over HTTPS (keep-alive: TLS records, not handshakes).
+    let mut tls_rounds: Vec<(WrkResult, WrkResult)> = Vec::new();
+    for round in 1..=ROUNDS {
+        let mut pair = Vec::new();
+        for (name, addr) in [("ingress", ours_tls), ("nginx", nginx_tls)] {
+            let url = format!("https://{addr}/");
+            load.run(WARMUP_SECS, &url, &wrk_log)
+                .with_context(|| format!("warming up {name} (HTTPS)"))?;
+            let r = load
+                .run(SECS, &url, &wrk_log)
+                .with_context(|| format!("HTTPS round {round} on {name}"))?;
+            println!(
+                "bench l7: HTTPS round {round}/{ROUNDS} {name:<7}  {:>9.0} req/s  p50 {}  p99 {}{}",
+                r.requests_per_sec,
+                ms(r.p50_us),
+                ms(r.p99_us),
+                errors(&r).map(|e| format!("  ({e})")).unwrap_or_default()
+            );
+            for p in [
+                &mut agent.proc,
+                &mut proxy_nginx.proc,
+                &mut backend_nginx.proc,
+            ] {
+                p.ensure_running()?;
+            }
+            pair.push(r);
+        }
+        tls_rounds.push((pair[0], pair[1]));
     }
     let rss_loaded = agent.proc.rss_kib()?;
     let nginx_rss_loaded = proxy_nginx.proc.rss_kib()?;
@@ -203,6 +269,7 @@ pub fn run() -> anyhow::Result<()> {
         nginx_version: nginx::version(nginx_bin),
         load_cmd: load.describe(SECS, "http://127.0.0.1:PORT/"),
         rounds,
+        tls_rounds,
         rss: [
             (rss_idle, Some(nginx_rss_idle)),
             (rss_loaded, Some(nginx_rss_loaded)),
@@ -247,6 +314,8 @@ impl Agent {
                 .arg("--manifests")
                 .arg(manifests)
                 .args(["--http-listen", OURS, "--admin-listen", ADMIN])
+                .args(["--https-listen", OURS_TLS, "--ssl-redirect", "false"])
+                .args(["--default-ssl-certificate", "default/bench-tls"])
                 .args(["--xdp-mode", "off", "--drain-timeout", "2s"])
                 .env("RUST_LOG", "warn"),
             log,
@@ -312,6 +381,20 @@ endpoints:
   conditions:
     ready: true
 "#
+    )
+}
+
+/// The bench certificate as a kubernetes.io/tls Secret (PEM in stringData).
+fn tls_secret(cert: &str, key: &str) -> String {
+    let block = |pem: &str| {
+        pem.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: bench-tls\n  namespace: default\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+        block(cert),
+        block(key)
     )
 }
 
@@ -501,6 +584,8 @@ struct Report {
     load_cmd: String,
     /// (ingress, nginx) per round.
     rounds: Vec<(WrkResult, WrkResult)>,
+    /// The same over HTTPS.
+    tls_rounds: Vec<(WrkResult, WrkResult)>,
     /// (ingress, nginx proxy) RSS in KiB: idle, after the load, 10k hot, 10k cold.
     rss: [(u64, Option<u64>); 4],
     many_bytes: usize,
@@ -557,7 +642,7 @@ impl Report {
         )?;
         writeln!(
             s,
-            "- **ingress** (ours): `taskset -c {PROXY_CPU} target/release/ingress run --manifests DIR --http-listen {OURS} --admin-listen {ADMIN} --xdp-mode off --drain-timeout 2s` with `RUST_LOG=warn` and stderr to a file; an IngressClass `ingress-ebpf` (default class), an Ingress `{HOST}` `/` Prefix → Service `backend`:80 → EndpointSlice 127.0.0.1:{}.",
+            "- **ingress** (ours): `taskset -c {PROXY_CPU} target/release/ingress run --manifests DIR --http-listen {OURS} --admin-listen {ADMIN} --https-listen {OURS_TLS} --ssl-redirect false --default-ssl-certificate default/bench-tls --xdp-mode off --drain-timeout 2s` with `RUST_LOG=warn` and stderr to a file; an IngressClass `ingress-ebpf` (default class), an Ingress `{HOST}` `/` Prefix → Service `backend`:80 → EndpointSlice 127.0.0.1:{}.",
             sa(BACKEND).port()
         )?;
         writeln!(
@@ -622,6 +707,13 @@ impl Report {
         } else {
             writeln!(s, "Errors wrk saw: {}.\n", errs.join("; "))?;
         }
+
+        writeln!(s, "### HTTPS\n")?;
+        writeln!(
+            s,
+            "The same load on `https://127.0.0.1:PORT/` (wrk keeps its 64 connections, so this is TLS record cost, not handshakes). Both proxies serve one ECDSA P-256 certificate made by `openssl req` for the run: the agent from a kubernetes.io/tls Secret as `--default-ssl-certificate` (rustls, ring) on {OURS_TLS}, nginx with `listen {NGINX_TLS} ssl`, `ssl_protocols TLSv1.2 TLSv1.3`, session cache and tickets (OpenSSL).\n"
+        )?;
+        rounds_table(&mut s, &self.tls_rounds)?;
 
         writeln!(s, "### Memory and configuration size\n")?;
         writeln!(
@@ -734,9 +826,86 @@ impl Report {
     }
 }
 
+/// Rounds, medians and ratios of one (ingress, nginx) comparison.
+fn rounds_table(s: &mut String, rounds: &[(WrkResult, WrkResult)]) -> std::fmt::Result {
+    let med = |f: fn(&WrkResult) -> f64, ours: bool| {
+        median(
+            &rounds
+                .iter()
+                .map(|(o, n)| f(if ours { o } else { n }))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let rps = |r: &WrkResult| r.requests_per_sec;
+    let p50 = |r: &WrkResult| r.p50_us;
+    let p99 = |r: &WrkResult| r.p99_us;
+    writeln!(
+        s,
+        "| round | ingress req/s | nginx req/s | ingress p50 | nginx p50 | ingress p99 | nginx p99 |"
+    )?;
+    writeln!(s, "|---|---:|---:|---:|---:|---:|---:|")?;
+    for (i, (o, n)) in rounds.iter().enumerate() {
+        writeln!(
+            s,
+            "| {} | {:.0} | {:.0} | {} | {} | {} | {} |",
+            i + 1,
+            o.requests_per_sec,
+            n.requests_per_sec,
+            ms(o.p50_us),
+            ms(n.p50_us),
+            ms(o.p99_us),
+            ms(n.p99_us)
+        )?;
+    }
+    writeln!(
+        s,
+        "| **median** | **{:.0}** | **{:.0}** | **{}** | **{}** | **{}** | **{}** |\n",
+        med(rps, true),
+        med(rps, false),
+        ms(med(p50, true)),
+        ms(med(p50, false)),
+        ms(med(p99, true)),
+        ms(med(p99, false))
+    )?;
+    writeln!(
+        s,
+        "**Ratios, ingress / nginx (medians):** requests/s **{:.2}**, p50 latency **{:.2}**, p99 latency **{:.2}**.\n",
+        med(rps, true) / med(rps, false),
+        med(p50, true) / med(p50, false),
+        med(p99, true) / med(p99, false)
+    )?;
+    let errs: Vec<String> = rounds
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (o, n))| {
+            [("ingress", o), ("nginx", n)]
+                .into_iter()
+                .filter_map(move |(w, r)| errors(r).map(|e| format!("round {} {w}: {e}", i + 1)))
+        })
+        .collect();
+    if errs.is_empty() {
+        writeln!(
+            s,
+            "Every response was a 2xx and wrk saw no socket errors.\n"
+        )
+    } else {
+        writeln!(s, "Errors wrk saw: {}.\n", errs.join("; "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tls_secret_is_yaml_with_the_pem_blocks() {
+        let y = tls_secret(
+            "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n",
+            "-----BEGIN PRIVATE KEY-----\nBBB\n-----END PRIVATE KEY-----\n",
+        );
+        assert!(y.contains("  tls.crt: |\n    -----BEGIN CERTIFICATE-----\n    AAA\n"));
+        assert!(y.contains("  tls.key: |\n    -----BEGIN PRIVATE KEY-----\n    BBB\n"));
+    }
 
     #[test]
     fn counts_get_separators() {

@@ -47,9 +47,34 @@ pub fn backend_block(listen: SocketAddr) -> String {
     )
 }
 
+/// The certificate and key (PEM files) a proxy serves HTTPS with.
+pub struct TlsFiles<'a> {
+    pub listen: SocketAddr,
+    pub cert: &'a Path,
+    pub key: &'a Path,
+}
+
 /// The reference proxy: keep-alive upstream to `backend`, with the request
-/// headers the agent sets too (as ingress-nginx does).
-pub fn proxy_block(listen: SocketAddr, backend: SocketAddr) -> String {
+/// headers the agent sets too (as ingress-nginx does); with `tls`, also
+/// HTTPS (TLS 1.2/1.3, session tickets and cache, as ingress-nginx's
+/// defaults).
+pub fn proxy_block(listen: SocketAddr, backend: SocketAddr, tls: Option<&TlsFiles<'_>>) -> String {
+    let tls = tls
+        .map(|t| {
+            format!(
+                "        listen {} ssl;
+        ssl_certificate {};
+        ssl_certificate_key {};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:10m;
+        ssl_session_tickets on;
+",
+                t.listen,
+                t.cert.display(),
+                t.key.display()
+            )
+        })
+        .unwrap_or_default();
     format!(
         "    upstream backend {{
         server {backend};
@@ -58,7 +83,7 @@ pub fn proxy_block(listen: SocketAddr, backend: SocketAddr) -> String {
     }}
     server {{
         listen {listen};
-        location / {{
+{tls}        location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";

@@ -17,6 +17,7 @@ fn opts() -> CompileOptions {
         ingress_class: "ours".into(),
         node_name: "node-a".into(),
         node_ips: Vec::new(),
+        ..CompileOptions::default()
     }
 }
 
