@@ -65,3 +65,22 @@ pub fn build_agent_release() -> anyhow::Result<PathBuf> {
     .context("building the agent (missing toolchain? run `cargo xtask setup`)")?;
     Ok(root.join("target/release/ingress"))
 }
+
+/// Builds one of the agent crate's examples in release mode; returns its
+/// path.
+pub fn build_example_release(name: &str) -> anyhow::Result<PathBuf> {
+    let root = workspace_root();
+    run(Command::new("cargo")
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--package",
+            "ingress-userspace",
+            "--example",
+            name,
+        ])
+        .current_dir(&root))
+    .with_context(|| format!("building the example {name}"))?;
+    Ok(root.join("target/release/examples").join(name))
+}

@@ -2,15 +2,20 @@
 //! network namespaces:
 //!
 //! ```text
-//!   client 198.18.0.2 --veth-- eth0 198.18.0.1 [node: ingress agent] eth1 198.18.1.1 --veth-- pods 198.18.1.2, .3
+//!   client 198.18.0.2 --+
+//!                       +-- bridge (lan) --+-- eth0 198.18.0.1 [edge-1: ingress agent] eth1 198.18.1.1 -- pods 198.18.1.2, .3
+//!   worker 198.18.0.3 --+  (worker-1: pod web-3)
 //! ```
 //!
-//! The agent attaches XDP and TC egress to the node's uplink (eth0) and
-//! serves the embedded manifests (`xtask/demo/*.yaml`) on 198.18.0.1:80.
-//! The demo sends real TCP and UDP across the uplink and shows the eBPF
-//! counters moving, sends HTTP through the proxy to the pods, changes the
-//! Ingress live and times how fast traffic follows, then stops the agent
-//! and shows nothing stays attached.
+//! The agent attaches XDP and TC egress to the ingress node's uplink (eth0)
+//! and serves the embedded manifests (`xtask/demo/*.yaml`) on
+//! 198.18.0.1:80. The demo sends real TCP and UDP across the uplink and
+//! shows the eBPF counters moving, sends HTTP through the proxy to the
+//! pods, answers NodePort 30080 from pods on both nodes in XDP (the worker
+//! could answer the client directly on the shared segment: its replies
+//! only arrive because SNAT and the reverse translation are right), changes
+//! the Ingress live and times how fast traffic follows, then stops the
+//! agent and shows nothing stays attached.
 
 use std::{
     collections::BTreeMap,
@@ -35,6 +40,8 @@ use crate::{
 };
 
 const ROUNDS: usize = 2;
+/// Requests to the NodePort: enough for Maglev to use pods on both nodes.
+const NODEPORT_REQUESTS: usize = 12;
 const PER_ROUND: usize = 10;
 const MANIFESTS: &str = include_str!("../demo/manifests.yaml");
 const INGRESS: &str = include_str!("../demo/ingress.yaml");
@@ -49,16 +56,18 @@ pub fn run() -> anyhow::Result<()> {
     }
     println!("demo: building the agent and its eBPF programs (cargo build --release)");
     let bin = cmd::build_agent_release()?;
+    let peer_bin = cmd::build_example_release("xdp_peer")?;
 
-    let ns = Namespaces::new(&["node", "client", "pods"]);
-    ns.link(
-        "node",
-        "eth0",
-        &["198.18.0.1/24"],
-        "client",
-        "eth0",
-        &["198.18.0.2/24"],
-    );
+    let ns = Namespaces::new(&["lan", "node", "client", "worker", "pods"]);
+    ns.link("node", "eth0", &["198.18.0.1/24"], "lan", "p-node", &[]);
+    ns.link("client", "eth0", &["198.18.0.2/24"], "lan", "p-client", &[]);
+    ns.link("worker", "eth0", &["198.18.0.3/24"], "lan", "p-worker", &[]);
+    let lan = ns.name("lan").to_string();
+    sh(&["ip", "-n", &lan, "link", "add", "br0", "type", "bridge"]);
+    for port in ["p-node", "p-client", "p-worker"] {
+        sh(&["ip", "-n", &lan, "link", "set", port, "master", "br0"]);
+    }
+    sh(&["ip", "-n", &lan, "link", "set", "br0", "up"]);
     ns.link(
         "node",
         "eth1",
@@ -67,15 +76,31 @@ pub fn run() -> anyhow::Result<()> {
         "eth0",
         &["198.18.1.2/24", "198.18.1.3/24"],
     );
-    let (node, client, pods) = (
+    let (node, client, worker, pods) = (
         ns.name("node").to_string(),
         ns.name("client").to_string(),
+        ns.name("worker").to_string(),
         ns.name("pods").to_string(),
     );
     // The node forwards to the pods behind it; the pods answer through it.
     ns.route_via("node", "pods", "198.18.1.1");
+    // The neighbour entries the XDP program's FIB lookups need.
+    for (from, to) in [
+        (&node, "198.18.0.2"),
+        (&node, "198.18.0.3"),
+        (&client, "198.18.0.1"),
+        (&worker, "198.18.0.1"),
+    ] {
+        sh(&[
+            "ip", "netns", "exec", from, "ping", "-c", "1", "-W", "2", to,
+        ]);
+    }
+    // Native XDP_TX on a veth reaches the peer promptly only when the peer
+    // runs XDP itself: the bridge port facing the node gets the do-nothing
+    // program for the demo's lifetime (a physical NIC needs nothing).
+    let _peer = XdpPeer::attach(&peer_bin, &lan, "p-node")?;
     println!(
-        "demo: client 198.18.0.2 <-> eth0 198.18.0.1 [node] eth1 198.18.1.1 <-> pods 198.18.1.2, 198.18.1.3"
+        "demo: client 198.18.0.2 and worker-1 198.18.0.3 share a bridge with eth0 198.18.0.1 [edge-1]; eth1 198.18.1.1 <-> pods 198.18.1.2, 198.18.1.3"
     );
 
     let lifetime = Duration::from_secs(60);
@@ -83,6 +108,7 @@ pub fn run() -> anyhow::Result<()> {
         http_echo_server(&pods, sa("198.18.1.2:8080"), "web-1", lifetime),
         http_echo_server(&pods, sa("198.18.1.3:8080"), "web-2", lifetime),
         http_echo_server(&pods, sa("198.18.1.3:9090"), "api-1", lifetime),
+        http_echo_server(&worker, sa("198.18.0.3:8080"), "web-3", lifetime),
     ];
     let dir = ManifestDir::new()?;
     dir.write("cluster.yaml", MANIFESTS)?;
@@ -169,33 +195,63 @@ pub fn run() -> anyhow::Result<()> {
     }
 
     println!(
-        "\n== L4 path: NodePort 30080 of Service web, answered by XDP (DNAT) and TC (reverse NAT) =="
+        "\n== L4 path: NodePort 30080 of Service web, pods on two nodes, answered in XDP and TC =="
     );
+    let before_np = counters(&agent);
+    let mut by_pod: BTreeMap<String, usize> = BTreeMap::new();
     let mut nodeport_ok = 0;
-    for _ in 0..4 {
+    for _ in 0..NODEPORT_REQUESTS {
         match http_get_from(&client, sa("198.18.0.1:30080"), "anything", "/") {
-            Ok((status, body)) => {
+            Ok((200, body)) => {
                 let pod = body
                     .split_whitespace()
                     .next()
                     .unwrap_or("")
-                    .trim_start_matches("pod=");
-                println!(
-                    "  GET http://198.18.0.1:30080/ -> {status} {pod} (straight to the pod, no proxy)"
-                );
-                if status == 200 {
-                    nodeport_ok += 1;
-                }
+                    .trim_start_matches("pod=")
+                    .to_string();
+                *by_pod.entry(pod).or_default() += 1;
+                nodeport_ok += 1;
             }
+            Ok((status, _)) => println!("  GET http://198.18.0.1:30080/ -> {status}"),
             Err(e) => println!("  GET http://198.18.0.1:30080/ -> failed: {e}"),
         }
     }
+    println!(
+        "  {nodeport_ok}/{NODEPORT_REQUESTS} GET http://198.18.0.1:30080/ answered, straight by the pods (no proxy), by Maglev:"
+    );
+    for (pod, n) in &by_pod {
+        let place = if pod == "web-3" {
+            "worker-1: DNAT + SNAT, XDP_TX; reply translated back in XDP"
+        } else {
+            "edge-1: DNAT, stack delivers; reply translated back in TC"
+        };
+        println!("    {pod:<6} {n:>3}  ({place})");
+    }
+    let after_np = counters(&agent);
+    let delta = |e: &str| {
+        let k = format!("ingress_datapath_l4_events_total{{hook=\"xdp\",event=\"{e}\"}}");
+        after_np.get(&k).copied().unwrap_or(0.0) - before_np.get(&k).copied().unwrap_or(0.0)
+    };
+    println!(
+        "  XDP events: {} new flows, {} local DNAT, {} remote DNAT+SNAT, {} remote replies, {} forwarded by XDP",
+        delta("l4_new_flow"),
+        delta("l4_dnat_local"),
+        delta("l4_dnat_remote"),
+        delta("l4_reply_remote"),
+        delta("l4_forwarded"),
+    );
     let rules = sh(&["ip", "netns", "exec", &node, "iptables-save"]);
     let rule_count = String::from_utf8_lossy(&rules.stdout)
         .lines()
         .filter(|l| l.starts_with("-A"))
         .count();
-    println!("  iptables rules on the node: {rule_count}");
+    let nft = sh(&["ip", "netns", "exec", &node, "nft", "list", "ruleset"]);
+    let nft_empty = String::from_utf8_lossy(&nft.stdout).trim().is_empty();
+    println!(
+        "  on the ingress node: {rule_count} iptables rules, nftables ruleset {}",
+        if nft_empty { "empty" } else { "NOT EMPTY" }
+    );
+    let both_nodes = by_pod.contains_key("web-3") && by_pod.keys().any(|p| p != "web-3");
 
     println!(
         "\n== live change: /api moves from Service api to Service web (atomic file rename) =="
@@ -252,8 +308,10 @@ pub fn run() -> anyhow::Result<()> {
         || still_attached
         || http_ok < 6
         || moved_after.is_none()
-        || nodeport_ok < 4
+        || nodeport_ok < NODEPORT_REQUESTS
+        || !both_nodes
         || rule_count > 0
+        || !nft_empty
     {
         bail!("the demo did not go as expected");
     }
@@ -304,5 +362,38 @@ fn print_table(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) {
                 .replace("_total{", "{");
             println!("  {name:<56} {v:>8} {delta:>+8}");
         }
+    }
+}
+
+/// The do-nothing XDP program on an interface, held by the `xdp_peer`
+/// example running in the interface's namespace; detached when dropped.
+struct XdpPeer(std::process::Child);
+
+impl XdpPeer {
+    fn attach(bin: &std::path::Path, ns: &str, iface: &str) -> anyhow::Result<Self> {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(bin)
+            .args([iface, "300"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting xdp_peer")?;
+        let out = child.stdout.take().context("xdp_peer stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(out).read_line(&mut line)?;
+        if !line.starts_with("attached") {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("xdp_peer did not attach to {iface}");
+        }
+        Ok(XdpPeer(child))
+    }
+}
+
+impl Drop for XdpPeer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
