@@ -11,7 +11,9 @@ use crate::cmd::{self, succeeds};
 /// - llvm-22-dev and companions: bpf-linker links against LLVM 22 (the
 ///   nightly's LLVM).
 /// - iproute2, ethtool, util-linux: namespaces, veth, offload switches, setpriv.
-/// - iptables, nftables: the L4 tests assert the node has no rule at all.
+/// - iptables, nftables: the L4 tests assert the node has no rule at all, and
+///   `cargo xtask bench l4` loads kube-proxy's rules into its node namespace
+///   with `iptables-restore` (wrk and nginx it installs itself on demand).
 /// - iputils-ping: warms neighbour entries in the namespace tests.
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
