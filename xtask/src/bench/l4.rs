@@ -21,7 +21,7 @@ use anyhow::{Context, bail};
 
 use super::{
     Machine,
-    l4_net::{self, Contender, Round, Setup, Target},
+    l4_net::{self, Contender, Pair, Round, Setup, Target},
     process,
 };
 use crate::cmd::{self, workspace_root};
@@ -47,7 +47,8 @@ pub fn run() -> anyhow::Result<()> {
     println!(
         "bench l4: building the agent and the examples xdp_cost, xdp_peer (cargo build --release)"
     );
-    let agent = cmd::build_agent_release()?;
+    // One invocation for the binary and the examples: built apart, they
+    // would unify dependency features differently and rebuild each other.
     cmd::run(
         Command::new("cargo")
             .args([
@@ -56,6 +57,8 @@ pub fn run() -> anyhow::Result<()> {
                 "--quiet",
                 "--package",
                 "ingress-userspace",
+                "--bin",
+                "ingress",
                 "--example",
                 "xdp_cost",
                 "--example",
@@ -63,7 +66,8 @@ pub fn run() -> anyhow::Result<()> {
             ])
             .current_dir(&root),
     )
-    .context("building the xdp_cost and xdp_peer examples")?;
+    .context("building the agent and the xdp_cost and xdp_peer examples (missing toolchain? run `cargo xtask setup`)")?;
+    let agent = root.join("target/release/ingress");
     let tools = process::ensure_tools(&[
         ("wrk", "wrk"),
         ("nginx", "nginx"),
@@ -199,12 +203,22 @@ impl Report {
         )
     }
 
-    /// The value at the largest round over the value at the smallest.
+    /// A contender's rate over the direct connection's in the same round:
+    /// what the NodePort costs, with the machine's load of the moment
+    /// divided out.
+    fn vs_direct(&self, r: &Round, c: Contender, t: Target, new_conns: bool) -> f64 {
+        ratio(
+            self.value(r, c, t, new_conns),
+            self.value(r, Contender::Direct, Target::Local, new_conns),
+        )
+    }
+
+    /// `vs_direct` at the largest round over `vs_direct` at the smallest.
     fn flatness(&self, c: Contender, t: Target, new_conns: bool) -> f64 {
         match (self.rounds.first(), self.rounds.last()) {
             (Some(a), Some(b)) => ratio(
-                self.value(b, c, t, new_conns),
-                self.value(a, c, t, new_conns),
+                self.vs_direct(b, c, t, new_conns),
+                self.vs_direct(a, c, t, new_conns),
             ),
             _ => f64::NAN,
         }
@@ -213,10 +227,14 @@ impl Report {
     fn rate_table(&self, s: &mut String, new_conns: bool) {
         let _ = writeln!(
             s,
-            "| Services | pod on the node: ingress | iptables | **ingress / iptables** | pod on a worker: ingress | iptables | **ingress / iptables** |\n|---:|---:|---:|---:|---:|---:|---:|"
+            "| Services | direct to the pod (control) | pod on the node: ingress | iptables | **ingress / iptables** | pod on a worker: ingress | iptables | **ingress / iptables** |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for r in &self.rounds {
-            let mut row = format!("| {} |", thousands(r.services));
+            let mut row = format!(
+                "| {} | {:.0} |",
+                thousands(r.services),
+                self.value(r, Contender::Direct, Target::Local, new_conns)
+            );
             for t in [Target::Local, Target::Remote] {
                 let _ = write!(
                     row,
@@ -230,7 +248,11 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\nFrom {} to {} Services: ingress keeps {:.2}x (pod on the node) and {:.2}x (pod on a worker) of its rate, iptables {:.2}x and {:.2}x.\n",
+            "\nAs a share of the direct connection's rate in the same round (which no Service count affects, so the machine's load of the moment divides out): ingress {} (pod on the node) and {} (pod on a worker); iptables {} and {}. From {} to {} Services, ingress keeps {:.2}x and {:.2}x of its share, iptables {:.2}x and {:.2}x.\n",
+            self.shares(Contender::Ours, Target::Local, new_conns),
+            self.shares(Contender::Ours, Target::Remote, new_conns),
+            self.shares(Contender::Iptables, Target::Local, new_conns),
+            self.shares(Contender::Iptables, Target::Remote, new_conns),
             thousands(self.rounds.first().map_or(0, |r| r.services)),
             thousands(self.rounds.last().map_or(0, |r| r.services)),
             self.flatness(Contender::Ours, Target::Local, new_conns),
@@ -240,11 +262,46 @@ impl Report {
         );
     }
 
+    /// `vs_direct` for every round, "a / b / c".
+    fn shares(&self, c: Contender, t: Target, new_conns: bool) -> String {
+        self.rounds
+            .iter()
+            .map(|r| format!("{:.2}", self.vs_direct(r, c, t, new_conns)))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    }
+
+    /// p99 latency of new connections (connect, request, answer, close).
+    fn latency_table(&self, s: &mut String) {
+        let _ = writeln!(
+            s,
+            "**p99 latency of a request on a new connection** (wrk's `--latency`: from writing the request to the answer; wrk does not time the connect, so a dropped SYN shows in the rate, not here):\n\n| Services | direct to the pod | pod on the node: ingress | iptables | pod on a worker: ingress | iptables |\n|---:|---:|---:|---:|---:|---:|"
+        );
+        let p99 = |r: &Round, c, t| {
+            r.results.get(&(c, t)).map_or("-".to_string(), |p: &Pair| {
+                format!("{:.2} ms", p.new_conns.p99_us / 1e3)
+            })
+        };
+        for r in &self.rounds {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} |",
+                thousands(r.services),
+                p99(r, Contender::Direct, Target::Local),
+                p99(r, Contender::Ours, Target::Local),
+                p99(r, Contender::Iptables, Target::Local),
+                p99(r, Contender::Ours, Target::Remote),
+                p99(r, Contender::Iptables, Target::Remote),
+            );
+        }
+        s.push('\n');
+    }
+
     /// Non-2xx answers and socket errors wrk saw, if any.
     fn errors(&self) -> Vec<String> {
         let mut out = Vec::new();
         for r in &self.rounds {
-            for c in [Contender::Ours, Contender::Iptables] {
+            for c in [Contender::Direct, Contender::Ours, Contender::Iptables] {
                 for t in [Target::Local, Target::Remote] {
                     let Some(p) = r.results.get(&(c, t)) else {
                         continue;
@@ -306,7 +363,7 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "- Cost flat from the smallest round to {last_n} Services (within {:.0}%): new connections/s at {last_n} over the smallest round {:.2}x (pod on the node) and {:.2}x (pod on a worker); a connection-table hit's per-packet cost {:.2}x: {}.",
+            "- Cost flat from the smallest round to {last_n} Services (within {:.0}%): the agent's new-connection rate as a share of the direct connection's, at {last_n} over the smallest round, {:.2}x (pod on the node) and {:.2}x (pod on a worker); a connection-table hit's per-packet cost {:.2}x: {}.",
             FLAT_TOLERANCE * 100.0,
             flat[0],
             flat[1],
@@ -356,12 +413,8 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "**Setup** (network namespaces made by the bench, addresses in 198.18.0.0/15 only, no route out; removed at the end):\n\n\
-```text\n\
-                      lan (bridge)\n\
-  client 198.18.0.2 --+-- eth0 198.18.0.1 [ingress node] eth1 198.18.1.1 -- pod 198.18.1.2:8080\n\
-                      +-- worker 198.18.0.3:8080 (a pod on another node)\n\
-```\n"
+            "**Setup** (network namespaces made by the bench, addresses in 198.18.0.0/15 only, no route out; removed at the end):\n\n```text\n{}```\n",
+            l4_net::PICTURE
         );
         let _ = writeln!(
             s,
@@ -386,7 +439,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "- load, from the client: new connections: `ip netns exec CLIENT {}` (wrk opens a new connection for every request: connect, one small request, close); keep-alive: `ip netns exec CLIENT {}`. Each target gets a {} s warm-up of new connections first; in each round the agent is measured first, then iptables.",
+            "- load, from the client: new connections: `ip netns exec CLIENT {}` (wrk opens a new connection for every request: connect, one small request, close); keep-alive: `ip netns exec CLIENT {}`. Each target gets a {} s warm-up of new connections first. In each round, first the control: the same load straight to the pod on the node (`http://198.18.1.2:8080/`, the node routing it with no program and no rule), then the agent, then iptables.",
             st.new_conn_cmd,
             st.keep_alive_cmd,
             l4_net::WARMUP_SECS
@@ -405,6 +458,7 @@ impl Report {
         self.rate_table(&mut s, true);
         let _ = writeln!(s, "**Requests per second on keep-alive connections:**\n");
         self.rate_table(&mut s, false);
+        self.latency_table(&mut s);
         let _ = writeln!(
             s,
             "| Services | agent ready (spawn → `/readyz` 200) | Services the agent skipped | iptables rules (`-A`) | `iptables-restore` | packets through `KUBE-NODEPORTS` | XDP events in the agent's runs |\n|---:|---:|---:|---:|---:|---:|---|"
@@ -416,7 +470,12 @@ impl Report {
                 .filter(|(k, _)| {
                     matches!(
                         k.as_str(),
-                        "l4_new_flow" | "l4_dnat_local" | "l4_dnat_remote" | "l4_reply_remote"
+                        "l4_new_flow"
+                            | "l4_dnat_local"
+                            | "l4_dnat_remote"
+                            | "l4_reply_remote"
+                            | "l4_snat_exhausted"
+                            | "tc_egress:l4_revnat"
                     )
                 })
                 .collect();
@@ -469,22 +528,56 @@ table hits, DNAT).\n\n{}",
             (Some(a), Some(b)) => (a, b),
             _ => return s,
         };
+        let (n0, n1) = (thousands(first.services), thousands(last.services));
         let _ = writeln!(
             s,
-            "New connections are where the two differ: iptables evaluates the nat rules on each connection's first packet, and kube-proxy's `KUBE-SERVICES` chain is a list the NodePort's SYN walks past every Service's rules, so its connection rate falls from {:.0}/s to {:.0}/s (pod on the node) between {} and {} Services, while the agent's XDP path does hash lookups and stays at {:.0}/s to {:.0}/s. \
-With few Services the two are close: on veth pairs inside one 2-CPU machine most of a new connection's cost is the TCP stacks of client, node and pod, nginx and wrk, which both contenders pay alike. \
-On keep-alive connections (conntrack's hit for iptables, the connection table for XDP) the ratio is {:.2}x at {} Services and {:.2}x at {}. \
-These are figures from veth pairs in namespaces on a shared machine, not from a NIC: they compare the two ways of translating a NodePort in the same run, and say nothing of either one's capacity on real hardware.",
-            self.value(first, Contender::Iptables, Target::Local, true),
-            self.value(last, Contender::Iptables, Target::Local, true),
-            thousands(first.services),
-            thousands(last.services),
-            self.value(first, Contender::Ours, Target::Local, true),
-            self.value(last, Contender::Ours, Target::Local, true),
+            "- **New connections, pod on the node.** iptables evaluates the nat rules on each connection's first packet, and kube-proxy's `KUBE-SERVICES` is a list that a NodePort's SYN walks past every other Service's rules: as a share of the direct connection, iptables goes from {:.2} at {n0} Services to {:.2} at {n1}, the agent from {:.2} to {:.2} (hash lookups in XDP). With few Services the two are close: on veth pairs inside one 2-CPU machine most of a new connection's cost is the TCP stacks of client, node and pod, nginx and wrk, which both pay alike.",
+            self.vs_direct(first, Contender::Iptables, Target::Local, true),
+            self.vs_direct(last, Contender::Iptables, Target::Local, true),
+            self.vs_direct(first, Contender::Ours, Target::Local, true),
+            self.vs_direct(last, Contender::Ours, Target::Local, true),
+        );
+        let exhausted: f64 = self
+            .rounds
+            .iter()
+            .map(|r| {
+                r.xdp_events
+                    .get("l4_snat_exhausted")
+                    .copied()
+                    .unwrap_or(0.0)
+            })
+            .sum();
+        let remote = self.ratio_at(last, Target::Remote, true);
+        if exhausted > 0.0 {
+            let _ = writeln!(
+                s,
+                "- **New connections, pod on a worker.** Here the agent is at {remote:.2}x iptables at {n1} Services. Its program counted `l4_snat_exhausted` {exhausted:.0} times over the rounds: a SYN whose SNAT port (20000-29999 towards one pod, 8 consecutive tries from a hash-chosen one) was taken by the reverse entry of an earlier connection is dropped, and the client sends it again after a second, which holds one of wrk's connections for that second (it shows in the rate; wrk does not time connects). The reverse entries of closed connections stay until the LRU table is full (the program does not shorten a flow's life on FIN or RST yet), so a few thousand short connections to one pod fill the range; kube-proxy's MASQUERADE (conntrack) showed no such stall. That, not the Service count, is what this column measures until closed flows free their SNAT ports."
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "- **New connections, pod on a worker.** The agent is at {remote:.2}x iptables at {n1} Services (DNAT + SNAT + `XDP_TX` against conntrack's DNAT + MASQUERADE)."
+            );
+        }
+        let _ = writeln!(
+            s,
+            "- **Keep-alive requests** (conntrack's established path for iptables, the connection table for XDP): ingress / iptables {:.2}x at {n0} Services and {:.2}x at {n1} (pod on the node).",
             self.ratio_at(first, Target::Local, false),
-            thousands(first.services),
             self.ratio_at(last, Target::Local, false),
-            thousands(last.services),
+        );
+        if last.agent_skipped > 0 {
+            let _ = writeln!(
+                s,
+                "- **Capacity.** At {n1} Services the agent held {} of them ({} skipped: its maps hold 4,096 by default and `ingress run` has no flag to raise that yet); the measured NodePorts were among those held. iptables held all {n1}. The agent took {:.1} s from spawn to ready on that configuration, `iptables-restore` {:.1} s.",
+                last.services - last.agent_skipped,
+                last.agent_skipped,
+                last.agent_ready.as_secs_f64(),
+                last.iptables_restore.as_secs_f64(),
+            );
+        }
+        let _ = writeln!(
+            s,
+            "- These are figures from veth pairs in namespaces on a shared machine, not from a NIC: they compare the two ways of translating a NodePort in the same run, and say nothing of either one's capacity on real hardware."
         );
         s
     }
@@ -513,7 +606,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::bench::{l4_net::Pair, wrk::WrkResult};
+    use crate::bench::wrk::WrkResult;
 
     const COST: &str = "| services | trivial XDP_PASS | pass (not a service) | new flow (service hit, Maglev, DNAT) | connection-table hit (DNAT) | ct hit / trivial | maps written in |
 |---:|---:|---:|---:|---:|---:|---:|
@@ -553,6 +646,13 @@ Connection-table hit at 10,000 services / at 1 service: 0.83x.
                 },
             );
         }
+        results.insert(
+            (Contender::Direct, Target::Local),
+            Pair {
+                new_conns: wrk(2000.0),
+                keep_alive: wrk(8000.0),
+            },
+        );
         Round {
             services,
             results,
@@ -609,10 +709,10 @@ Connection-table hit at 10,000 services / at 1 service: 0.83x.
         assert!(s.starts_with(HEADING), "{s}");
         assert!(s.starts_with(HEADING_PREFIX));
         assert!(
-            s.contains("| 10,000 | 1000 | 250 | **4.00x** | 1000 | 250 | **4.00x** |"),
+            s.contains("| 10,000 | 2000 | 1000 | 250 | **4.00x** | 1000 | 250 | **4.00x** |"),
             "{s}"
         );
-        assert!(s.contains("| 2 | 1000 | 1000 | **1.00x** |"), "{s}");
+        assert!(s.contains("| 2 | 2000 | 1000 | 1000 | **1.00x** |"), "{s}");
         assert!(
             s.contains("4.00x (pod on the node), 4.00x (pod on a worker): **met**"),
             "{s}"
@@ -625,6 +725,16 @@ Connection-table hit at 10,000 services / at 1 service: 0.83x.
         // 250 / 301 ns is not within 15%.
         assert!(s.contains("0.83x: **not met**"), "{s}");
         assert!(s.contains("Every response was a 2xx"));
+        // Shares of the direct connection: 0.50 in both rounds, so flat.
+        assert!(s.contains("ingress 0.50 / 0.50 (pod on the node)"), "{s}");
+        assert!(
+            s.contains("over the smallest round, 1.00x (pod on the node)"),
+            "{s}"
+        );
+        assert!(
+            s.contains("| 10,000 | 0.90 ms | 0.90 ms | 0.90 ms |"),
+            "{s}"
+        );
         assert!(s.contains("has no flag to raise that yet"));
         assert!(!s.contains("NaN"), "{s}");
     }

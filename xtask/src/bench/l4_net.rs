@@ -33,6 +33,12 @@ use super::{
 };
 use crate::testbed::{Namespaces, in_netns, sh};
 
+/// The topology, as the report shows it.
+pub const PICTURE: &str = "                         lan (bridge)
+  client 198.18.0.2 --+-- eth0 198.18.0.1 [ingress node] eth1 198.18.1.1 -- pod 198.18.1.2:8080
+                      +-- worker 198.18.0.3:8080 (a pod on another node)
+";
+
 /// Services on the node in each round (the two measured ones included).
 pub const SCALES: [usize; 3] = [2, 1_000, 10_000];
 /// Seconds of each measured wrk run, and of the warm-up before it.
@@ -55,6 +61,9 @@ const CLOSE: &str = "Connection: close";
 pub enum Contender {
     Ours,
     Iptables,
+    /// No NodePort: the client connects to the pod's own address, routed by
+    /// the node with no program and no rule (the control each round).
+    Direct,
 }
 
 /// Which pod the measured NodePort leads to.
@@ -93,7 +102,7 @@ pub struct Round {
     pub agent_ready: Duration,
     /// "L4 service skipped" lines in the agent's log (capacity).
     pub agent_skipped: usize,
-    /// L4 events the agent counted during its runs, by event.
+    /// L4 events the agent counted during its runs (`tc_egress:` for TC).
     pub xdp_events: HashMap<String, f64>,
     pub iptables_rules: usize,
     pub iptables_restore: Duration,
@@ -191,6 +200,17 @@ fn build_topology(tmp: &TempDir, nginx_bin: &Path, peer_bin: &Path) -> anyhow::R
     sh(&["ip", "-n", &lan, "link", "set", "br0", "up"]);
     // The node forwards to the pod behind it, and the pod answers through it.
     bed.ns.route_via("node", "pod", "198.18.1.1");
+    // The control: the client reaches the pod behind the node directly.
+    sh(&[
+        "ip",
+        "-n",
+        &client,
+        "route",
+        "add",
+        "198.18.1.0/24",
+        "via",
+        "198.18.0.1",
+    ]);
     // New connections at a high rate: the client may use most ports.
     sh(&[
         "ip",
@@ -310,11 +330,19 @@ fn agent_metrics(node: &str) -> anyhow::Result<HashMap<String, f64>> {
     Ok(super::http::parse_metrics(&body))
 }
 
+/// The L4 events by name: `event` for XDP, `tc_egress:event` for TC.
 fn xdp_events(m: &HashMap<String, f64>) -> HashMap<String, f64> {
     m.iter()
         .filter_map(|(k, v)| {
-            let rest = k.strip_prefix("ingress_datapath_l4_events_total{hook=\"xdp\",event=\"")?;
-            Some((rest.trim_end_matches("\"}").to_string(), *v))
+            let rest = k.strip_prefix("ingress_datapath_l4_events_total{hook=\"")?;
+            let (hook, event) = rest.split_once("\",event=\"")?;
+            let event = event.trim_end_matches("\"}");
+            let key = if hook == "xdp" {
+                event.to_string()
+            } else {
+                format!("{hook}:{event}")
+            };
+            Some((key, *v))
         })
         .collect()
 }
@@ -336,17 +364,14 @@ fn measure(
     client: &str,
     log: &Path,
     who: &str,
+    targets: &[(Target, SocketAddr)],
 ) -> anyhow::Result<HashMap<Target, Pair>> {
     let mut out = HashMap::new();
-    for target in [Target::Local, Target::Remote] {
+    for &(target, addr) in targets {
         check_interrupted()?;
-        let url = format!("http://{NODE_IP}:{}/", target.port());
-        wait_200(
-            client,
-            sa(&format!("{NODE_IP}:{}", target.port())),
-            Duration::from_secs(10),
-        )
-        .with_context(|| format!("{who}: the NodePort to the {target:?} pod"))?;
+        let url = format!("http://{addr}/");
+        wait_200(client, addr, Duration::from_secs(10))
+            .with_context(|| format!("{who}: {addr}, to the {target:?} pod"))?;
         load.run_in(client, WARMUP_SECS, &url, &[CLOSE], log)?;
         let new_conns = load.run_in(client, SECS, &url, &[CLOSE], log)?;
         let keep_alive = load.run_in(client, SECS, &url, &[], log)?;
@@ -399,6 +424,8 @@ pub fn run(tools: &Tools) -> anyhow::Result<(Vec<Round>, Setup)> {
         remote_node: "worker-1".into(),
         target_port: 8080,
     };
+    let nodeports =
+        [Target::Local, Target::Remote].map(|t| (t, SocketAddr::from(([198, 18, 0, 1], t.port()))));
     let mut rounds = Vec::new();
     for &total in &SCALES {
         check_interrupted()?;
@@ -406,8 +433,14 @@ pub fn run(tools: &Tools) -> anyhow::Result<(Vec<Round>, Setup)> {
         let services = bench_services(total, &measured);
         let mut results = HashMap::new();
 
-        // (a) The agent: XDP on the uplink, TC egress, no rule anywhere.
+        // The control: straight to the pod, nothing on the node.
         ensure_no_rules(&node, &log)?;
+        let direct = [(Target::Local, sa("198.18.1.2:8080"))];
+        for (t, p) in measure(&load, &client, &log, "direct", &direct)? {
+            results.insert((Contender::Direct, t), p);
+        }
+
+        // (a) The agent: XDP on the uplink, TC egress, no rule anywhere.
         let dir = tmp.subdir(&format!("manifests-{total}"))?;
         std::fs::write(dir.join("services.yaml"), manifests(&services))
             .context("writing the manifests")?;
@@ -443,7 +476,7 @@ pub fn run(tools: &Tools) -> anyhow::Result<(Vec<Round>, Setup)> {
         }
         let agent_ready = started.elapsed();
         let before = xdp_events(&agent_metrics(&node)?);
-        for (t, p) in measure(&load, &client, &log, "ingress")? {
+        for (t, p) in measure(&load, &client, &log, "ingress", &nodeports)? {
             results.insert((Contender::Ours, t), p);
         }
         let after = xdp_events(&agent_metrics(&node)?);
@@ -452,7 +485,7 @@ pub fn run(tools: &Tools) -> anyhow::Result<(Vec<Round>, Setup)> {
             .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
             .filter(|(_, v)| *v > 0.0)
             .collect();
-        for e in ["l4_dnat_local", "l4_dnat_remote", "l4_revnat"] {
+        for e in ["l4_dnat_local", "l4_dnat_remote", "tc_egress:l4_revnat"] {
             if events.get(e).copied().unwrap_or(0.0) <= 0.0 {
                 bail!("the agent's XDP/TC path did not count {e} during its runs: {events:?}");
             }
@@ -479,7 +512,7 @@ pub fn run(tools: &Tools) -> anyhow::Result<(Vec<Round>, Setup)> {
         in_ns(&node, &["iptables-restore", &rules_arg], &log)
             .context("iptables-restore in the node")?;
         let iptables_restore = t0.elapsed();
-        for (t, p) in measure(&load, &client, &log, "iptables")? {
+        for (t, p) in measure(&load, &client, &log, "iptables", &nodeports)? {
             results.insert((Contender::Iptables, t), p);
         }
         let saved = in_ns(&node, &["iptables-save", "-c", "-t", "nat"], &log)?;
