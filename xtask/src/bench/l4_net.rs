@@ -85,12 +85,19 @@ impl Target {
 }
 
 /// Both measurements of one contender, one target, one scale.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Pair {
     /// Each request on a new connection (`Connection: close`).
     pub new_conns: WrkResult,
     /// Keep-alive connections.
     pub keep_alive: WrkResult,
+    /// Runs that did not finish (recorded at 0 per second), and why.
+    pub stalled: Vec<String>,
+}
+
+/// The first line of a message, for the report.
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").to_string()
 }
 
 /// What one round (one number of Services) gave.
@@ -168,6 +175,35 @@ fn wait_200(ns: &str, addr: SocketAddr, limit: Duration) -> anyhow::Result<Durat
     }
 }
 
+/// The do-nothing XDP program on `iface` in `ns` (native mode), held by
+/// the `xdp_peer` example until the returned process is stopped.
+fn noop_xdp(tmp: &TempDir, peer_bin: &Path, ns: &str, iface: &str) -> anyhow::Result<Proc> {
+    let log = tmp.path().join(format!("xdp-noop-{ns}-{iface}.log"));
+    let mut peer = Proc::spawn(
+        "xdp_peer",
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(peer_bin)
+            .args([iface, "1800"]),
+        &log,
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains(&format!("attached {iface}"))
+    {
+        peer.ensure_running()?;
+        if Instant::now() > deadline {
+            bail!(
+                "xdp_peer did not attach to {iface} within 20 s: {}",
+                peer.log_tail()
+            );
+        }
+        pause(Duration::from_millis(20))?;
+    }
+    Ok(peer)
+}
+
 fn build_topology(tmp: &TempDir, nginx_bin: &Path, peer_bin: &Path) -> anyhow::Result<Bed> {
     let ns = Namespaces::new(&["lan", "node", "client", "worker", "pod"]);
     ns.link("node", "eth0", &["198.18.0.1/24"], "lan", "p-node", &[]);
@@ -236,27 +272,7 @@ fn build_topology(tmp: &TempDir, nginx_bin: &Path, peer_bin: &Path) -> anyhow::R
     // runs XDP itself: the do-nothing program on the node's bridge port
     // (there for both contenders, so the path is the same).
     if XDP_MODE == "native" {
-        let log = tmp.path().join("xdp-peer.log");
-        let mut peer = Proc::spawn(
-            "xdp_peer",
-            Command::new("ip")
-                .args(["netns", "exec", &lan])
-                .arg(peer_bin)
-                .args(["p-node", "1800"]),
-            &log,
-        )?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("attached p-node")
-        {
-            peer.ensure_running()?;
-            if Instant::now() > deadline {
-                bail!("xdp_peer did not attach within 20 s: {}", peer.log_tail());
-            }
-            pause(Duration::from_millis(20))?;
-        }
-        bed.peer = Some(peer);
+        bed.peer = Some(noop_xdp(tmp, peer_bin, &lan, "p-node")?);
     }
     for (role, ns, addr) in [
         ("pod", &pod, sa("198.18.1.2:8080")),
@@ -372,9 +388,31 @@ fn measure(
         let url = format!("http://{addr}/");
         wait_200(client, addr, Duration::from_secs(10))
             .with_context(|| format!("{who}: {addr}, to the {target:?} pod"))?;
-        load.run_in(client, WARMUP_SECS, &url, &[CLOSE], log)?;
-        let new_conns = load.run_in(client, SECS, &url, &[CLOSE], log)?;
-        let keep_alive = load.run_in(client, SECS, &url, &[], log)?;
+        let mut stalled = Vec::new();
+        // A run that does not finish in time (wrk waiting on connections
+        // whose SYNs are dropped) is recorded as stalled, at 0 per second,
+        // and the bench goes on; an interruption still ends it.
+        let mut run = |what: &str, secs: u64, headers: &[&str]| -> anyhow::Result<WrkResult> {
+            match load.run_in(client, secs, &url, headers, log) {
+                Ok(r) => Ok(r),
+                Err(e) => {
+                    check_interrupted()?;
+                    println!("bench l4:   {who:<8} {target:?}: {what} run failed: {e:#}");
+                    stalled.push(format!("{what}: {}", first_line(&format!("{e:#}"))));
+                    Ok(WrkResult {
+                        requests_per_sec: 0.0,
+                        p50_us: f64::NAN,
+                        p99_us: f64::NAN,
+                        requests: 0,
+                        non_2xx: 0,
+                        socket_errors: 0,
+                    })
+                }
+            }
+        };
+        run("warm-up", WARMUP_SECS, &[CLOSE])?;
+        let new_conns = run("new connections", SECS, &[CLOSE])?;
+        let keep_alive = run("keep-alive", SECS, &[])?;
         println!(
             "bench l4:   {who:<8} {target:?}: {:.0} new connections/s, {:.0} keep-alive requests/s",
             new_conns.requests_per_sec, keep_alive.requests_per_sec
@@ -384,6 +422,7 @@ fn measure(
             Pair {
                 new_conns,
                 keep_alive,
+                stalled,
             },
         );
     }
@@ -434,11 +473,16 @@ pub fn run(tools: &Tools) -> anyhow::Result<(Vec<Round>, Setup)> {
         let mut results = HashMap::new();
 
         // The control: straight to the pod, nothing on the node.
+        // Native XDP puts a veth's receive side in NAPI mode (with GRO):
+        // the control and iptables get the do-nothing program on the
+        // node's uplink, so that all three see the same receive path.
         ensure_no_rules(&node, &log)?;
+        let mut noop = noop_xdp(&tmp, tools.peer, &node, "eth0")?;
         let direct = [(Target::Local, sa("198.18.1.2:8080"))];
         for (t, p) in measure(&load, &client, &log, "direct", &direct)? {
             results.insert((Contender::Direct, t), p);
         }
+        noop.stop()?;
 
         // (a) The agent: XDP on the uplink, TC egress, no rule anywhere.
         let dir = tmp.subdir(&format!("manifests-{total}"))?;
@@ -512,9 +556,11 @@ pub fn run(tools: &Tools) -> anyhow::Result<(Vec<Round>, Setup)> {
         in_ns(&node, &["iptables-restore", &rules_arg], &log)
             .context("iptables-restore in the node")?;
         let iptables_restore = t0.elapsed();
+        let mut noop = noop_xdp(&tmp, tools.peer, &node, "eth0")?;
         for (t, p) in measure(&load, &client, &log, "iptables", &nodeports)? {
             results.insert((Contender::Iptables, t), p);
         }
+        noop.stop()?;
         let saved = in_ns(&node, &["iptables-save", "-c", "-t", "nat"], &log)?;
         let iptables_nodeport_packets: u64 = saved
             .lines()

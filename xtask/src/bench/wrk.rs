@@ -77,7 +77,7 @@ impl Load<'_> {
                 .args(["netns", "exec", ns, "taskset", "-c", &self.cpu.to_string()])
                 .arg(self.wrk)
                 .args(self.args_with(secs, url, headers)),
-            Duration::from_secs(secs + 20),
+            Duration::from_secs(secs + 10),
             log,
         )?;
         parse(&out).with_context(|| format!("reading wrk's report:\n{out}"))
