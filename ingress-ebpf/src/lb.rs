@@ -818,12 +818,15 @@ fn start_flow(flow: &FlowKey, counters: &PerCpuArray<u64>, out: &mut Decision) -
     let snat = snat_address(&b.addr);
     if b.flags & BACKEND_LOCAL == 0 && snat != [0; 16] {
         let (min, span) = (global(&SNAT_PORT_MIN), global(&SNAT_PORT_SPAN).max(1));
-        let start = (s.hash >> 16) as u16 % span;
         s.reply.dst = snat;
         s.rev.flags = REV_REMOTE;
         let mut chosen = 0u16;
+        // Probes spread over the range (a Weyl sequence over the flow's
+        // hash), not consecutive ports: taken ports cluster, and a run of
+        // them would fail many new flows in a row.
         for i in 0..SNAT_PROBES {
-            let port = (min as u32 + ((start as u32 + i as u32) % span as u32)) as u16;
+            let h = s.hash.wrapping_add((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let port = (min as u32 + ((h >> 32) as u32 % span as u32)) as u16;
             s.reply.dport = port.to_be();
             // SAFETY: only the presence is checked.
             if unsafe { REVNAT.get(&s.reply) }.is_none() {

@@ -5,9 +5,11 @@
 
 mod http;
 mod l4;
+mod l4_net;
 mod l7;
 mod nginx;
 mod process;
+mod services;
 mod wrk;
 
 use std::{path::Path, process::Command};
@@ -23,8 +25,10 @@ pub enum What {
     /// The L7 proxy against nginx: requests/s and latency under wrk, memory
     /// and apply time with 10,000 Ingresses, change-to-traffic latency.
     L7,
-    /// The L4 program's per-packet cost (BPF_PROG_TEST_RUN) against a
-    /// do-nothing XDP program, at 1, 1,000 and 10,000 services.
+    /// The L4 path against kube-proxy's iptables rules through a NodePort in
+    /// namespaces (new connections/s, keep-alive requests/s), and its
+    /// per-packet cost (BPF_PROG_TEST_RUN) against a do-nothing XDP
+    /// program, at 1 (2), 1,000 and 10,000 Services.
     L4,
 }
 

@@ -12,7 +12,7 @@ use super::{
 };
 
 /// The `http { ... }` block every instance shares; `server` blocks follow.
-fn config(prefix: &Path, http_body: &str) -> String {
+pub fn config(prefix: &Path, http_body: &str) -> String {
     let p = prefix.display();
     format!(
         "daemon off;

@@ -30,15 +30,57 @@ pub struct Load<'a> {
 
 impl Load<'_> {
     pub fn args(&self, secs: u64, url: &str) -> Vec<String> {
-        vec![
+        self.args_with(secs, url, &[])
+    }
+
+    /// The arguments with extra request headers (`-H` each).
+    pub fn args_with(&self, secs: u64, url: &str, headers: &[&str]) -> Vec<String> {
+        let mut args = vec![
             format!("-t{}", self.threads),
             format!("-c{}", self.connections),
             format!("-d{secs}s"),
             "--latency".to_string(),
             "-H".to_string(),
             format!("Host: {}", self.host),
-            url.to_string(),
-        ]
+        ];
+        for h in headers {
+            args.push("-H".to_string());
+            args.push(h.to_string());
+        }
+        args.push(url.to_string());
+        args
+    }
+
+    /// The command line run inside namespace `ns`, as the report shows it
+    /// (`ip netns exec NS` left out).
+    pub fn describe_with(&self, secs: u64, url: &str, headers: &[&str]) -> String {
+        let args: Vec<String> = self
+            .args_with(secs, url, headers)
+            .into_iter()
+            .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
+            .collect();
+        format!("taskset -c {} wrk {}", self.cpu, args.join(" "))
+    }
+
+    /// Runs wrk inside network namespace `ns` for `secs` seconds (bounded),
+    /// with extra request headers, and parses its report.
+    pub fn run_in(
+        &self,
+        ns: &str,
+        secs: u64,
+        url: &str,
+        headers: &[&str],
+        log: &Path,
+    ) -> anyhow::Result<WrkResult> {
+        let out = output_bounded(
+            Command::new("ip")
+                .args(["netns", "exec", ns, "taskset", "-c", &self.cpu.to_string()])
+                .arg(self.wrk)
+                .args(self.args_with(secs, url, headers)),
+            Duration::from_secs(secs + 10),
+            log,
+        )?;
+        parse(&out).with_context(|| format!("reading wrk's report:\n{out}"))
     }
 
     /// The command line as the report shows it.
@@ -150,6 +192,27 @@ Transfer/sec:      6.11MB
         assert_eq!(r.requests, 418765);
         assert_eq!(r.non_2xx, 7);
         assert_eq!(r.socket_errors, 3);
+    }
+
+    #[test]
+    fn extra_headers_come_before_the_url() {
+        let load = Load {
+            wrk: Path::new("wrk"),
+            cpu: 1,
+            threads: 1,
+            connections: 8,
+            host: "bench.local",
+        };
+        let args = load.args_with(3, "http://198.18.0.1:30080/", &["Connection: close"]);
+        assert_eq!(
+            args[args.len() - 3..],
+            ["-H", "Connection: close", "http://198.18.0.1:30080/"]
+        );
+        assert_eq!(load.args(3, "u"), load.args_with(3, "u", &[]));
+        assert!(
+            load.describe_with(3, "u", &["Connection: close"])
+                .ends_with("-H 'Host: bench.local' -H 'Connection: close' u")
+        );
     }
 
     #[test]
