@@ -36,9 +36,10 @@ pub enum Counter {
     Vlan = 32,
     Ipv4Options = 33,
     // L4 events: what the service path did with a frame.
-    /// The destination is a service frontend.
+    /// A frame to a service frontend that the connection table does not
+    /// know (a new flow): the service was looked up.
     L4ServiceHit = 40,
-    /// A known flow went to its recorded backend.
+    /// A known flow went to its recorded backend (no service lookup).
     L4FlowHit = 41,
     /// A new flow got a backend from the Maglev table.
     L4NewFlow = 42,

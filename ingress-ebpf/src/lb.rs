@@ -488,6 +488,25 @@ const PASS: Decision = Decision {
 /// value.
 #[inline(never)]
 fn decide(flow: &FlowKey, tcp_flags: u8, counters: &PerCpuArray<u64>, out: &mut Decision) -> u32 {
+    // The connection table first: a flow is recorded only once its service
+    // admitted it (source ranges included), so a known flow goes to its
+    // backend without the service lookup (the fast path: one hash lookup).
+    // SAFETY: map values stay valid for the rest of the program run.
+    if let Some(f) = unsafe { FLOWS.get(flow) } {
+        // A new connection on the tuple of one that closed a while ago
+        // chooses afresh (and overwrites the old entries) below.
+        let reused = f.closed_at != 0
+            && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+            && now_s().wrapping_sub(f.closed_at) > global(&CLOSE_TIMEOUT);
+        if !reused {
+            bump(counters, Counter::L4FlowHit);
+            to_backend(f, counters, out);
+            if closes(tcp_flags) && f.closed_at == 0 {
+                out.close = CLOSE_FLOW;
+            }
+            return out.action as u32;
+        }
+    }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return Action::Pass as u32;
     };
@@ -499,7 +518,7 @@ fn decide(flow: &FlowKey, tcp_flags: u8, counters: &PerCpuArray<u64>, out: &mut 
         proto: flow.proto,
         _pad: 0,
     };
-    // SAFETY: map values stay valid for the rest of the program run.
+    // SAFETY: as above.
     let Some(svc) = (unsafe { SERVICES.get(&scratch.key) }) else {
         reply_from_remote(flow, counters, out);
         if out.action == Action::Forward && closes(tcp_flags) {
@@ -519,35 +538,12 @@ fn decide(flow: &FlowKey, tcp_flags: u8, counters: &PerCpuArray<u64>, out: &mut 
             return Action::Drop as u32;
         }
     }
-    // SAFETY: as above.
-    match unsafe { FLOWS.get(flow) } {
-        // A new connection on the tuple of one that closed a while ago
-        // chooses afresh (and overwrites the old entries).
-        Some(f)
-            if f.closed_at != 0
-                && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-                && now_s().wrapping_sub(f.closed_at) > global(&CLOSE_TIMEOUT) =>
-        {
-            scratch.hash = flow_hash(flow);
-            NEW_FLOW
-        }
-        Some(f) => {
-            bump(counters, Counter::L4FlowHit);
-            to_backend(f, counters, out);
-            if closes(tcp_flags) && f.closed_at == 0 {
-                out.close = CLOSE_FLOW;
-            }
-            out.action as u32
-        }
-        None if svc.backend_count == 0 => {
-            bump(counters, Counter::L4NoBackend);
-            Action::Reset as u32
-        }
-        None => {
-            scratch.hash = flow_hash(flow);
-            NEW_FLOW
-        }
+    if svc.backend_count == 0 {
+        bump(counters, Counter::L4NoBackend);
+        return Action::Reset as u32;
     }
+    scratch.hash = flow_hash(flow);
+    NEW_FLOW
 }
 
 /// What [`decide`] returns for a flow the connection table does not know.
@@ -825,7 +821,9 @@ fn start_flow(flow: &FlowKey, counters: &PerCpuArray<u64>, out: &mut Decision) -
         // hash), not consecutive ports: taken ports cluster, and a run of
         // them would fail many new flows in a row.
         for i in 0..SNAT_PROBES {
-            let h = s.hash.wrapping_add((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let h = s
+                .hash
+                .wrapping_add((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             let port = (min as u32 + ((h >> 32) as u32 % span as u32)) as u16;
             s.reply.dport = port.to_be();
             // SAFETY: only the presence is checked.

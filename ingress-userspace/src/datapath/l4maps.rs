@@ -1,6 +1,8 @@
 //! Writes the L4 table into the kernel maps, by diff and in the safe order
 //! that `l4sync::plan` gives.
 
+use std::os::fd::AsFd;
+
 use aya::maps::{
     Array, HashMap, MapData,
     lpm_trie::{Key, LpmTrie},
@@ -11,7 +13,7 @@ use ingress_common::l4::{
 };
 
 use super::{
-    DatapathError, LoadedPrograms,
+    DatapathError, LoadedPrograms, batch,
     l4sync::{CapacityError, Ids, MapImage, MapOp, plan},
     pin::{self, CONFIG_MAPS, PinLayout},
 };
@@ -22,6 +24,8 @@ pub struct L4Maps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, u32, BackendValue>,
     maglev: Array<MapData, u32>,
+    /// The Maglev array's fd for batch writes (aya's `Array` keeps its own).
+    maglev_fd: std::os::fd::OwnedFd,
     ranges: LpmTrie<MapData, RangeKey, u8>,
     ports: Array<MapData, u8>,
     ids: Ids,
@@ -66,8 +70,20 @@ impl L4Maps {
         };
         let services = HashMap::try_from(take(L4_SERVICES)?).map_err(map_err(L4_SERVICES))?;
         let backends = HashMap::try_from(take(L4_BACKENDS)?).map_err(map_err(L4_BACKENDS))?;
+        let maglev_map = take(L4_MAGLEV)?;
+        let maglev_fd = match &maglev_map {
+            aya::maps::Map::Array(data) => data.fd().as_fd().try_clone_to_owned(),
+            _ => return Err(DatapathError::MissingMap(L4_MAGLEV)),
+        }
+        .map_err(|e| DatapathError::Map {
+            name: L4_MAGLEV,
+            source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "dup",
+                io_error: e,
+            }),
+        })?;
         let maglev: Array<MapData, u32> =
-            Array::try_from(take(L4_MAGLEV)?).map_err(map_err(L4_MAGLEV))?;
+            Array::try_from(maglev_map).map_err(map_err(L4_MAGLEV))?;
         let ranges =
             LpmTrie::try_from(take(L4_SOURCE_RANGES)?).map_err(map_err(L4_SOURCE_RANGES))?;
         let ports = Array::try_from(take(L4_PORTS)?).map_err(map_err(L4_PORTS))?;
@@ -76,6 +92,7 @@ impl L4Maps {
             services,
             backends,
             maglev,
+            maglev_fd,
             ranges,
             ports,
             ids: Ids::new(max_services, max_backends),
@@ -107,30 +124,44 @@ impl L4Maps {
         Ok(errors)
     }
 
+    /// Writes one Service's Maglev table in one batch call, or slot by slot
+    /// where the kernel has no batch updates for arrays.
+    fn write_maglev(&mut self, sid: u32, table: &[u32]) -> Result<(), DatapathError> {
+        let base = sid * self.table_size;
+        let fd = self.maglev_fd.as_fd();
+        match batch::update_u32_array(fd, base, table) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::debug!(error = %e, "no batch updates: writing Maglev slots one by one");
+            }
+            Err(e) => {
+                return Err(DatapathError::Map {
+                    name: L4_MAGLEV,
+                    source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                        call: "bpf_map_update_batch",
+                        io_error: e,
+                    }),
+                });
+            }
+        }
+        for (i, b) in table.iter().enumerate() {
+            self.maglev
+                .set(base + i as u32, *b, 0)
+                .map_err(map_err(L4_MAGLEV))?;
+        }
+        Ok(())
+    }
+
     fn execute(&mut self, op: MapOp) -> Result<(), DatapathError> {
         match op {
             MapOp::PutBackend(id, b) => {
                 self.backends.insert(id, b, 0).map_err(map_err(L4_BACKENDS))
             }
-            MapOp::PutMaglev(sid, table) => {
-                let base = sid * self.table_size;
-                for (i, b) in table.iter().enumerate() {
-                    self.maglev
-                        .set(base + i as u32, *b, 0)
-                        .map_err(map_err(L4_MAGLEV))?;
-                }
-                Ok(())
-            }
+            MapOp::PutMaglev(sid, table) => self.write_maglev(sid, &table),
             MapOp::PutService(k, v) => self.services.insert(k, v, 0).map_err(map_err(L4_SERVICES)),
             MapOp::DeleteService(k) => self.services.remove(&k).map_err(map_err(L4_SERVICES)),
             MapOp::ClearMaglev(sid) => {
-                let base = sid * self.table_size;
-                for i in 0..self.table_size {
-                    self.maglev
-                        .set(base + i, NO_BACKEND, 0)
-                        .map_err(map_err(L4_MAGLEV))?;
-                }
-                Ok(())
+                self.write_maglev(sid, &vec![NO_BACKEND; self.table_size as usize])
             }
             MapOp::DeleteBackend(id) => self.backends.remove(&id).map_err(map_err(L4_BACKENDS)),
             MapOp::PutPort(port, flags) => self

@@ -2,6 +2,7 @@
 //! and TC egress to the uplinks, forward the programs' logs, read counters,
 //! and detach on shutdown.
 
+pub mod batch;
 pub mod counters;
 pub mod flow_sweep;
 pub mod l4maps;
