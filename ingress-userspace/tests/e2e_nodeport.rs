@@ -7,7 +7,7 @@
 mod support;
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::Command,
@@ -18,7 +18,9 @@ use std::{
 use support::{
     Namespaces, TempDir, attached_programs, in_netns, ingress_bin, run_to_exit, sh, start_agent,
 };
-use xtask::testbed::traffic::{tcp_echo_server, tcp_round_trips, udp_echo_server, udp_round_trips};
+use xtask::testbed::traffic::{
+    http_echo_server, tcp_echo_server, tcp_round_trips, udp_echo_server, udp_round_trips,
+};
 
 const CONNECTIONS: usize = 25;
 const DATAGRAMS: usize = 20;
@@ -626,4 +628,142 @@ fn bad_l4_flags_are_one_line_and_exit_1() {
         assert_eq!(lines.len(), 1, "{stderr}");
         assert!(lines[0].contains(needle), "{stderr}");
     }
+}
+
+const THREE_PODS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  type: NodePort
+  ports:
+  - {name: http, port: 80, targetPort: 8080, nodePort: 30080}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: ["198.18.3.2"], nodeName: edge-1, conditions: {ready: true}}
+- {addresses: ["198.18.3.3"], nodeName: edge-1, conditions: {ready: true}}
+- {addresses: ["198.18.3.4"], nodeName: edge-1, conditions: {ready: true}}
+"#;
+
+/// One `GET` through the NodePort from a fixed client port, on a fresh
+/// connection the pod closes (so the client keeps no TIME_WAIT and the same
+/// 5-tuple can come again): which pod answered.
+fn pod_for_source_port(client: &str, sport: u16) -> Option<String> {
+    in_netns(client, move || {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+        sock.set_reuse_address(true).ok()?;
+        sock.bind(&sa(&format!("198.18.0.2:{sport}")).into()).ok()?;
+        sock.connect_timeout(&sa("198.18.0.1:30080").into(), Duration::from_secs(3))
+            .ok()?;
+        let mut s: std::net::TcpStream = sock.into();
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        let pod = body.split("pod=").nth(1)?.split_whitespace().next()?;
+        Some(pod.to_string())
+    })
+}
+
+/// Removing one of three endpoints moves the flows Maglev gave it and
+/// (almost) no other: the same 5-tuples before and after (fixed client
+/// ports, closed flows swept in between), every one that went to the
+/// removed pod now goes to another, and the others keep their pod (Maglev
+/// promises minimal, not zero, disruption; the tuples and the tables are
+/// deterministic, so this outcome is too).
+#[test]
+fn removing_an_endpoint_moves_only_its_flows() {
+    let ns = Namespaces::new(&["node", "client", "pod"]);
+    ns.link(
+        "node",
+        "eth0",
+        &["198.18.0.1/24"],
+        "client",
+        "eth0",
+        &["198.18.0.2/24"],
+    );
+    ns.link(
+        "node",
+        "eth1",
+        &["198.18.3.1/24"],
+        "pod",
+        "eth0",
+        &["198.18.3.2/24", "198.18.3.3/24", "198.18.3.4/24"],
+    );
+    let (node, client, pod) = (
+        ns.name("node").to_string(),
+        ns.name("client").to_string(),
+        ns.name("pod").to_string(),
+    );
+    ns.route_via("node", "pod", "198.18.3.1");
+    let lifetime = Duration::from_secs(60);
+    let _pods = [
+        ("198.18.3.2:8080", "a"),
+        ("198.18.3.3:8080", "b"),
+        ("198.18.3.4:8080", "c"),
+    ]
+    .map(|(addr, name)| http_echo_server(&pod, sa(addr), name, lifetime));
+    let dir = TempDir::new("moves");
+    dir.write("web.yaml", THREE_PODS);
+    let agent = start_edge_agent_with(&node, "skb", &dir, &["--l4-close-timeout", "0s"]);
+
+    let ports: Vec<u16> = (42000..42045).collect();
+    let before: Vec<(u16, String)> = ports
+        .iter()
+        .map(|&p| (p, pod_for_source_port(&client, p).expect("a pod answers")))
+        .collect();
+    assert!(
+        before.iter().any(|(_, pod)| pod == "c") && before.iter().any(|(_, pod)| pod != "c"),
+        "Maglev spread the flows: {before:?}"
+    );
+
+    // Pod c leaves the Service; wait for the agent to apply it, and for
+    // the closed flows to be swept (timeout 0: any later second).
+    let generation = |a: &support::Agent| {
+        a.metrics()
+            .get("ingress_snapshot_generation")
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let applied = generation(&agent);
+    dir.write(
+        "web.yaml",
+        &THREE_PODS.replace(
+            "- {addresses: [\"198.18.3.4\"], nodeName: edge-1, conditions: {ready: true}}\n",
+            "",
+        ),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while generation(&agent) <= applied {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the change was not applied"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+
+    let mut moved_others = Vec::new();
+    for (p, was) in &before {
+        let now = pod_for_source_port(&client, *p).expect("a pod answers");
+        if was == "c" {
+            assert_ne!(now, "c", "port {p}: the removed pod still gets new flows");
+        } else if &now != was {
+            moved_others.push((*p, was.clone(), now));
+        }
+    }
+    let others = before.iter().filter(|(_, pod)| pod != "c").count();
+    assert!(
+        moved_others.len() * 10 <= others,
+        "flows of the remaining pods moved: {moved_others:?} of {others}"
+    );
+    assert_no_packet_filter_rules(&node);
+    let (status, log) = agent.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}: {log}");
 }
