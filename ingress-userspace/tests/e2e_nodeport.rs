@@ -191,18 +191,42 @@ endpoints:
 /// Client, ingress node and worker on one bridged segment (so the worker
 /// could answer the client directly: replies only arrive if SNAT and the
 /// reverse translation are right), plus a pod behind the ingress node.
+/// Client, ingress node and worker on one bridged segment, a pod behind the
+/// node; dual-stack (198.18.0.0/24 and fd00::/64 on the segment,
+/// 198.18.3.0/24 and fd00:3::/64 behind the node).
 fn two_node_testbed() -> Namespaces {
     let ns = Namespaces::new(&["lan", "node", "client", "worker", "pod"]);
-    ns.link("node", "eth0", &["198.18.0.1/24"], "lan", "p-node", &[]);
-    ns.link("client", "eth0", &["198.18.0.2/24"], "lan", "p-client", &[]);
-    ns.link("worker", "eth0", &["198.18.0.3/24"], "lan", "p-worker", &[]);
+    ns.link(
+        "node",
+        "eth0",
+        &["198.18.0.1/24", "fd00::1/64"],
+        "lan",
+        "p-node",
+        &[],
+    );
+    ns.link(
+        "client",
+        "eth0",
+        &["198.18.0.2/24", "fd00::2/64"],
+        "lan",
+        "p-client",
+        &[],
+    );
+    ns.link(
+        "worker",
+        "eth0",
+        &["198.18.0.3/24", "fd00::3/64"],
+        "lan",
+        "p-worker",
+        &[],
+    );
     ns.link(
         "node",
         "eth1",
-        &["198.18.3.1/24"],
+        &["198.18.3.1/24", "fd00:3::1/64"],
         "pod",
         "eth0",
-        &["198.18.3.2/24"],
+        &["198.18.3.2/24", "fd00:3::2/64"],
     );
     let name = |r: &str| ns.name(r).to_string();
     let (lan, node, client, worker) = (name("lan"), name("node"), name("client"), name("worker"));
@@ -212,12 +236,17 @@ fn two_node_testbed() -> Namespaces {
     }
     sh(&["ip", "-n", &lan, "link", "set", "br0", "up"]);
     ns.route_via("node", "pod", "198.18.3.1");
+    ns.route_via("node", "pod", "fd00:3::1");
     // Warm the neighbour entries the FIB lookups need.
     for (from, to) in [
         (&node, "198.18.0.3"),
         (&node, "198.18.0.2"),
         (&client, "198.18.0.1"),
         (&worker, "198.18.0.1"),
+        (&node, "fd00::3"),
+        (&node, "fd00::2"),
+        (&client, "fd00::1"),
+        (&worker, "fd00::1"),
     ] {
         sh(&[
             "ip", "netns", "exec", from, "ping", "-c", "1", "-W", "2", to,
@@ -762,6 +791,81 @@ fn removing_an_endpoint_moves_only_its_flows() {
     assert!(
         moved_others.len() * 10 <= others,
         "flows of the remaining pods moved: {moved_others:?} of {others}"
+    );
+    assert_no_packet_filter_rules(&node);
+    let (status, log) = agent.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}: {log}");
+}
+
+const TWO_NODES_V6: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  type: NodePort
+  ipFamilies: [IPv6]
+  ports:
+  - {name: http, port: 80, targetPort: 8080, nodePort: 30080}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv6
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: ["fd00:3::2"], nodeName: edge-1, conditions: {ready: true}}
+- {addresses: ["fd00::3"], nodeName: worker-1, conditions: {ready: true}}
+"#;
+
+/// The two-node NodePort over IPv6: the frontend on the node's IPv6
+/// address, a pod behind the node (DNAT, TC reverse translation) and one
+/// on the worker (DNAT + SNAT to the node's IPv6 address, XDP_TX, the reply
+/// translated back in XDP), with no ip6tables or nftables rule.
+#[test]
+fn nodeport_over_ipv6_to_pods_on_two_nodes() {
+    let ns = two_node_testbed();
+    let name = |r: &str| ns.name(r).to_string();
+    let (node, client, worker, pod) = (name("node"), name("client"), name("worker"), name("pod"));
+    let dir = TempDir::new("nodeport6");
+    dir.write("web.yaml", TWO_NODES_V6);
+    let agent = start_edge_agent_with(&node, "skb", &dir, &["--node-ip", "fd00::1"]);
+    let _local = tcp_echo_server(&pod, sa("[fd00:3::2]:8080"), CONNECTIONS);
+    let _remote = tcp_echo_server(&worker, sa("[fd00::3]:8080"), CONNECTIONS);
+    let done = tcp_round_trips(&client, sa("[fd00::1]:30080"), 20);
+    let m = agent.metrics();
+    let ev = |e: &str| {
+        m.get(&format!(
+            "ingress_datapath_l4_events_total{{hook=\"xdp\",event=\"{e}\"}}"
+        ))
+        .copied()
+        .unwrap_or(0.0)
+    };
+    let events: Vec<_> = m
+        .iter()
+        .filter(|(k, v)| k.contains("l4_events") && **v > 0.0)
+        .collect();
+    assert_eq!(
+        done, 20,
+        "every IPv6 connection through the NodePort completed: {events:?}"
+    );
+    assert!(
+        ev("l4_dnat_local") > 0.0,
+        "some flows went to the pod on the node: {events:?}"
+    );
+    assert!(
+        ev("l4_dnat_remote") > 0.0,
+        "some flows went to the worker: {events:?}"
+    );
+    assert!(
+        ev("l4_reply_remote") > 0.0,
+        "the worker's replies were translated back"
+    );
+    let ip6 = sh(&["ip", "netns", "exec", &node, "ip6tables-save"]);
+    assert!(
+        !String::from_utf8_lossy(&ip6.stdout)
+            .lines()
+            .any(|l| l.starts_with("-A")),
+        "ip6tables rules on the node"
     );
     assert_no_packet_filter_rules(&node);
     let (status, log) = agent.stop(libc::SIGTERM);

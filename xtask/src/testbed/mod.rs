@@ -103,9 +103,15 @@ impl Namespaces {
 }
 
 impl Namespaces {
-    /// Makes the namespace of role `router` forward IPv4 and gives `host` a
-    /// default route through `gateway` (a pod behind a node).
+    /// Makes the namespace of role `router` forward (IPv4, or IPv6 for an
+    /// IPv6 `gateway`) and gives `host` a default route through `gateway`
+    /// (a pod behind a node).
     pub fn route_via(&self, router: &str, host: &str, gateway: &str) {
+        let (family, forwarding) = if gateway.contains(':') {
+            ("-6", "net.ipv6.conf.all.forwarding=1")
+        } else {
+            ("-4", "net.ipv4.ip_forward=1")
+        };
         sh(&[
             "ip",
             "netns",
@@ -113,10 +119,11 @@ impl Namespaces {
             self.name(router),
             "sysctl",
             "-qw",
-            "net.ipv4.ip_forward=1",
+            forwarding,
         ]);
         sh(&[
             "ip",
+            family,
             "-n",
             self.name(host),
             "route",
