@@ -56,8 +56,13 @@ static SERVICES: HashMap<ServiceKey, ServiceValue> =
 #[map(name = "L4_BACKENDS")]
 static BACKENDS: HashMap<u32, BackendValue> = HashMap::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
+/// Memory-mappable (`BPF_F_MMAPABLE`): the agent writes the tables through
+/// a shared mapping instead of millions of system calls.
 #[map(name = "L4_MAGLEV")]
-static MAGLEV: Array<u32> = Array::with_max_entries(DEFAULT_MAX_SERVICES * DEFAULT_TABLE_SIZE, 0);
+static MAGLEV: Array<u32> = Array::with_max_entries(
+    DEFAULT_MAX_SERVICES * DEFAULT_TABLE_SIZE,
+    aya_ebpf::bindings::BPF_F_MMAPABLE,
+);
 
 #[map(name = "L4_FLOWS")]
 static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);

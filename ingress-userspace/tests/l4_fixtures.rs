@@ -1072,3 +1072,11 @@ fn pinned_state_maps_are_adopted_and_mismatched_ones_replaced() {
     let info = aya::maps::MapInfo::from_pin(layout.map(L4_FLOWS)).unwrap();
     assert_eq!(info.max_entries(), 2048);
 }
+
+/// The Maglev tables the agent wrote (through the shared mapping of the
+/// array) are what the kernel returns for every slot of every service.
+#[test]
+fn maglev_tables_written_through_the_mapping_are_what_the_kernel_reads() {
+    let h = Harness::new();
+    assert_eq!(h.l4.maglev_mismatch().unwrap(), None);
+}

@@ -26,6 +26,8 @@ pub struct L4Maps {
     maglev: Array<MapData, u32>,
     /// The Maglev array's fd for batch writes (aya's `Array` keeps its own).
     maglev_fd: std::os::fd::OwnedFd,
+    /// The Maglev array mapped into this process, where the kernel allows.
+    maglev_mapped: Option<batch::MappedArray>,
     ranges: LpmTrie<MapData, RangeKey, u8>,
     ports: Array<MapData, u8>,
     ids: Ids,
@@ -84,6 +86,14 @@ impl L4Maps {
         })?;
         let maglev: Array<MapData, u32> =
             Array::try_from(maglev_map).map_err(map_err(L4_MAGLEV))?;
+        let maglev_mapped = match batch::MappedArray::new(maglev_fd.as_fd(), maglev.len() as usize)
+        {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::debug!(error = %e, "the Maglev array is not mapped: batch writes");
+                None
+            }
+        };
         let ranges =
             LpmTrie::try_from(take(L4_SOURCE_RANGES)?).map_err(map_err(L4_SOURCE_RANGES))?;
         let ports = Array::try_from(take(L4_PORTS)?).map_err(map_err(L4_PORTS))?;
@@ -93,6 +103,7 @@ impl L4Maps {
             backends,
             maglev,
             maglev_fd,
+            maglev_mapped,
             ranges,
             ports,
             ids: Ids::new(max_services, max_backends),
@@ -100,6 +111,25 @@ impl L4Maps {
             table_size,
             staged,
         })
+    }
+
+    /// Reads every Maglev table the maps should hold back from the kernel
+    /// (one lookup per slot, through the system call, not the mapping the
+    /// writes went through) and returns the first slot that differs, as
+    /// (service id, slot, expected, found); `None` when all agree.
+    pub fn maglev_mismatch(&self) -> Result<Option<(u32, u32, u32, u32)>, DatapathError> {
+        for (sid, table) in &self.image.maglev {
+            for (slot, want) in table.iter().enumerate() {
+                let got = self
+                    .maglev
+                    .get(&(sid * self.table_size + slot as u32), 0)
+                    .map_err(map_err(L4_MAGLEV))?;
+                if got != *want {
+                    return Ok(Some((*sid, slot as u32, *want, got)));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// The Maglev table size the maps were made for.
@@ -124,10 +154,15 @@ impl L4Maps {
         Ok(errors)
     }
 
-    /// Writes one Service's Maglev table in one batch call, or slot by slot
-    /// where the kernel has no batch updates for arrays.
+    /// Writes one Service's Maglev table through the shared mapping, else in
+    /// one batch call, else slot by slot.
     fn write_maglev(&mut self, sid: u32, table: &[u32]) -> Result<(), DatapathError> {
         let base = sid * self.table_size;
+        if let Some(mapped) = &mut self.maglev_mapped
+            && mapped.write(base, table)
+        {
+            return Ok(());
+        }
         let fd = self.maglev_fd.as_fd();
         match batch::update_u32_array(fd, base, table) {
             Ok(()) => return Ok(()),

@@ -90,6 +90,7 @@ pub fn compile_at(
 ) -> Snapshot {
     let mut c = Compiler {
         state,
+        slices: endpoints::SliceIndex::new(state),
         backends: Vec::new(),
         backend_ids: HashMap::new(),
         diagnostics: Vec::new(),
@@ -395,6 +396,7 @@ fn our_ingresses<'a>(
 
 struct Compiler<'a> {
     state: &'a ClusterState,
+    slices: endpoints::SliceIndex<'a>,
     backends: Vec<Backend>,
     backend_ids: HashMap<(ObjectKey, String, PathPolicy), BackendId>,
     diagnostics: Vec<Diagnostic>,
@@ -526,7 +528,7 @@ impl Compiler<'_> {
     /// The usable endpoints of a Service port: ready ones, or serving ones
     /// (terminating pods still draining) when none is ready.
     fn endpoints_of(&self, key: &ObjectKey, sp: &ServicePort) -> Vec<Endpoint> {
-        let all = endpoints::of_service_port(self.state, key, sp);
+        let all = endpoints::of_service_port(&self.slices, key, sp);
         if all.iter().any(|e| e.ready) {
             all.into_iter().filter(|e| e.ready).collect()
         } else {

@@ -91,15 +91,16 @@ pub fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
 
 pub fn compile_l4(state: &ClusterState, opts: &L4Options, diags: &mut Vec<Diagnostic>) -> L4Table {
     let mut table = L4Table::default();
+    let slices = endpoints::SliceIndex::new(state);
     for (key, svc) in &state.services {
-        add_service(&mut table, state, opts, key, svc, diags);
+        add_service(&mut table, &slices, opts, key, svc, diags);
     }
     table
 }
 
 fn add_service(
     table: &mut L4Table,
-    state: &ClusterState,
+    slices: &endpoints::SliceIndex,
     opts: &L4Options,
     key: &ObjectKey,
     svc: &Service,
@@ -188,7 +189,7 @@ fn add_service(
                 continue;
             }
         };
-        let mut backends: Vec<L4Backend> = endpoints::of_service_port(state, key, sp)
+        let mut backends: Vec<L4Backend> = endpoints::of_service_port(slices, key, sp)
             .into_iter()
             .map(|e| L4Backend {
                 addr: e.addr,
