@@ -41,6 +41,10 @@ const HOST: &str = "bench.local";
 const ROUNDS: usize = 3;
 const SECS: u64 = 10;
 const WARMUP_SECS: u64 = 2;
+/// New-handshake rounds: shorter, fewer connections (each request makes
+/// its own).
+const HANDSHAKE_SECS: u64 = 5;
+const HANDSHAKE_CONNECTIONS: u32 = 16;
 const MANY: usize = 10_000;
 const CHANGES: usize = 5;
 /// How often the change-to-traffic client polls (one new connection each).
@@ -143,6 +147,7 @@ pub fn run() -> anyhow::Result<()> {
         threads: 1,
         connections: 64,
         host: HOST,
+        close: false,
     };
     let wrk_log = tmp.path().join("wrk.out");
     let mut rounds: Vec<(WrkResult, WrkResult)> = Vec::new();
@@ -201,6 +206,41 @@ pub fn run() -> anyhow::Result<()> {
             pair.push(r);
         }
         tls_rounds.push((pair[0], pair[1]));
+    }
+    // New TLS handshakes: `Connection: close`, one full handshake per request.
+    let fresh = Load {
+        connections: HANDSHAKE_CONNECTIONS,
+        close: true,
+        ..load
+    };
+    let mut handshake_rounds: Vec<(WrkResult, WrkResult)> = Vec::new();
+    for round in 1..=ROUNDS {
+        let mut pair = Vec::new();
+        for (name, addr) in [("ingress", ours_tls), ("nginx", nginx_tls)] {
+            let url = format!("https://{addr}/");
+            fresh
+                .run(1, &url, &wrk_log)
+                .with_context(|| format!("warming up {name} (handshakes)"))?;
+            let r = fresh
+                .run(HANDSHAKE_SECS, &url, &wrk_log)
+                .with_context(|| format!("handshake round {round} on {name}"))?;
+            println!(
+                "bench l7: handshake round {round}/{ROUNDS} {name:<7}  {:>9.0} handshakes/s  p50 {}  p99 {}{}",
+                r.requests_per_sec,
+                ms(r.p50_us),
+                ms(r.p99_us),
+                errors(&r).map(|e| format!("  ({e})")).unwrap_or_default()
+            );
+            for p in [
+                &mut agent.proc,
+                &mut proxy_nginx.proc,
+                &mut backend_nginx.proc,
+            ] {
+                p.ensure_running()?;
+            }
+            pair.push(r);
+        }
+        handshake_rounds.push((pair[0], pair[1]));
     }
     let rss_loaded = agent.proc.rss_kib()?;
     let nginx_rss_loaded = proxy_nginx.proc.rss_kib()?;
@@ -270,6 +310,8 @@ pub fn run() -> anyhow::Result<()> {
         load_cmd: load.describe(SECS, "http://127.0.0.1:PORT/"),
         rounds,
         tls_rounds,
+        handshake_cmd: fresh.describe(HANDSHAKE_SECS, "https://127.0.0.1:PORT/"),
+        handshake_rounds,
         rss: [
             (rss_idle, Some(nginx_rss_idle)),
             (rss_loaded, Some(nginx_rss_loaded)),
@@ -586,6 +628,9 @@ struct Report {
     rounds: Vec<(WrkResult, WrkResult)>,
     /// The same over HTTPS.
     tls_rounds: Vec<(WrkResult, WrkResult)>,
+    /// The wrk command of the new-handshake rounds, and the rounds.
+    handshake_cmd: String,
+    handshake_rounds: Vec<(WrkResult, WrkResult)>,
     /// (ingress, nginx proxy) RSS in KiB: idle, after the load, 10k hot, 10k cold.
     rss: [(u64, Option<u64>); 4],
     many_bytes: usize,
@@ -714,6 +759,14 @@ impl Report {
             "The same load on `https://127.0.0.1:PORT/` (wrk keeps its 64 connections, so this is TLS record cost, not handshakes). Both proxies serve one ECDSA P-256 certificate made by `openssl req` for the run: the agent from a kubernetes.io/tls Secret as `--default-ssl-certificate` (rustls, ring) on {OURS_TLS}, nginx with `listen {NGINX_TLS} ssl`, `ssl_protocols TLSv1.2 TLSv1.3`, session cache and tickets (OpenSSL).\n"
         )?;
         rounds_table(&mut s, &self.tls_rounds)?;
+
+        writeln!(s, "### New TLS handshakes\n")?;
+        writeln!(
+            s,
+            "`{}`: every request on a new connection with a full handshake (wrk's OpenSSL client does not resume sessions), same certificate and listeners as above; req/s is handshakes per second. Resumed handshakes are not measured (wrk cannot offer a ticket).\n",
+            self.handshake_cmd
+        )?;
+        rounds_table(&mut s, &self.handshake_rounds)?;
 
         writeln!(s, "### Memory and configuration size\n")?;
         writeln!(

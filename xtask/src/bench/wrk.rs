@@ -26,6 +26,9 @@ pub struct Load<'a> {
     pub threads: u32,
     pub connections: u32,
     pub host: &'a str,
+    /// Send `Connection: close`: every request on a new connection (over
+    /// https, a full TLS handshake each: wrk does not resume sessions).
+    pub close: bool,
 }
 
 impl Load<'_> {
@@ -37,8 +40,16 @@ impl Load<'_> {
             "--latency".to_string(),
             "-H".to_string(),
             format!("Host: {}", self.host),
-            url.to_string(),
         ]
+        .into_iter()
+        .chain(
+            self.close
+                .then(|| ["-H".to_string(), "Connection: close".to_string()])
+                .into_iter()
+                .flatten(),
+        )
+        .chain([url.to_string()])
+        .collect()
     }
 
     /// The command line as the report shows it.
