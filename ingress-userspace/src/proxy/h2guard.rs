@@ -22,6 +22,7 @@ use crate::metrics::ProxyMetrics;
 
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER: usize = 9;
+#[cfg(test)]
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const SETTINGS: u8 = 0x4;
@@ -213,7 +214,6 @@ impl FrameScanner {
                 }
                 Ok(over)
             }
-            DATA => Ok(false),
             _ => Ok(false),
         }
     }
