@@ -36,6 +36,7 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
@@ -265,6 +266,21 @@ fn metric(agent: &support::Agent, name: &str) -> f64 {
     agent.metrics().get(name).copied().unwrap_or(0.0)
 }
 
+/// Waits (bounded) until `name` reaches `at_least`: the proxy counts a
+/// closed connection once its task ends, which can be just after the
+/// client saw the close.
+fn wait_metric(agent: &support::Agent, name: &str, at_least: f64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(agent, name) < at_least {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {name} never reached {at_least}: {:?}",
+            agent.metrics()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A well-behaved client on other threads: HTTP/2 over TLS, h2c and
 /// HTTP/1.1 requests in a loop until dropped; every answer must be 200.
 struct Bystander {
@@ -393,18 +409,23 @@ async fn rapid_reset(t: Transport) -> Ending {
     reader.await.unwrap()
 }
 
-/// A flood of SETTINGS frames; with `read`, the client reads (and so sees
-/// the ACKs) as it writes; without, it never acknowledges the proxy's
-/// SETTINGS and reads nothing until it has sent them all.
-async fn settings_flood(t: Transport, read: bool) -> Ending {
+/// A flood of SETTINGS frames (or PINGs); with `read`, the client reads
+/// (and so sees the ACKs) as it writes; without, it never acknowledges the
+/// proxy's SETTINGS and reads nothing until it has sent them all.
+async fn control_flood(t: Transport, kind: u8, count: u32, read: bool) -> Ending {
     let io = open(t).await;
     let (rd, mut wr) = tokio::io::split(io);
     let mut out = PREFACE.to_vec();
-    for i in 0..300u32 {
-        // SETTINGS_INITIAL_WINDOW_SIZE, a different value each time.
-        let mut payload = vec![0x00, 0x04];
-        payload.extend_from_slice(&(65_535 + i).to_be_bytes());
-        out.extend(frame(SETTINGS, 0, 0, &payload));
+    for i in 0..count {
+        let payload = if kind == SETTINGS {
+            // SETTINGS_INITIAL_WINDOW_SIZE, a different value each time.
+            let mut p = vec![0x00, 0x04];
+            p.extend_from_slice(&(65_535 + i).to_be_bytes());
+            p
+        } else {
+            u64::from(i).to_be_bytes().to_vec()
+        };
+        out.extend(frame(kind, 0, 0, &payload));
     }
     if read {
         let reader = tokio::spawn(read_until_end(rd));
@@ -429,11 +450,7 @@ fn rapid_reset_gets_goaway_and_is_counted_while_others_are_served() {
     for (i, t) in transports(&s).into_iter().enumerate() {
         let ending = rt.block_on(rapid_reset(t));
         assert_eq!(ending, Ending::GoAway(ENHANCE_YOUR_CALM), "{t:?}");
-        assert!(
-            metric(&s.agent, name) >= (i + 1) as f64,
-            "{t:?}: {:?}",
-            s.agent.metrics()
-        );
+        wait_metric(&s.agent, name, (i + 1) as f64, &format!("{t:?}"));
         assert_eq!(
             rt.block_on(h2_get(t, &[])).unwrap(),
             200,
@@ -444,7 +461,7 @@ fn rapid_reset_gets_goaway_and_is_counted_while_others_are_served() {
 }
 
 #[test]
-fn settings_floods_are_closed_and_counted_while_others_are_served() {
+fn settings_and_ping_floods_are_closed_and_counted_while_others_are_served() {
     let rt = rt();
     let s = setup(&rt, "h2-settings");
     let bystander = Bystander::start(&s);
@@ -452,20 +469,23 @@ fn settings_floods_are_closed_and_counted_while_others_are_served() {
     let mut n = 0.0;
     for t in transports(&s) {
         for read in [true, false] {
-            let ending = rt.block_on(settings_flood(t, read));
+            let ending = rt.block_on(control_flood(t, SETTINGS, 300, read));
             assert_eq!(ending, Ending::Closed, "{t:?} read={read}");
             n += 1.0;
-            assert!(
-                metric(&s.agent, name) >= n,
-                "{t:?}: {:?}",
-                s.agent.metrics()
-            );
+            wait_metric(&s.agent, name, n, &format!("{t:?}"));
         }
         assert_eq!(
             rt.block_on(h2_get(t, &[])).unwrap(),
             200,
             "{t:?} after the flood"
         );
+    }
+    // PINGs: the budget is generous (gRPC clients ping a lot), not endless.
+    let pings = "ingress_http2_connection_errors_total{reason=\"ping_flood\"}";
+    for (i, t) in transports(&s).into_iter().enumerate() {
+        let ending = rt.block_on(control_flood(t, PING, 12_000, true));
+        assert_eq!(ending, Ending::Closed, "{t:?} pings");
+        wait_metric(&s.agent, pings, (i + 1) as f64, &format!("{t:?} pings"));
     }
     bystander.finish();
 }
@@ -500,11 +520,7 @@ fn an_oversized_header_list_is_refused_431_and_the_connection_goes_on() {
             Err(e) => panic!("{t:?}: the oversized request failed with {e:?}, not 431"),
         }
         assert_eq!(statuses.1.unwrap(), 200, "{t:?}");
-        assert!(
-            metric(&s.agent, name) >= (i + 1) as f64,
-            "{t:?}: {:?}",
-            s.agent.metrics()
-        );
+        wait_metric(&s.agent, name, (i + 1) as f64, &format!("{t:?}"));
     }
     bystander.finish();
 }
@@ -559,17 +575,7 @@ fn invalid_sni_and_garbage_hellos_are_refused_and_counted_while_others_are_serve
             ),
             Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{what}: {e}"),
         }
-        // The failure is counted once the proxy has seen it (bounded wait:
-        // the close above can reach us before the counter is read).
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while metric(&s.agent, &name) <= before {
-            assert!(
-                Instant::now() < deadline,
-                "{what} not counted: {:?}",
-                s.agent.metrics()
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
+        wait_metric(&s.agent, &name, before + 1.0, what);
     }
     // The untouched hello's name is fine (no certificate for it: the
     // default one is served).
