@@ -60,6 +60,8 @@ pub struct FailureLabels {
 pub struct ProxyMetrics {
     pub tls_handshakes: Family<HandshakeLabels, Counter>,
     pub tls_handshake_failures: Family<FailureLabels, Counter>,
+    pub http2_connection_errors: Family<FailureLabels, Counter>,
+    pub http2_oversized_header_blocks: Counter,
     pub redirects: Counter,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Histogram,
@@ -77,6 +79,8 @@ impl ProxyMetrics {
         let m = ProxyMetrics {
             tls_handshakes: Family::default(),
             tls_handshake_failures: Family::default(),
+            http2_connection_errors: Family::default(),
+            http2_oversized_header_blocks: Counter::default(),
             redirects: Counter::default(),
             requests: Family::default(),
             request_duration: Histogram::new([
@@ -141,6 +145,16 @@ impl ProxyMetrics {
             m.tls_handshake_failures.clone(),
         );
         registry.register(
+            "ingress_http2_connection_errors",
+            "HTTP/2 client connections closed for misbehaving, by reason (settings_flood, ping_flood, enhance_your_calm, protocol_error, compression_error, frame_size_error, flow_control_error, other).",
+            m.http2_connection_errors.clone(),
+        );
+        registry.register(
+            "ingress_http2_oversized_header_blocks",
+            "HTTP/2 header blocks whose size on the wire alone exceeds the header list limit (the stream is answered 431).",
+            m.http2_oversized_header_blocks.clone(),
+        );
+        registry.register(
             "ingress_https_redirects",
             "Plain HTTP requests answered with a redirect to HTTPS.",
             m.redirects.clone(),
@@ -156,6 +170,12 @@ impl ProxyMetrics {
 
     pub fn observe_handshake_failure(&self, reason: &'static str) {
         self.tls_handshake_failures
+            .get_or_create(&FailureLabels { reason })
+            .inc();
+    }
+
+    pub fn observe_http2_connection_error(&self, reason: &'static str) {
+        self.http2_connection_errors
             .get_or_create(&FailureLabels { reason })
             .inc();
     }

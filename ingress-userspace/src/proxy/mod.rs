@@ -13,6 +13,7 @@
 
 pub mod balancer;
 pub mod body;
+pub mod h2guard;
 pub mod handler;
 pub mod headers;
 pub mod listen;

@@ -20,6 +20,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::{
     Proxy,
+    h2guard::{self, Guarded},
     handler::{ConnInfo, handle},
     tls,
 };
@@ -37,8 +38,17 @@ const H2_STREAM_WINDOW: u32 = 1024 * 1024;
 const H2_CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 const H2_MAX_FRAME_SIZE: u32 = 64 * 1024;
 const H2_MAX_SEND_BUFFER: usize = 1024 * 1024;
-/// Streams a client may reset before being answered (rapid-reset guard).
+/// Streams a client may reset before being answered (rapid-reset guard):
+/// one more and the connection gets GOAWAY `ENHANCE_YOUR_CALM`.
 const H2_MAX_PENDING_RESETS: usize = 64;
+/// Streams the proxy may reset because of the client's protocol errors
+/// before the connection gets GOAWAY `ENHANCE_YOUR_CALM`.
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
+/// SETTINGS frames (not ACKs) a client may send per `h2guard::FLOOD_WINDOW`.
+const H2_MAX_SETTINGS: u32 = 100;
+/// PING frames (not ACKs) a client may send per `h2guard::FLOOD_WINDOW`;
+/// generous, as gRPC clients ping to estimate bandwidth.
+const H2_MAX_PINGS: u32 = 10_000;
 
 fn builder(proxy: &Proxy) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -59,6 +69,7 @@ fn builder(proxy: &Proxy) -> auto::Builder<TokioExecutor> {
         .max_frame_size(H2_MAX_FRAME_SIZE)
         .max_send_buf_size(H2_MAX_SEND_BUFFER)
         .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     builder
 }
@@ -92,6 +103,11 @@ pub async fn serve(
     drain: Duration,
 ) {
     let builder = Arc::new(builder(&proxy));
+    let limits = h2guard::Limits {
+        settings: H2_MAX_SETTINGS,
+        pings: H2_MAX_PINGS,
+        header_list: proxy.config.max_header_bytes + proxy.config.max_uri_bytes,
+    };
     let graceful = GracefulShutdown::new();
     let pool = proxy.new_pool();
     let locals: Vec<Option<SocketAddr>> =
@@ -130,10 +146,14 @@ pub async fn serve(
         // Serves HTTP on the (plain or TLS) stream until the connection ends.
         macro_rules! serve_http {
             ($stream:expr) => {{
+                let io = Guarded::new($stream, limits, proxy.metrics.clone());
                 let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new($stream), svc)
+                    .serve_connection_with_upgrades(TokioIo::new(io), svc)
                     .into_owned();
                 if let Err(e) = watcher.watch(conn).await {
+                    if let Some(reason) = h2guard::connection_error_reason(&*e) {
+                        proxy.metrics.observe_http2_connection_error(reason);
+                    }
                     tracing::debug!(%peer, error = %e, "client connection ended with an error");
                 }
             }};

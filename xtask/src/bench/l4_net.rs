@@ -446,6 +446,8 @@ pub fn run(tools: &Tools) -> anyhow::Result<(Vec<Round>, Setup)> {
         threads: 1,
         connections: CONNECTIONS,
         host: HOST,
+        // New connections are asked for per run, as an extra header.
+        close: false,
     };
     let measured = Measured {
         node_port: NODE_PORT,

@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context, bail};
 
 use super::{
-    Machine, build_agent, http, median, nginx,
+    Machine, build_agent, handshake, http, median, nginx,
     process::{self, Proc, TempDir, pause},
     wrk::{Load, WrkResult},
 };
@@ -41,6 +41,12 @@ const HOST: &str = "bench.local";
 const ROUNDS: usize = 3;
 const SECS: u64 = 10;
 const WARMUP_SECS: u64 = 2;
+/// New-handshake rounds: shorter, fewer connections (each request makes
+/// its own).
+const HANDSHAKE_SECS: u64 = 5;
+const HANDSHAKE_CONNECTIONS: u32 = 16;
+/// Full-handshake rounds: this many `openssl s_time -new` clients at once.
+const FULL_HANDSHAKE_CLIENTS: usize = 4;
 const MANY: usize = 10_000;
 const CHANGES: usize = 5;
 /// How often the change-to-traffic client polls (one new connection each).
@@ -56,7 +62,7 @@ pub fn run() -> anyhow::Result<()> {
     let load_before = loadavg();
     let tools =
         process::ensure_tools(&[("nginx", "nginx"), ("wrk", "wrk"), ("openssl", "openssl")])?;
-    let (nginx_bin, wrk_bin) = (&tools[0], &tools[1]);
+    let (nginx_bin, wrk_bin, openssl_bin) = (&tools[0], &tools[1], &tools[2]);
     println!("bench l7: building the agent (cargo build --release)");
     let bin = build_agent()?;
     process::check_interrupted()?;
@@ -143,6 +149,7 @@ pub fn run() -> anyhow::Result<()> {
         threads: 1,
         connections: 64,
         host: HOST,
+        close: false,
     };
     let wrk_log = tmp.path().join("wrk.out");
     let mut rounds: Vec<(WrkResult, WrkResult)> = Vec::new();
@@ -201,6 +208,69 @@ pub fn run() -> anyhow::Result<()> {
             pair.push(r);
         }
         tls_rounds.push((pair[0], pair[1]));
+    }
+    // New TLS handshakes: `Connection: close`, one full handshake per request.
+    let fresh = Load {
+        connections: HANDSHAKE_CONNECTIONS,
+        close: true,
+        ..load
+    };
+    let mut handshake_rounds: Vec<(WrkResult, WrkResult)> = Vec::new();
+    for round in 1..=ROUNDS {
+        let mut pair = Vec::new();
+        for (name, addr) in [("ingress", ours_tls), ("nginx", nginx_tls)] {
+            let url = format!("https://{addr}/");
+            fresh
+                .run(1, &url, &wrk_log)
+                .with_context(|| format!("warming up {name} (handshakes)"))?;
+            let r = fresh
+                .run(HANDSHAKE_SECS, &url, &wrk_log)
+                .with_context(|| format!("handshake round {round} on {name}"))?;
+            println!(
+                "bench l7: handshake round {round}/{ROUNDS} {name:<7}  {:>9.0} handshakes/s  p50 {}  p99 {}{}",
+                r.requests_per_sec,
+                ms(r.p50_us),
+                ms(r.p99_us),
+                errors(&r).map(|e| format!("  ({e})")).unwrap_or_default()
+            );
+            for p in [
+                &mut agent.proc,
+                &mut proxy_nginx.proc,
+                &mut backend_nginx.proc,
+            ] {
+                p.ensure_running()?;
+            }
+            pair.push(r);
+        }
+        handshake_rounds.push((pair[0], pair[1]));
+    }
+    // Full handshakes, no resumption: openssl s_time -new.
+    let mut full_rounds: Vec<(f64, f64)> = Vec::new();
+    for round in 1..=ROUNDS {
+        let mut pair = Vec::new();
+        for (name, addr) in [("ingress", ours_tls), ("nginx", nginx_tls)] {
+            let rate = handshake::full_handshakes_per_sec(
+                openssl_bin,
+                LOAD_CPU,
+                addr,
+                HANDSHAKE_SECS,
+                FULL_HANDSHAKE_CLIENTS,
+                tmp.path(),
+            )
+            .with_context(|| format!("full-handshake round {round} on {name}"))?;
+            println!(
+                "bench l7: full-handshake round {round}/{ROUNDS} {name:<7}  {rate:>9.0} handshakes/s"
+            );
+            for p in [
+                &mut agent.proc,
+                &mut proxy_nginx.proc,
+                &mut backend_nginx.proc,
+            ] {
+                p.ensure_running()?;
+            }
+            pair.push(rate);
+        }
+        full_rounds.push((pair[0], pair[1]));
     }
     let rss_loaded = agent.proc.rss_kib()?;
     let nginx_rss_loaded = proxy_nginx.proc.rss_kib()?;
@@ -270,6 +340,10 @@ pub fn run() -> anyhow::Result<()> {
         load_cmd: load.describe(SECS, "http://127.0.0.1:PORT/"),
         rounds,
         tls_rounds,
+        handshake_cmd: fresh.describe(HANDSHAKE_SECS, "https://127.0.0.1:PORT/"),
+        handshake_rounds,
+        full_cmd: handshake::describe(LOAD_CPU, HANDSHAKE_SECS, FULL_HANDSHAKE_CLIENTS),
+        full_rounds,
         rss: [
             (rss_idle, Some(nginx_rss_idle)),
             (rss_loaded, Some(nginx_rss_loaded)),
@@ -586,6 +660,12 @@ struct Report {
     rounds: Vec<(WrkResult, WrkResult)>,
     /// The same over HTTPS.
     tls_rounds: Vec<(WrkResult, WrkResult)>,
+    /// The wrk command of the new-handshake rounds, and the rounds.
+    handshake_cmd: String,
+    handshake_rounds: Vec<(WrkResult, WrkResult)>,
+    /// The s_time command and (ingress, nginx) full handshakes/s per round.
+    full_cmd: String,
+    full_rounds: Vec<(f64, f64)>,
     /// (ingress, nginx proxy) RSS in KiB: idle, after the load, 10k hot, 10k cold.
     rss: [(u64, Option<u64>); 4],
     many_bytes: usize,
@@ -714,6 +794,34 @@ impl Report {
             "The same load on `https://127.0.0.1:PORT/` (wrk keeps its 64 connections, so this is TLS record cost, not handshakes). Both proxies serve one ECDSA P-256 certificate made by `openssl req` for the run: the agent from a kubernetes.io/tls Secret as `--default-ssl-certificate` (rustls, ring) on {OURS_TLS}, nginx with `listen {NGINX_TLS} ssl`, `ssl_protocols TLSv1.2 TLSv1.3`, session cache and tickets (OpenSSL).\n"
         )?;
         rounds_table(&mut s, &self.tls_rounds)?;
+
+        writeln!(s, "### New TLS handshakes\n")?;
+        writeln!(
+            s,
+            "Full handshakes, no resumption: `{}`, the handshakes all clients completed divided by the wall time (each client connects, handshakes and closes, one connection at a time; no HTTP request). Same certificate and listeners as above (TLS 1.3, X25519, ECDSA P-256). The clients share CPU 1 with the backend and a full handshake costs the client about as much as the server, so when both proxies land on the same rate the clients may be the limit rather than either proxy.\n",
+            self.full_cmd
+        )?;
+        writeln!(s, "| round | ingress handshakes/s | nginx handshakes/s |")?;
+        writeln!(s, "|---|---:|---:|")?;
+        for (i, (o, n)) in self.full_rounds.iter().enumerate() {
+            writeln!(s, "| {} | {o:.0} | {n:.0} |", i + 1)?;
+        }
+        let (fo, fnx) = (
+            median(&self.full_rounds.iter().map(|r| r.0).collect::<Vec<_>>()),
+            median(&self.full_rounds.iter().map(|r| r.1).collect::<Vec<_>>()),
+        );
+        writeln!(s, "| **median** | **{fo:.0}** | **{fnx:.0}** |\n")?;
+        writeln!(
+            s,
+            "**Ratio, ingress / nginx (medians):** full handshakes/s **{:.2}**.\n",
+            fo / fnx
+        )?;
+        writeln!(
+            s,
+            "A new connection per request, resumed: `{}`. wrk reuses each connection's OpenSSL object, so after its first handshake every reconnect offers the TLS 1.3 ticket it was given and resumes (checked with nginx's `$ssl_session_reused`); req/s is resumed handshakes plus one request each.\n",
+            self.handshake_cmd
+        )?;
+        rounds_table(&mut s, &self.handshake_rounds)?;
 
         writeln!(s, "### Memory and configuration size\n")?;
         writeln!(

@@ -3,6 +3,7 @@
 //! matter more than the absolute numbers). Each bench regenerates its own
 //! section of docs/benchmarks.md and leaves the other sections alone.
 
+mod handshake;
 mod http;
 mod l4;
 mod l4_net;

@@ -26,6 +26,9 @@ pub struct Load<'a> {
     pub threads: u32,
     pub connections: u32,
     pub host: &'a str,
+    /// Send `Connection: close`: every request on a new connection (over
+    /// https wrk resumes the TLS session: a resumed handshake each).
+    pub close: bool,
 }
 
 impl Load<'_> {
@@ -43,6 +46,10 @@ impl Load<'_> {
             "-H".to_string(),
             format!("Host: {}", self.host),
         ];
+        if self.close {
+            args.push("-H".to_string());
+            args.push("Connection: close".to_string());
+        }
         for h in headers {
             args.push("-H".to_string());
             args.push(h.to_string());
@@ -202,6 +209,7 @@ Transfer/sec:      6.11MB
             threads: 1,
             connections: 8,
             host: "bench.local",
+            close: false,
         };
         let args = load.args_with(3, "http://198.18.0.1:30080/", &["Connection: close"]);
         assert_eq!(
