@@ -23,7 +23,7 @@ use crate::{
     metrics::{CertExpiryCollector, ProxyMetrics},
     model::{ClusterState, CompileOptions, Diagnostic, Severity, Snapshot, compile_at},
     proxy::{Proxy, listen, server, tls},
-    source::files,
+    source::{cluster, files},
 };
 
 /// How long file events settle before a reload (an editor's save is often
@@ -144,7 +144,7 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let source_task = start_source(&opts.config, applier)?;
+    let source_task = start_source(&opts.config, applier).await?;
     if let Some(dp) = &mut datapath {
         dp.attach(&dp_config)?;
     }
@@ -219,19 +219,37 @@ fn load_options(opts: &RunOpts) -> LoadOptions {
     }
 }
 
-/// Starts the configuration source: manifests (watched), or, without any,
-/// an empty configuration (cluster mode is not built yet). The first
-/// snapshot is applied before this returns, so readiness follows it.
-fn start_source(
+/// Starts the configuration source: manifests (watched), the API server
+/// (`--kubeconfig`, or the in-cluster configuration when neither is given),
+/// or, outside a cluster with neither, an empty configuration. With
+/// manifests the first snapshot is applied before this returns; in cluster
+/// mode once every watcher has listed (readiness follows it).
+async fn start_source(
     config: &ConfigOpts,
     mut applier: Applier,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     if config.manifests.is_empty() {
-        tracing::warn!(
-            "no --manifests given and cluster mode is not available yet: serving an empty configuration"
-        );
-        applier.apply(ClusterState::default(), Vec::new(), Instant::now());
-        return Ok(tokio::spawn(async {}));
+        let source = match &config.kubeconfig {
+            Some(path) => cluster::ClientSource::Kubeconfig(path),
+            None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+                cluster::ClientSource::InCluster
+            }
+            None => {
+                tracing::warn!(
+                    "no --manifests or --kubeconfig given and not in a cluster \
+                     (KUBERNETES_SERVICE_HOST unset): serving an empty configuration"
+                );
+                applier.apply(ClusterState::default(), Vec::new(), Instant::now());
+                return Ok(tokio::spawn(async {}));
+            }
+        };
+        let client = cluster::client(source).await?;
+        tracing::info!(namespace = ?config.watch_namespace, "cluster mode: watching the API server");
+        return Ok(cluster::start(
+            client,
+            config.watch_namespace.clone(),
+            move |state, diags, started| applier.apply(state, diags, started),
+        ));
     }
     let paths = config.manifests.clone();
     let (watcher, mut events) = files::watch(&paths)?;

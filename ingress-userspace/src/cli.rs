@@ -185,6 +185,17 @@ pub struct ConfigOpts {
     #[arg(long = "manifests", value_name = "PATH")]
     pub manifests: Vec<PathBuf>,
 
+    /// Cluster mode: watch the API server named by this kubeconfig file.
+    /// Without it and without --manifests, the in-cluster configuration
+    /// (service account token, KUBERNETES_SERVICE_HOST) is used.
+    #[arg(long, value_name = "PATH", conflicts_with = "manifests")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Cluster mode: watch Ingresses, Services, EndpointSlices and Secrets
+    /// in this namespace only (IngressClasses and Nodes are cluster-wide).
+    #[arg(long, value_name = "NAMESPACE", conflicts_with = "manifests")]
+    pub watch_namespace: Option<String>,
+
     /// The IngressClass this agent serves.
     #[arg(long, default_value = "ingress-ebpf", env = "INGRESS_CLASS")]
     pub ingress_class: String,

@@ -1,6 +1,6 @@
 //! Cluster mode (kube watchers, Ingress status, leader election, Events).
-//! The watchers are not written yet; what they will ask the API server for
-//! is fixed here first, so that the RBAC rules under `deploy/` have one
+//! The watchers live in `source::cluster`; every API call cluster mode
+//! makes is fixed here, so that the RBAC rules under `deploy/` have one
 //! source of truth to be checked against.
 
 pub mod access;

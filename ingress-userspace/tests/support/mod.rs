@@ -5,6 +5,7 @@
 //! privileges they fail with a message saying so.
 #![allow(dead_code, unused_imports)]
 
+pub mod apiserver;
 pub mod backend;
 pub mod manifests;
 

@@ -1,0 +1,279 @@
+//! Cluster mode end to end: the real `ingress` binary with `--kubeconfig`
+//! pointing at the in-repo API server double (tests/support/apiserver.rs),
+//! test backends standing in for pods, on loopback.
+
+mod support;
+
+use std::{
+    net::SocketAddr,
+    thread,
+    time::{Duration, Instant},
+};
+
+use support::{
+    Agent, TempDir, apiserver::ApiServer, backend::Backend, free_port, get, ingress_bin, manifests,
+};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn backend(rt: &tokio::runtime::Runtime, name: &str) -> Backend {
+    rt.block_on(Backend::start("127.0.0.1:0".parse().unwrap(), name))
+}
+
+/// The agent in cluster mode on loopback, with its HTTP address.
+fn start_agent(kubeconfig: &std::path::Path, extra: &[&str]) -> (Agent, SocketAddr) {
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (http_s, kc) = (http.to_string(), kubeconfig.display().to_string());
+    let mut args = vec![
+        "--kubeconfig",
+        &kc,
+        "--http-listen",
+        &http_s,
+        "--xdp-mode",
+        "off",
+    ];
+    args.extend_from_slice(extra);
+    (Agent::start_local(&ingress_bin(), &args, admin), http)
+}
+
+/// (status, pod name or "") of `GET /` on `host`.
+fn pod(http: SocketAddr, host: &str) -> (u16, String) {
+    match get(http, host, "/") {
+        Ok(r) if r.status == 200 => (200, r.json()["pod"].as_str().unwrap_or("").to_string()),
+        Ok(r) => (r.status, String::new()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// Waits (bounded) until `host` answers `want`; panics with the last answer.
+fn wait_for(http: SocketAddr, host: &str, want: (u16, &str)) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = pod(http, host);
+        if got.0 == want.0 && got.1 == want.1 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{host}: wanted {want:?}, still {got:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn metric(agent: &Agent, name: &str) -> f64 {
+    agent
+        .metrics()
+        .iter()
+        .filter(|(k, _)| k.as_str() == name || k.starts_with(&format!("{name}{{")))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[test]
+fn traffic_follows_the_api_and_survives_its_outage_and_relist() {
+    let rt = rt();
+    let a = backend(&rt, "a");
+    let b = backend(&rt, "b");
+    let mut api = ApiServer::start(&rt);
+    api.apply_yaml(&manifests::class());
+    api.apply_yaml(&manifests::service("svc-a", &[a.addr]));
+    api.apply_yaml(&manifests::ingress("a", "a.test", "/", "svc-a"));
+    let dir = TempDir::new("cluster");
+    let (mut agent, http) = start_agent(&api.kubeconfig(dir.path()), &[]);
+
+    // Ready means listed and applied: served at once.
+    assert_eq!(pod(http, "a.test"), (200, "a".to_string()));
+    assert_eq!(pod(http, "b.test").0, 404);
+
+    // Every kind was listed and watched, Secrets of the TLS type only.
+    let reqs = api.requests();
+    for path in [
+        "/apis/networking.k8s.io/v1/ingressclasses",
+        "/apis/networking.k8s.io/v1/ingresses",
+        "/api/v1/services",
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "/api/v1/secrets",
+        "/api/v1/nodes",
+    ] {
+        assert!(
+            reqs.iter().any(|r| r.starts_with(&format!("GET {path}?"))),
+            "{path} not listed: {reqs:?}"
+        );
+    }
+    assert!(
+        reqs.iter()
+            .filter(|r| r.starts_with("GET /api/v1/secrets?"))
+            .all(|r| r.contains("fieldSelector=type")),
+        "{reqs:?}"
+    );
+
+    // Add: a new Service and Ingress.
+    api.apply_yaml(&manifests::service("svc-b", &[b.addr]));
+    api.apply_yaml(&manifests::ingress("b", "b.test", "/", "svc-b"));
+    wait_for(http, "b.test", (200, "b"));
+
+    // Change: svc-a's endpoints move to pod b.
+    api.apply_yaml(&manifests::service("svc-a", &[b.addr]));
+    wait_for(http, "a.test", (200, "b"));
+
+    // Delete: the EndpointSlice (503), then the Ingress (404).
+    assert!(api.delete("EndpointSlice", "default", "svc-b-1"));
+    wait_for(http, "b.test", (503, ""));
+    assert!(api.delete("Ingress", "default", "b"));
+    wait_for(http, "b.test", (404, ""));
+    api.apply_yaml(&manifests::service("svc-a", &[a.addr]));
+    wait_for(http, "a.test", (200, "a"));
+
+    // An object the agent cannot read is reported and skipped; the rest
+    // keeps serving and the watch goes on.
+    api.apply(serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "broken", "namespace": "default"},
+        "spec": {"rules": "not a list"},
+    }));
+    api.apply_yaml(&manifests::ingress("b", "b2.test", "/", "svc-a"));
+    wait_for(http, "b2.test", (200, "a"));
+    assert!(metric(&agent, "ingress_config_diagnostics") >= 1.0);
+    let generation = metric(&agent, "ingress_snapshot_generation");
+
+    // The API server goes away: the last snapshot keeps serving, ready.
+    api.stop();
+    for _ in 0..20 {
+        assert_eq!(pod(http, "a.test"), (200, "a".to_string()));
+        assert_eq!(pod(http, "b2.test"), (200, "a".to_string()));
+        assert_eq!(agent.get("/readyz").unwrap().0, 200);
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(&agent, "ingress_snapshot_generation"), generation);
+
+    // Changes made meanwhile, then back with a newer resource version
+    // base: the agent's watches are expired (410), it relists and
+    // converges. Objects present before and after never stop serving.
+    api.apply_yaml(&manifests::ingress("c", "c.test", "/", "svc-a"));
+    assert!(api.delete("Ingress", "default", "broken"));
+    api.restart(1000);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pod(http, "c.test").0 != 200 {
+        assert_eq!(pod(http, "a.test"), (200, "a".to_string()));
+        assert_eq!(agent.get("/readyz").unwrap().0, 200);
+        assert!(Instant::now() < deadline, "no relist within 60 s");
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(pod(http, "c.test"), (200, "a".to_string()));
+    assert_eq!(pod(http, "b2.test"), (200, "a".to_string()));
+    // The old watches were expired and every kind was listed again.
+    assert!(api.expired() >= 1, "no watch was answered 410");
+    let log = agent.take_output();
+    let ingress_lists = log
+        .lines()
+        .filter(|l| l.contains("listed") && l.contains("kind=\"Ingress\""))
+        .count();
+    assert!(ingress_lists >= 2, "Ingresses not relisted:\n{log}");
+
+    // And it keeps watching after the relist.
+    api.apply_yaml(&manifests::ingress("d", "d.test", "/", "svc-a"));
+    wait_for(http, "d.test", (200, "a"));
+    wait_for(http, "c.test", (200, "a"));
+    let log = agent.take_output();
+    assert!(!log.contains("panicked"), "{log}");
+    drop(b);
+}
+
+#[test]
+fn watch_namespace_limits_the_namespaced_kinds() {
+    let rt = rt();
+    let a = backend(&rt, "a");
+    let api = ApiServer::start(&rt);
+    api.apply_yaml(&manifests::class());
+    api.apply_yaml(&manifests::service("svc-a", &[a.addr]));
+    api.apply_yaml(&manifests::ingress("a", "a.test", "/", "svc-a"));
+    let other = manifests::service("svc-a", &[a.addr])
+        .replace("namespace: default", "namespace: other")
+        + &manifests::ingress("o", "other.test", "/", "svc-a")
+            .replace("namespace: default", "namespace: other");
+    api.apply_yaml(&other);
+    let dir = TempDir::new("cluster-ns");
+    let (_agent, http) = start_agent(
+        &api.kubeconfig(dir.path()),
+        &["--watch-namespace", "default"],
+    );
+    assert_eq!(pod(http, "a.test"), (200, "a".to_string()));
+    assert_eq!(pod(http, "other.test").0, 404);
+    let reqs = api.requests();
+    assert!(
+        reqs.iter()
+            .any(|r| r.starts_with("GET /apis/networking.k8s.io/v1/namespaces/default/ingresses?")),
+        "{reqs:?}"
+    );
+    assert!(
+        reqs.iter()
+            .any(|r| r.starts_with("GET /apis/networking.k8s.io/v1/ingressclasses?")),
+        "{reqs:?}"
+    );
+    assert!(
+        !reqs
+            .iter()
+            .any(|r| r.starts_with("GET /apis/networking.k8s.io/v1/ingresses?")),
+        "{reqs:?}"
+    );
+}
+
+#[test]
+fn an_unreachable_api_server_leaves_the_agent_unready() {
+    let rt = rt();
+    let mut api = ApiServer::start(&rt);
+    api.apply_yaml(&manifests::class());
+    let dir = TempDir::new("cluster-down");
+    let kc = api.kubeconfig(dir.path());
+    api.stop();
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut child = std::process::Command::new(ingress_bin())
+        .args(["run", "--kubeconfig"])
+        .arg(&kc)
+        .args([
+            "--http-listen",
+            &http.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+            "--xdp-mode",
+            "off",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Alive (healthz) but never ready while nothing was listed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let health = loop {
+        if let Ok(r) = support::http_get(admin, "/healthz") {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "admin listener never came up");
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(health.0, 200);
+    for _ in 0..10 {
+        assert_eq!(support::http_get(admin, "/readyz").unwrap().0, 503);
+        thread::sleep(Duration::from_millis(100));
+    }
+    // Once it is back, the agent lists and becomes ready.
+    api.restart(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while support::http_get(admin, "/readyz").unwrap().0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "not ready within 60 s of the API server's return"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
