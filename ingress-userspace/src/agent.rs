@@ -125,6 +125,11 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
     registry.register_collector(Box::new(CertExpiryCollector {
         proxy: proxy.clone(),
     }));
+    let cluster_latency = opts
+        .config
+        .manifests
+        .is_empty()
+        .then(|| cluster::register_latency(&mut registry));
     let state = AdminState::new(registry);
     let acceptor = match opts.https_listen.0 {
         Some(_) => Some(tls::acceptor(proxy.clone()).context("setting up TLS")?),
@@ -144,7 +149,7 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let source_task = start_source(&opts.config, applier).await?;
+    let source_task = start_source(&opts.config, applier, cluster_latency).await?;
     if let Some(dp) = &mut datapath {
         dp.attach(&dp_config)?;
     }
@@ -227,6 +232,7 @@ fn load_options(opts: &RunOpts) -> LoadOptions {
 async fn start_source(
     config: &ConfigOpts,
     mut applier: Applier,
+    cluster_latency: Option<prometheus_client::metrics::histogram::Histogram>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     if config.manifests.is_empty() {
         let source = match &config.kubeconfig {
@@ -248,6 +254,7 @@ async fn start_source(
         return Ok(cluster::start(
             client,
             config.watch_namespace.clone(),
+            cluster_latency.unwrap_or_else(|| cluster::register_latency(&mut Registry::default())),
             move |state, diags, started| applier.apply(state, diags, started),
         ));
     }

@@ -142,6 +142,8 @@ fn traffic_follows_the_api_and_survives_its_outage_and_relist() {
     api.apply_yaml(&manifests::ingress("b", "b2.test", "/", "svc-a"));
     wait_for(http, "b2.test", (200, "a"));
     assert!(metric(&agent, "ingress_config_diagnostics") >= 1.0);
+    // Each applied burst observed once in the latency histogram.
+    assert!(metric(&agent, "ingress_cluster_event_to_apply_seconds_count") >= 5.0);
     let generation = metric(&agent, "ingress_snapshot_generation");
 
     // The API server goes away: the last snapshot keeps serving, ready.

@@ -38,6 +38,7 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{WatchStreamExt, watcher},
 };
+use prometheus_client::metrics::histogram::Histogram;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
@@ -149,6 +150,20 @@ pub fn watched_resources() -> Vec<(String, String)> {
     ]
 }
 
+/// The histogram of watch-event-to-applied latency, registered as
+/// `ingress_cluster_event_to_apply_seconds`.
+pub fn register_latency(registry: &mut prometheus_client::registry::Registry) -> Histogram {
+    let h = Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ]);
+    registry.register(
+        "ingress_cluster_event_to_apply_seconds",
+        "Cluster mode: time from the first watch event of a burst to its snapshot applied.",
+        h.clone(),
+    );
+    h
+}
+
 /// Decodes one object of kind `K` from the API's JSON.
 pub fn decode<K: Watched>(mut obj: DynamicObject) -> Result<K, String> {
     obj.types = Some(TypeMeta {
@@ -168,6 +183,8 @@ pub struct Stores {
     /// (kind, key) -> why it was skipped.
     pub bad: BTreeMap<(&'static str, String), String>,
     pub synced: u8,
+    /// When the first change not yet applied arrived.
+    pub first_change: Option<Instant>,
 }
 
 impl Stores {
@@ -291,6 +308,7 @@ async fn watch_kind<K: Watched>(
         match event {
             Ok(e) => {
                 if store.handle(e, &stores) {
+                    lock(&stores).first_change.get_or_insert_with(Instant::now);
                     changed.notify_one();
                 }
             }
@@ -303,9 +321,12 @@ async fn watch_kind<K: Watched>(
 
 /// Starts the watchers and the apply loop; `apply` is called with whole
 /// states once every kind is listed, then after each settled burst.
+/// `latency` observes, per apply, the time from the first watch event it
+/// carries to the end of the apply.
 pub fn start<F>(
     client: Client,
     namespace: Option<String>,
+    latency: Histogram,
     mut apply: F,
 ) -> tokio::task::JoinHandle<()>
 where
@@ -338,11 +359,17 @@ where
             let started = Instant::now();
             tokio::time::sleep(DEBOUNCE).await;
             let taken = {
-                let s = lock(&stores);
-                s.all_synced().then(|| (s.state.clone(), s.diagnostics()))
+                let mut s = lock(&stores);
+                if s.all_synced() {
+                    let first = s.first_change.take().unwrap_or(started);
+                    Some((s.state.clone(), s.diagnostics(), first))
+                } else {
+                    None
+                }
             };
-            if let Some((state, diags)) = taken {
+            if let Some((state, diags, first)) = taken {
                 tokio::task::block_in_place(|| apply(state, diags, started));
+                latency.observe(first.elapsed().as_secs_f64());
             }
         }
     })
