@@ -486,6 +486,24 @@ mod tests {
     }
 
     #[test]
+    fn cluster_mode_flags() {
+        let o = run_opts(&["--kubeconfig", "/k", "--watch-namespace", "apps"]).unwrap();
+        assert_eq!(
+            o.config.kubeconfig.as_deref(),
+            Some(std::path::Path::new("/k"))
+        );
+        assert_eq!(o.config.watch_namespace.as_deref(), Some("apps"));
+        assert!(o.config.manifests.is_empty());
+        let o = run_opts(&[]).unwrap();
+        assert!(o.config.kubeconfig.is_none() && o.config.watch_namespace.is_none());
+        // One source at a time.
+        let e = run_opts(&["--kubeconfig", "/k", "--manifests", "/m"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let e = run_opts(&["--watch-namespace", "a", "--manifests", "/m"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
     fn l4_defaults() {
         let o = run_opts(&[]).unwrap();
         assert_eq!(o.l4.l4_max_services, 4096);
