@@ -279,3 +279,74 @@ fn an_unreachable_api_server_leaves_the_agent_unready() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A kubernetes.io/tls (or other `type`) Secret in `default`, PEM in
+/// stringData (the double turns it into base64 `data`, as the API does).
+fn secret(name: &str, kind: &str, crt: &str, key: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\ntype: {kind}\nstringData: {{\"tls.crt\": {}, \"tls.key\": {}}}\n",
+        serde_json::to_string(crt).unwrap(),
+        serde_json::to_string(key).unwrap()
+    )
+}
+
+/// An Ingress `host` -> `service`:80 with spec.tls naming `secret`.
+fn tls_ingress(name: &str, host: &str, service: &str, secret: &str) -> String {
+    manifests::ingress(name, host, "/", service).replace(
+        "spec:\n",
+        &format!("spec:\n  tls:\n  - {{hosts: [\"{host}\"], secretName: {secret}}}\n"),
+    )
+}
+
+#[test]
+fn tls_secrets_come_from_the_api_and_only_of_the_tls_type() {
+    let rt = rt();
+    let a = backend(&rt, "a");
+    let api = ApiServer::start(&rt);
+    let made = |host: &str| {
+        let c = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
+        (
+            c.cert.pem(),
+            c.signing_key.serialize_pem(),
+            c.cert.der().to_vec(),
+        )
+    };
+    let (crt, key, der) = made("s.test");
+    let (ocrt, okey, oder) = made("o.test");
+    api.apply_yaml(&manifests::class());
+    api.apply_yaml(&manifests::service("svc-a", &[a.addr]));
+    api.apply_yaml(&secret("s-tls", "kubernetes.io/tls", &crt, &key));
+    // Same contents, but Opaque: the field selector keeps it from the agent.
+    api.apply_yaml(&secret("o-opaque", "Opaque", &ocrt, &okey));
+    api.apply_yaml(&tls_ingress("s", "s.test", "svc-a", "s-tls"));
+    api.apply_yaml(&tls_ingress("o", "o.test", "svc-a", "o-opaque"));
+    let dir = TempDir::new("cluster-tls");
+    let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let https_s = https.to_string();
+    let (_agent, _http) = start_agent(&api.kubeconfig(dir.path()), &["--https-listen", &https_s]);
+    let client = support::tls_client::Client::h1();
+    let (_, seen) = rt.block_on(client.connect(https, Some("s.test"))).unwrap();
+    assert_eq!(seen, der, "s.test is not served the certificate of s-tls");
+    let (status, _, body) = rt.block_on(client.get(https, "s.test", "/")).unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["pod"],
+        "a"
+    );
+    let (_, seen) = rt.block_on(client.connect(https, Some("o.test"))).unwrap();
+    assert!(!seen.is_empty());
+    assert_ne!(seen, oder, "an Opaque Secret was read");
+
+    // A rotated certificate arrives through the watch.
+    let (crt2, key2, der2) = made("s.test");
+    api.apply_yaml(&secret("s-tls", "kubernetes.io/tls", &crt2, &key2));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, seen) = rt.block_on(client.connect(https, Some("s.test"))).unwrap();
+        if seen == der2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rotated certificate not served");
+        thread::sleep(Duration::from_millis(50));
+    }
+}

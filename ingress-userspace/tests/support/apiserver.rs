@@ -185,6 +185,9 @@ impl ApiServer {
         } else {
             String::new()
         };
+        if kind == "Secret" {
+            string_data_to_data(&mut object);
+        }
         let mut db = self.inner.db.lock().unwrap();
         db.rv += 1;
         let rv = db.rv;
@@ -275,6 +278,23 @@ impl Drop for ApiServer {
         if let Some(t) = self.task.take() {
             t.abort();
         }
+    }
+}
+
+/// What the API server does on write: `stringData` merged into `data`,
+/// base64-encoded, and dropped.
+fn string_data_to_data(secret: &mut Value) {
+    use base64::Engine;
+    let Some(Value::Object(sd)) = secret.as_object_mut().and_then(|o| o.remove("stringData"))
+    else {
+        return;
+    };
+    if !secret["data"].is_object() {
+        secret["data"] = json!({});
+    }
+    for (k, v) in sd {
+        let text = v.as_str().unwrap_or_default();
+        secret["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(text));
     }
 }
 
