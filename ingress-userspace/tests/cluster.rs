@@ -146,6 +146,10 @@ fn traffic_follows_the_api_and_survives_its_outage_and_relist() {
     assert!(metric(&agent, "ingress_cluster_event_to_apply_seconds_count") >= 5.0);
     let generation = metric(&agent, "ingress_snapshot_generation");
 
+    // Watches (with their bookmarks) ran without a single failure so far.
+    let log = agent.take_output();
+    assert!(!log.contains("watch failed"), "{log}");
+
     // The API server goes away: the last snapshot keeps serving, ready.
     api.stop();
     for _ in 0..20 {
@@ -349,4 +353,30 @@ fn tls_secrets_come_from_the_api_and_only_of_the_tls_type() {
         assert!(Instant::now() < deadline, "rotated certificate not served");
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn a_missing_kubeconfig_is_one_line_and_exit_1() {
+    let (status, stderr) = support::run_to_exit(
+        std::process::Command::new(ingress_bin())
+            .args([
+                "run",
+                "--kubeconfig",
+                "/nonexistent/kubeconfig",
+                "--xdp-mode",
+                "off",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .env("RUST_LOG", "error"),
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("reading the kubeconfig /nonexistent/kubeconfig"),
+        "{stderr}"
+    );
 }
