@@ -15,6 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::{
     admin::{self, AdminState},
     cli::{ConfigOpts, OnExit, RunOpts},
+    cluster::{lease, status},
     datapath::{
         Datapath, DatapathConfig, LoadOptions, counters::DatapathCollector, l4maps::L4Maps,
         pin::PinLayout,
@@ -251,12 +252,49 @@ async fn start_source(
         };
         let client = cluster::client(source).await?;
         tracing::info!(namespace = ?config.watch_namespace, "cluster mode: watching the API server");
-        return Ok(cluster::start(
+        let status = applier.status_address.clone().map(|address| {
+            let (served_tx, served_rx) = watch::channel(Vec::new());
+            let (leader_tx, leader_rx) = watch::channel(false);
+            let lease_name = format!("{}-status", config.ingress_class);
+            let identity = format!("{}_{}", config.node_name(), std::process::id());
+            let namespace = client.default_namespace().to_string();
+            tracing::info!(lease = %lease_name, namespace = %namespace, identity = %identity, address = %address, "publishing Ingress status when leader");
+            let lease = tokio::spawn(lease::run(
+                client.clone(),
+                namespace,
+                lease_name,
+                identity,
+                leader_tx,
+            ));
+            let writer = tokio::spawn(status::run(client.clone(), address, served_rx, leader_rx));
+            (served_tx, lease, writer)
+        });
+        let (served_tx, status_tasks) = match status {
+            Some((tx, lease, writer)) => (Some(tx), vec![lease, writer]),
+            None => (None, Vec::new()),
+        };
+        let watchers = cluster::start(
             client,
             config.watch_namespace.clone(),
             cluster_latency.unwrap_or_else(|| cluster::register_latency(&mut Registry::default())),
+            served_tx,
             move |state, diags, started| applier.apply(state, diags, started),
-        ));
+        );
+        return Ok(tokio::spawn(async move {
+            // Aborting this task aborts the watchers and the status writer.
+            struct AbortAll(Vec<tokio::task::JoinHandle<()>>);
+            impl Drop for AbortAll {
+                fn drop(&mut self) {
+                    for t in &self.0 {
+                        t.abort();
+                    }
+                }
+            }
+            let mut all = status_tasks;
+            all.push(watchers);
+            let _guard = AbortAll(all);
+            std::future::pending::<()>().await
+        }));
     }
     let paths = config.manifests.clone();
     let (watcher, mut events) = files::watch(&paths)?;
@@ -302,7 +340,13 @@ struct Applier {
 }
 
 impl Applier {
-    fn apply(&mut self, state: ClusterState, source_diags: Vec<Diagnostic>, started: Instant) {
+    /// Returns the Ingresses the applied snapshot serves.
+    fn apply(
+        &mut self,
+        state: ClusterState,
+        source_diags: Vec<Diagnostic>,
+        started: Instant,
+    ) -> Vec<crate::model::ObjectKey> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -335,6 +379,7 @@ impl Applier {
             }
         }
         let status = status_json(&snapshot, self.status_address.as_deref());
+        let served = snapshot.served.iter().map(|s| s.key.clone()).collect();
         let (routes, backends, diagnostics) = (
             snapshot.router.tables().len(),
             snapshot.backends.len(),
@@ -356,6 +401,7 @@ impl Applier {
             apply_ms = started.elapsed().as_secs_f64() * 1e3,
             "configuration applied"
         );
+        served
     }
 }
 

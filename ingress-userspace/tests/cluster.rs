@@ -380,3 +380,84 @@ fn a_missing_kubeconfig_is_one_line_and_exit_1() {
         "{stderr}"
     );
 }
+
+/// The status address the API holds for Ingress `name`.
+fn published(api: &ApiServer, name: &str) -> Option<String> {
+    let i = api.get("ingresses", "default", name)?;
+    i["status"]["loadBalancer"]["ingress"][0]["ip"]
+        .as_str()
+        .map(str::to_string)
+}
+
+fn wait_published(api: &ApiServer, name: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while published(api, name).as_deref() != Some(want) {
+        assert!(
+            Instant::now() < deadline,
+            "{name}: status {:?}, wanted {want}",
+            published(api, name)
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_lease_holder_publishes_ingress_status_and_a_follower_takes_over() {
+    let rt = rt();
+    let a = backend(&rt, "a");
+    let api = ApiServer::start(&rt);
+    api.apply_yaml(&manifests::class());
+    api.apply_yaml(&manifests::service("svc-a", &[a.addr]));
+    api.apply_yaml(&manifests::ingress("a", "a.test", "/", "svc-a"));
+    let dir = TempDir::new("cluster-status");
+    let kc = api.kubeconfig(dir.path());
+    let (first, _) = start_agent(&kc, &["--publish-status-address", "198.18.0.10"]);
+    wait_published(&api, "a", "198.18.0.10");
+    let lease = api
+        .lease("default", "ingress-ebpf-status")
+        .expect("no Lease in the kubeconfig's namespace");
+    let holder = lease["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(holder.ends_with(&format!("_{}", first.pid())), "{lease}");
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 15);
+
+    // A new Ingress gets the status too; an Ingress of another class not.
+    api.apply_yaml(&manifests::ingress("b", "b.test", "/", "svc-a"));
+    api.apply_yaml(
+        &manifests::ingress("x", "x.test", "/", "svc-a")
+            .replace("spec:\n", "spec:\n  ingressClassName: someone-else\n"),
+    );
+    wait_published(&api, "b", "198.18.0.10");
+
+    // A second agent follows: the Lease stays with the first.
+    let (second, _) = start_agent(&kc, &["--publish-status-address", "198.18.0.11"]);
+    for _ in 0..10 {
+        assert_eq!(published(&api, "a").as_deref(), Some("198.18.0.10"));
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        api.lease("default", "ingress-ebpf-status").unwrap()["spec"]["holderIdentity"],
+        holder.as_str()
+    );
+    assert_eq!(published(&api, "x"), None);
+
+    // The first goes away without renewing: once the Lease expires the
+    // second takes it and publishes its own address.
+    let (status, _) = first.stop(libc::SIGKILL);
+    assert!(!status.success());
+    wait_published(&api, "a", "198.18.0.11");
+    wait_published(&api, "b", "198.18.0.11");
+    let lease = api.lease("default", "ingress-ebpf-status").unwrap();
+    assert!(
+        lease["spec"]["holderIdentity"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("_{}", second.pid())),
+        "{lease}"
+    );
+    assert_eq!(lease["spec"]["leaseTransitions"], 2);
+    assert_eq!(published(&api, "x"), None);
+    assert!(api.status_writes() >= 4);
+}

@@ -42,7 +42,10 @@ use prometheus_client::metrics::histogram::Histogram;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
-use crate::model::{ClusterState, Diagnostic, ObjectKey, state::key_of};
+use crate::{
+    cluster::status::Served,
+    model::{ClusterState, Diagnostic, ObjectKey, state::key_of},
+};
 
 /// How long a burst of watch events settles before one compile.
 const DEBOUNCE: Duration = Duration::from_millis(5);
@@ -323,14 +326,17 @@ async fn watch_kind<K: Watched>(
 /// states once every kind is listed, then after each settled burst.
 /// `latency` observes, per apply, the time from the first watch event it
 /// carries to the end of the apply.
+/// `apply` returns the Ingresses served; with `status`, they are sent
+/// there with their current load balancer status (for the status writer).
 pub fn start<F>(
     client: Client,
     namespace: Option<String>,
     latency: Histogram,
+    status: Option<tokio::sync::watch::Sender<Served>>,
     mut apply: F,
 ) -> tokio::task::JoinHandle<()>
 where
-    F: FnMut(ClusterState, Vec<Diagnostic>, Instant) + Send + 'static,
+    F: FnMut(ClusterState, Vec<Diagnostic>, Instant) -> Vec<ObjectKey> + Send + 'static,
 {
     let stores = Arc::new(Mutex::new(Stores::default()));
     let changed = Arc::new(Notify::new());
@@ -368,8 +374,31 @@ where
                 }
             };
             if let Some((state, diags, first)) = taken {
-                tokio::task::block_in_place(|| apply(state, diags, started));
+                let mut lb: BTreeMap<ObjectKey, _> = BTreeMap::new();
+                if status.is_some() {
+                    for (k, i) in &state.ingresses {
+                        let current = i
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.load_balancer.as_ref())
+                            .and_then(|l| l.ingress.clone())
+                            .unwrap_or_default();
+                        lb.insert(k.clone(), current);
+                    }
+                }
+                let served = tokio::task::block_in_place(|| apply(state, diags, started));
                 latency.observe(first.elapsed().as_secs_f64());
+                if let Some(tx) = &status {
+                    tx.send_replace(
+                        served
+                            .into_iter()
+                            .map(|k| {
+                                let current = lb.remove(&k).unwrap_or_default();
+                                (k, current)
+                            })
+                            .collect(),
+                    );
+                }
             }
         }
     })

@@ -68,6 +68,10 @@ struct Db {
     requests: Vec<String>,
     /// Watches answered with 410 Gone.
     expired: usize,
+    /// (namespace, name) -> Lease.
+    leases: BTreeMap<(String, String), Value>,
+    /// Ingress status patches applied.
+    status_writes: usize,
 }
 
 struct Inner {
@@ -122,7 +126,7 @@ impl ApiServer {
                 conns.spawn(async move {
                     let svc = service_fn(move |req| {
                         let inner = inner.clone();
-                        async move { Ok::<_, Infallible>(handle(req, inner)) }
+                        async move { Ok::<_, Infallible>(route(req, inner).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -240,6 +244,28 @@ impl ApiServer {
         self.inner.db.lock().unwrap().requests.clone()
     }
 
+    /// An object as the server holds it now.
+    pub fn get(&self, plural: &str, namespace: &str, name: &str) -> Option<Value> {
+        let db = self.inner.db.lock().unwrap();
+        db.objects
+            .iter()
+            .find(|((p, n, m), _)| *p == plural && n == namespace && m == name)
+            .map(|(_, o)| o.clone())
+    }
+
+    /// A Lease as the server holds it now.
+    pub fn lease(&self, namespace: &str, name: &str) -> Option<Value> {
+        let db = self.inner.db.lock().unwrap();
+        db.leases
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// How many Ingress status patches were applied.
+    pub fn status_writes(&self) -> usize {
+        self.inner.db.lock().unwrap().status_writes
+    }
+
     /// How many watches were answered with 410 Gone.
     pub fn expired(&self) -> usize {
         self.inner.db.lock().unwrap().expired
@@ -346,6 +372,127 @@ fn selected(object: &Value, ns: &Option<String>, fields: Option<&String>) -> boo
         Some(("type", t)) => object["type"].as_str() == Some(t),
         _ => true,
     }
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            for (k, v) in p {
+                if v.is_null() {
+                    target.as_object_mut().unwrap().remove(k);
+                } else {
+                    merge(&mut target[k], v);
+                }
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+/// Writes: Leases (get, create, update with a resourceVersion check) and
+/// Ingress status (merge patch); everything else is `handle`.
+async fn route(req: Request<hyper::body::Incoming>, inner: Arc<Inner>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let lease = path
+        .strip_prefix("/apis/coordination.k8s.io/v1/namespaces/")
+        .and_then(|r| r.split_once("/leases"))
+        .map(|(ns, rest)| (ns.to_string(), rest.trim_start_matches('/').to_string()));
+    let status_of = path
+        .strip_prefix("/apis/networking.k8s.io/v1/namespaces/")
+        .and_then(|r| r.strip_suffix("/status"))
+        .and_then(|r| r.split_once("/ingresses/"))
+        .map(|(ns, name)| (ns.to_string(), name.to_string()));
+    if lease.is_none() && status_of.is_none() {
+        return handle(req, inner);
+    }
+    inner
+        .db
+        .lock()
+        .unwrap()
+        .requests
+        .push(format!("{method} {path}?"));
+    let bytes = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let mut db = inner.db.lock().unwrap();
+    let conflict = |m: &str| json_response(StatusCode::CONFLICT, &status(409, "Conflict", m));
+    if let Some((ns, name)) = lease {
+        let key = (ns.clone(), name.clone());
+        return match method {
+            hyper::Method::GET => match db.leases.get(&key) {
+                Some(l) => json_response(StatusCode::OK, l),
+                None => json_response(StatusCode::NOT_FOUND, &status(404, "NotFound", &name)),
+            },
+            hyper::Method::POST => {
+                let name = body["metadata"]["name"].as_str().unwrap_or("").to_string();
+                if db.leases.contains_key(&(ns.clone(), name.clone())) {
+                    return conflict("exists");
+                }
+                db.rv += 1;
+                let mut l = body;
+                l["metadata"]["namespace"] = json!(ns);
+                l["metadata"]["resourceVersion"] = json!(db.rv.to_string());
+                db.leases.insert((ns, name), l.clone());
+                json_response(StatusCode::CREATED, &l)
+            }
+            hyper::Method::PUT => {
+                let held = db
+                    .leases
+                    .get(&key)
+                    .map(|l| l["metadata"]["resourceVersion"].clone());
+                if held.is_none() || held.as_ref() != Some(&body["metadata"]["resourceVersion"]) {
+                    return conflict("resourceVersion changed");
+                }
+                db.rv += 1;
+                let mut l = body;
+                l["metadata"]["resourceVersion"] = json!(db.rv.to_string());
+                db.leases.insert(key, l.clone());
+                json_response(StatusCode::OK, &l)
+            }
+            _ => json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &status(405, "MethodNotAllowed", ""),
+            ),
+        };
+    }
+    let Some((ns, name)) = status_of else {
+        return handle_unreachable();
+    };
+    if method != hyper::Method::PATCH {
+        return json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &status(405, "MethodNotAllowed", ""),
+        );
+    }
+    let Some(mut obj) = db
+        .objects
+        .get(&("ingresses", ns.clone(), name.clone()))
+        .cloned()
+    else {
+        return json_response(StatusCode::NOT_FOUND, &status(404, "NotFound", &name));
+    };
+    // Only the status of a status patch counts.
+    merge(&mut obj["status"], &body["status"]);
+    db.rv += 1;
+    let rv = db.rv;
+    obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+    db.objects.insert(("ingresses", ns, name), obj.clone());
+    db.status_writes += 1;
+    ApiServer::record(&mut db, &inner, rv, "ingresses", "MODIFIED", obj.clone());
+    json_response(StatusCode::OK, &obj)
+}
+
+fn handle_unreachable() -> Response<Body> {
+    json_response(StatusCode::NOT_FOUND, &status(404, "NotFound", ""))
 }
 
 fn handle(req: Request<hyper::body::Incoming>, inner: Arc<Inner>) -> Response<Body> {
