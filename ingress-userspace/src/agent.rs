@@ -15,6 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::{
     admin::{self, AdminState},
     cli::{ConfigOpts, OnExit, RunOpts},
+    cluster::{lease, status},
     datapath::{
         Datapath, DatapathConfig, LoadOptions, counters::DatapathCollector, l4maps::L4Maps,
         pin::PinLayout,
@@ -23,7 +24,7 @@ use crate::{
     metrics::{CertExpiryCollector, ProxyMetrics},
     model::{ClusterState, CompileOptions, Diagnostic, Severity, Snapshot, compile_at},
     proxy::{Proxy, listen, server, tls},
-    source::files,
+    source::{cluster, files},
 };
 
 /// How long file events settle before a reload (an editor's save is often
@@ -125,6 +126,11 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
     registry.register_collector(Box::new(CertExpiryCollector {
         proxy: proxy.clone(),
     }));
+    let cluster_latency = opts
+        .config
+        .manifests
+        .is_empty()
+        .then(|| cluster::register_latency(&mut registry));
     let state = AdminState::new(registry);
     let acceptor = match opts.https_listen.0 {
         Some(_) => Some(tls::acceptor(proxy.clone()).context("setting up TLS")?),
@@ -144,7 +150,7 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let source_task = start_source(&opts.config, applier)?;
+    let source_task = start_source(&opts.config, applier, cluster_latency).await?;
     if let Some(dp) = &mut datapath {
         dp.attach(&dp_config)?;
     }
@@ -219,19 +225,76 @@ fn load_options(opts: &RunOpts) -> LoadOptions {
     }
 }
 
-/// Starts the configuration source: manifests (watched), or, without any,
-/// an empty configuration (cluster mode is not built yet). The first
-/// snapshot is applied before this returns, so readiness follows it.
-fn start_source(
+/// Starts the configuration source: manifests (watched), the API server
+/// (`--kubeconfig`, or the in-cluster configuration when neither is given),
+/// or, outside a cluster with neither, an empty configuration. With
+/// manifests the first snapshot is applied before this returns; in cluster
+/// mode once every watcher has listed (readiness follows it).
+async fn start_source(
     config: &ConfigOpts,
     mut applier: Applier,
+    cluster_latency: Option<prometheus_client::metrics::histogram::Histogram>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     if config.manifests.is_empty() {
-        tracing::warn!(
-            "no --manifests given and cluster mode is not available yet: serving an empty configuration"
+        let source = match &config.kubeconfig {
+            Some(path) => cluster::ClientSource::Kubeconfig(path),
+            None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+                cluster::ClientSource::InCluster
+            }
+            None => {
+                tracing::warn!(
+                    "no --manifests or --kubeconfig given and not in a cluster \
+                     (KUBERNETES_SERVICE_HOST unset): serving an empty configuration"
+                );
+                applier.apply(ClusterState::default(), Vec::new(), Instant::now());
+                return Ok(tokio::spawn(async {}));
+            }
+        };
+        let client = cluster::client(source).await?;
+        tracing::info!(namespace = ?config.watch_namespace, "cluster mode: watching the API server");
+        let status = applier.status_address.clone().map(|address| {
+            let (served_tx, served_rx) = watch::channel(Vec::new());
+            let (leader_tx, leader_rx) = watch::channel(false);
+            let lease_name = format!("{}-status", config.ingress_class);
+            let identity = format!("{}_{}", config.node_name(), std::process::id());
+            let namespace = client.default_namespace().to_string();
+            tracing::info!(lease = %lease_name, namespace = %namespace, identity = %identity, address = %address, "publishing Ingress status when leader");
+            let lease = tokio::spawn(lease::run(
+                client.clone(),
+                namespace,
+                lease_name,
+                identity,
+                leader_tx,
+            ));
+            let writer = tokio::spawn(status::run(client.clone(), address, served_rx, leader_rx));
+            (served_tx, lease, writer)
+        });
+        let (served_tx, status_tasks) = match status {
+            Some((tx, lease, writer)) => (Some(tx), vec![lease, writer]),
+            None => (None, Vec::new()),
+        };
+        let watchers = cluster::start(
+            client,
+            config.watch_namespace.clone(),
+            cluster_latency.unwrap_or_else(|| cluster::register_latency(&mut Registry::default())),
+            served_tx,
+            move |state, diags, started| applier.apply(state, diags, started),
         );
-        applier.apply(ClusterState::default(), Vec::new(), Instant::now());
-        return Ok(tokio::spawn(async {}));
+        return Ok(tokio::spawn(async move {
+            // Aborting this task aborts the watchers and the status writer.
+            struct AbortAll(Vec<tokio::task::JoinHandle<()>>);
+            impl Drop for AbortAll {
+                fn drop(&mut self) {
+                    for t in &self.0 {
+                        t.abort();
+                    }
+                }
+            }
+            let mut all = status_tasks;
+            all.push(watchers);
+            let _guard = AbortAll(all);
+            std::future::pending::<()>().await
+        }));
     }
     let paths = config.manifests.clone();
     let (watcher, mut events) = files::watch(&paths)?;
@@ -277,7 +340,13 @@ struct Applier {
 }
 
 impl Applier {
-    fn apply(&mut self, state: ClusterState, source_diags: Vec<Diagnostic>, started: Instant) {
+    /// Returns the Ingresses the applied snapshot serves.
+    fn apply(
+        &mut self,
+        state: ClusterState,
+        source_diags: Vec<Diagnostic>,
+        started: Instant,
+    ) -> Vec<crate::model::ObjectKey> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -310,6 +379,7 @@ impl Applier {
             }
         }
         let status = status_json(&snapshot, self.status_address.as_deref());
+        let served = snapshot.served.iter().map(|s| s.key.clone()).collect();
         let (routes, backends, diagnostics) = (
             snapshot.router.tables().len(),
             snapshot.backends.len(),
@@ -331,6 +401,7 @@ impl Applier {
             apply_ms = started.elapsed().as_secs_f64() * 1e3,
             "configuration applied"
         );
+        served
     }
 }
 

@@ -185,6 +185,17 @@ pub struct ConfigOpts {
     #[arg(long = "manifests", value_name = "PATH")]
     pub manifests: Vec<PathBuf>,
 
+    /// Cluster mode: watch the API server named by this kubeconfig file.
+    /// Without it and without --manifests, the in-cluster configuration
+    /// (service account token, KUBERNETES_SERVICE_HOST) is used.
+    #[arg(long, value_name = "PATH", conflicts_with = "manifests")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Cluster mode: watch Ingresses, Services, EndpointSlices and Secrets
+    /// in this namespace only (IngressClasses and Nodes are cluster-wide).
+    #[arg(long, value_name = "NAMESPACE", conflicts_with = "manifests")]
+    pub watch_namespace: Option<String>,
+
     /// The IngressClass this agent serves.
     #[arg(long, default_value = "ingress-ebpf", env = "INGRESS_CLASS")]
     pub ingress_class: String,
@@ -472,6 +483,24 @@ mod tests {
             Command::Bpf(b) => b,
             _ => unreachable!(),
         })
+    }
+
+    #[test]
+    fn cluster_mode_flags() {
+        let o = run_opts(&["--kubeconfig", "/k", "--watch-namespace", "apps"]).unwrap();
+        assert_eq!(
+            o.config.kubeconfig.as_deref(),
+            Some(std::path::Path::new("/k"))
+        );
+        assert_eq!(o.config.watch_namespace.as_deref(), Some("apps"));
+        assert!(o.config.manifests.is_empty());
+        let o = run_opts(&[]).unwrap();
+        assert!(o.config.kubeconfig.is_none() && o.config.watch_namespace.is_none());
+        // One source at a time.
+        let e = run_opts(&["--kubeconfig", "/k", "--manifests", "/m"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let e = run_opts(&["--watch-namespace", "a", "--manifests", "/m"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, fmt};
 
 use k8s_openapi::api::{
-    core::v1::{Secret, Service},
+    core::v1::{Node, Secret, Service},
     discovery::v1::EndpointSlice,
     networking::v1::{Ingress, IngressClass},
 };
@@ -39,6 +39,9 @@ pub struct ClusterState {
     pub services: BTreeMap<ObjectKey, Service>,
     pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
     pub secrets: BTreeMap<ObjectKey, Secret>,
+    /// Nodes are cluster-scoped: keyed by name. Kept by cluster mode for
+    /// node addresses; compile does not read them yet.
+    pub nodes: BTreeMap<String, Node>,
 }
 
 /// The object key of anything with metadata, defaulting the namespace.

@@ -5,8 +5,10 @@
 //! privileges they fail with a message saying so.
 #![allow(dead_code, unused_imports)]
 
+pub mod apiserver;
 pub mod backend;
 pub mod manifests;
+pub mod tls_client;
 
 use std::{
     io::{Read, Write},

@@ -1,0 +1,534 @@
+//! Cluster mode: kube-runtime watchers over the API server keep one store
+//! per kind; every settled burst of changes hands a whole ClusterState to
+//! the same compile -> apply path as the manifest files.
+//!
+//! - Objects are read as untyped JSON and decoded one by one, so one object
+//!   the decoder rejects is reported (a diagnostic naming it) and skipped
+//!   while its kind keeps being watched.
+//! - A (re)list is buffered from `Init` to `InitDone` and swapped in whole:
+//!   an object present before and after a relist never leaves the store.
+//! - Nothing is applied before every kind finished its first list. Errors
+//!   (API down, watch expired) keep the last stores and the applied
+//!   snapshot; the watchers retry with kube-runtime's default backoff.
+//!
+//! What is called on the API server is exactly the read rows of
+//! `cluster::access` (get/list/watch on these six resources).
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use k8s_openapi::{
+    api::{
+        core::v1::{Node, Secret, Service},
+        discovery::v1::EndpointSlice,
+        networking::v1::{Ingress, IngressClass},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::{
+    Api, Client, Config, Resource,
+    api::{ApiResource, DynamicObject, TypeMeta},
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{WatchStreamExt, watcher},
+};
+use prometheus_client::metrics::histogram::Histogram;
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+
+use crate::{
+    cluster::status::Served,
+    model::{ClusterState, Diagnostic, ObjectKey, state::key_of},
+};
+
+/// How long a burst of watch events settles before one compile.
+const DEBOUNCE: Duration = Duration::from_millis(5);
+
+/// The field selector of the Secret watcher: only TLS Secrets are read.
+pub const SECRET_FIELD_SELECTOR: &str = "type=kubernetes.io/tls";
+
+/// Where the client's configuration comes from.
+pub enum ClientSource<'a> {
+    Kubeconfig(&'a Path),
+    InCluster,
+}
+
+/// A client for the API server.
+pub async fn client(source: ClientSource<'_>) -> anyhow::Result<Client> {
+    let config = match source {
+        ClientSource::Kubeconfig(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("using the kubeconfig {}", path.display()))?
+        }
+        ClientSource::InCluster => {
+            Config::incluster().context("reading the in-cluster configuration")?
+        }
+    };
+    Client::try_from(config).context("building the API client")
+}
+
+/// A kind cluster mode watches: how its objects are keyed and stored.
+pub trait Watched:
+    Resource<DynamicType = ()>
+    + k8s_openapi::Resource
+    + DeserializeOwned
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+    type Key: Ord + Clone + Send + fmt::Display + 'static;
+    /// Whether --watch-namespace limits it.
+    const NAMESPACED: bool;
+    /// The bit of this kind in the synced mask.
+    const BIT: u8;
+    fn key(meta: &ObjectMeta) -> Self::Key;
+    fn store(state: &mut ClusterState) -> &mut BTreeMap<Self::Key, Self>;
+}
+
+macro_rules! namespaced {
+    ($t:ty, $field:ident, $bit:expr) => {
+        impl Watched for $t {
+            type Key = ObjectKey;
+            const NAMESPACED: bool = true;
+            const BIT: u8 = $bit;
+            fn key(meta: &ObjectMeta) -> ObjectKey {
+                key_of(meta)
+            }
+            fn store(state: &mut ClusterState) -> &mut BTreeMap<ObjectKey, Self> {
+                &mut state.$field
+            }
+        }
+    };
+}
+
+macro_rules! cluster_scoped {
+    ($t:ty, $field:ident, $bit:expr) => {
+        impl Watched for $t {
+            type Key = String;
+            const NAMESPACED: bool = false;
+            const BIT: u8 = $bit;
+            fn key(meta: &ObjectMeta) -> String {
+                meta.name.clone().unwrap_or_default()
+            }
+            fn store(state: &mut ClusterState) -> &mut BTreeMap<String, Self> {
+                &mut state.$field
+            }
+        }
+    };
+}
+
+cluster_scoped!(IngressClass, ingress_classes, 1 << 0);
+namespaced!(Ingress, ingresses, 1 << 1);
+namespaced!(Service, services, 1 << 2);
+namespaced!(EndpointSlice, endpoint_slices, 1 << 3);
+namespaced!(Secret, secrets, 1 << 4);
+cluster_scoped!(Node, nodes, 1 << 5);
+
+/// Every kind's bit: applying waits until all are set.
+const ALL_SYNCED: u8 = (1 << 6) - 1;
+
+/// (API group, plural) of every watched kind, for the access table check.
+pub fn watched_resources() -> Vec<(String, String)> {
+    fn one<K: Watched>() -> (String, String) {
+        let ar = ApiResource::erase::<K>(&());
+        (ar.group, ar.plural)
+    }
+    vec![
+        one::<IngressClass>(),
+        one::<Ingress>(),
+        one::<Service>(),
+        one::<EndpointSlice>(),
+        one::<Secret>(),
+        one::<Node>(),
+    ]
+}
+
+/// The histogram of watch-event-to-applied latency, registered as
+/// `ingress_cluster_event_to_apply_seconds`.
+pub fn register_latency(registry: &mut prometheus_client::registry::Registry) -> Histogram {
+    let h = Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ]);
+    registry.register(
+        "ingress_cluster_event_to_apply_seconds",
+        "Cluster mode: time from the first watch event of a burst to its snapshot applied.",
+        h.clone(),
+    );
+    h
+}
+
+/// Decodes one object of kind `K` from the API's JSON.
+pub fn decode<K: Watched>(mut obj: DynamicObject) -> Result<K, String> {
+    obj.types = Some(TypeMeta {
+        api_version: K::API_VERSION.to_string(),
+        kind: K::KIND.to_string(),
+    });
+    serde_json::to_value(obj)
+        .and_then(serde_json::from_value)
+        .map_err(|e| format!("cannot be read as {}: {e}", K::KIND))
+}
+
+/// The stores of every kind, the objects that failed to decode, and which
+/// kinds finished their first list.
+#[derive(Default)]
+pub struct Stores {
+    pub state: ClusterState,
+    /// (kind, key) -> why it was skipped.
+    pub bad: BTreeMap<(&'static str, String), String>,
+    pub synced: u8,
+    /// When the first change not yet applied arrived.
+    pub first_change: Option<Instant>,
+}
+
+impl Stores {
+    pub fn all_synced(&self) -> bool {
+        self.synced == ALL_SYNCED
+    }
+
+    /// The skipped objects, as diagnostics for the applied snapshot.
+    pub fn diagnostics(&self) -> Vec<Diagnostic> {
+        self.bad
+            .iter()
+            .map(|((kind, key), why)| Diagnostic::error(format!("{kind} {key}"), "", why.clone()))
+            .collect()
+    }
+}
+
+/// One kind's watch events folded into the shared stores. Pure: the
+/// watcher task feeds it, tests feed it by hand.
+pub struct KindStore<K: Watched> {
+    /// The (re)list in progress, swapped in at `InitDone`.
+    relist: Option<Relist<K>>,
+}
+
+/// A list in progress: the objects decoded, and key -> why for the others.
+type Relist<K> = (BTreeMap<<K as Watched>::Key, K>, BTreeMap<String, String>);
+
+impl<K: Watched> Default for KindStore<K> {
+    fn default() -> Self {
+        KindStore { relist: None }
+    }
+}
+
+impl<K: Watched> KindStore<K> {
+    /// Folds one event in; true when the stores changed.
+    pub fn handle(&mut self, event: watcher::Event<DynamicObject>, stores: &Mutex<Stores>) -> bool {
+        match event {
+            watcher::Event::Init => {
+                self.relist = Some(Default::default());
+                false
+            }
+            watcher::Event::InitApply(obj) => {
+                let Some((objects, bad)) = &mut self.relist else {
+                    tracing::warn!(kind = K::KIND, "object listed outside a list");
+                    return false;
+                };
+                let key = K::key(&obj.metadata);
+                match decode::<K>(obj) {
+                    Ok(o) => {
+                        objects.insert(key, o);
+                    }
+                    Err(why) => {
+                        tracing::error!(kind = K::KIND, object = %key, "{why}; skipped");
+                        bad.insert(key.to_string(), why);
+                    }
+                }
+                false
+            }
+            watcher::Event::InitDone => {
+                let (objects, bad) = self.relist.take().unwrap_or_default();
+                let mut s = lock(stores);
+                tracing::info!(kind = K::KIND, objects = objects.len(), "listed");
+                *K::store(&mut s.state) = objects;
+                s.bad.retain(|(kind, _), _| *kind != K::KIND);
+                s.bad
+                    .extend(bad.into_iter().map(|(k, why)| ((K::KIND, k), why)));
+                s.synced |= K::BIT;
+                true
+            }
+            watcher::Event::Apply(obj) => {
+                let key = K::key(&obj.metadata);
+                let decoded = decode::<K>(obj);
+                let mut s = lock(stores);
+                match decoded {
+                    Ok(o) => {
+                        s.bad.remove(&(K::KIND, key.to_string()));
+                        K::store(&mut s.state).insert(key, o);
+                    }
+                    Err(why) => {
+                        // The last good version, if any, keeps serving.
+                        tracing::error!(kind = K::KIND, object = %key, "{why}; skipped");
+                        s.bad.insert((K::KIND, key.to_string()), why);
+                    }
+                }
+                true
+            }
+            watcher::Event::Delete(obj) => {
+                let key = K::key(&obj.metadata);
+                let mut s = lock(stores);
+                s.bad.remove(&(K::KIND, key.to_string()));
+                K::store(&mut s.state).remove(&key);
+                true
+            }
+        }
+    }
+}
+
+fn lock(stores: &Mutex<Stores>) -> std::sync::MutexGuard<'_, Stores> {
+    // A panic while holding the lock leaves whole maps behind: keep going.
+    stores.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Watches one kind until the task is aborted.
+async fn watch_kind<K: Watched>(
+    client: Client,
+    namespace: Option<String>,
+    stores: Arc<Mutex<Stores>>,
+    changed: Arc<Notify>,
+) {
+    let ar = ApiResource::erase::<K>(&());
+    let api: Api<DynamicObject> = match (&namespace, K::NAMESPACED) {
+        (Some(ns), true) => Api::namespaced_with(client, ns, &ar),
+        _ => Api::all_with(client, &ar),
+    };
+    let mut config = watcher::Config::default();
+    if K::KIND == <Secret as k8s_openapi::Resource>::KIND {
+        config = config.fields(SECRET_FIELD_SELECTOR);
+    }
+    let mut store = KindStore::<K>::default();
+    let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(e) => {
+                if store.handle(e, &stores) {
+                    lock(&stores).first_change.get_or_insert_with(Instant::now);
+                    changed.notify_one();
+                }
+            }
+            // The stores and the applied snapshot stay as they are; the
+            // stream retries with backoff (a 410 relists).
+            Err(e) => tracing::warn!(kind = K::KIND, error = %e, "watch failed; retrying"),
+        }
+    }
+}
+
+/// Starts the watchers and the apply loop; `apply` is called with whole
+/// states once every kind is listed, then after each settled burst.
+/// `latency` observes, per apply, the time from the first watch event it
+/// carries to the end of the apply.
+/// `apply` returns the Ingresses served; with `status`, they are sent
+/// there with their current load balancer status (for the status writer).
+pub fn start<F>(
+    client: Client,
+    namespace: Option<String>,
+    latency: Histogram,
+    status: Option<tokio::sync::watch::Sender<Served>>,
+    mut apply: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut(ClusterState, Vec<Diagnostic>, Instant) -> Vec<ObjectKey> + Send + 'static,
+{
+    let stores = Arc::new(Mutex::new(Stores::default()));
+    let changed = Arc::new(Notify::new());
+    let mut tasks = tokio::task::JoinSet::new();
+    macro_rules! spawn {
+        ($t:ty) => {
+            tasks.spawn(watch_kind::<$t>(
+                client.clone(),
+                namespace.clone(),
+                stores.clone(),
+                changed.clone(),
+            ));
+        };
+    }
+    spawn!(IngressClass);
+    spawn!(Ingress);
+    spawn!(Service);
+    spawn!(EndpointSlice);
+    spawn!(Secret);
+    spawn!(Node);
+    tokio::spawn(async move {
+        // Owned here: aborting this task drops (and aborts) the watchers.
+        let _tasks = tasks;
+        loop {
+            changed.notified().await;
+            let started = Instant::now();
+            tokio::time::sleep(DEBOUNCE).await;
+            let taken = {
+                let mut s = lock(&stores);
+                if s.all_synced() {
+                    let first = s.first_change.take().unwrap_or(started);
+                    Some((s.state.clone(), s.diagnostics(), first))
+                } else {
+                    None
+                }
+            };
+            if let Some((state, diags, first)) = taken {
+                let mut lb: BTreeMap<ObjectKey, _> = BTreeMap::new();
+                if status.is_some() {
+                    for (k, i) in &state.ingresses {
+                        let current = i
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.load_balancer.as_ref())
+                            .and_then(|l| l.ingress.clone())
+                            .unwrap_or_default();
+                        lb.insert(k.clone(), current);
+                    }
+                }
+                let served = tokio::task::block_in_place(|| apply(state, diags, started));
+                latency.observe(first.elapsed().as_secs_f64());
+                if let Some(tx) = &status {
+                    tx.send_replace(
+                        served
+                            .into_iter()
+                            .map(|k| {
+                                let current = lb.remove(&k).unwrap_or_default();
+                                (k, current)
+                            })
+                            .collect(),
+                    );
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(v: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn svc(name: &str, port: i64) -> DynamicObject {
+        obj(serde_json::json!({
+            "metadata": {"name": name, "namespace": "default", "resourceVersion": "1"},
+            "spec": {"ports": [{"port": port}]},
+        }))
+    }
+
+    fn names(s: &Mutex<Stores>) -> Vec<String> {
+        lock(s)
+            .state
+            .services
+            .keys()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn decode_fills_type_and_rejects_bad_fields() {
+        let s: Service = decode(svc("a", 80)).unwrap();
+        assert_eq!(s.metadata.name.as_deref(), Some("a"));
+        let bad = obj(serde_json::json!({
+            "metadata": {"name": "b", "namespace": "default"},
+            "spec": {"ports": "not a list"},
+        }));
+        let e = decode::<Service>(bad).unwrap_err();
+        assert!(e.contains("Service"), "{e}");
+    }
+
+    #[test]
+    fn relist_is_swapped_in_whole_at_init_done() {
+        let stores = Mutex::new(Stores::default());
+        let mut k = KindStore::<Service>::default();
+        assert!(!k.handle(watcher::Event::Init, &stores));
+        k.handle(watcher::Event::InitApply(svc("a", 80)), &stores);
+        k.handle(watcher::Event::InitApply(svc("b", 80)), &stores);
+        assert!(names(&stores).is_empty(), "nothing before InitDone");
+        assert!(!lock(&stores).all_synced());
+        assert!(k.handle(watcher::Event::InitDone, &stores));
+        assert_eq!(names(&stores), ["default/a", "default/b"]);
+        assert_eq!(lock(&stores).synced, Service::BIT);
+
+        // A relist: during it the old objects stay; after it, only what
+        // the new list holds.
+        k.handle(watcher::Event::Init, &stores);
+        k.handle(watcher::Event::InitApply(svc("b", 81)), &stores);
+        k.handle(watcher::Event::InitApply(svc("c", 80)), &stores);
+        assert_eq!(names(&stores), ["default/a", "default/b"]);
+        k.handle(watcher::Event::InitDone, &stores);
+        assert_eq!(names(&stores), ["default/b", "default/c"]);
+        let port = lock(&stores).state.services[&ObjectKey::new("default", "b")]
+            .spec
+            .as_ref()
+            .unwrap()
+            .ports
+            .as_ref()
+            .unwrap()[0]
+            .port;
+        assert_eq!(port, 81);
+    }
+
+    #[test]
+    fn bad_object_is_reported_skipped_and_keeps_its_last_good_version() {
+        let stores = Mutex::new(Stores::default());
+        let mut k = KindStore::<Service>::default();
+        k.handle(watcher::Event::Init, &stores);
+        k.handle(watcher::Event::InitApply(svc("a", 80)), &stores);
+        k.handle(watcher::Event::InitDone, &stores);
+        let bad = obj(serde_json::json!({
+            "metadata": {"name": "a", "namespace": "default"},
+            "spec": {"ports": 5},
+        }));
+        assert!(k.handle(watcher::Event::Apply(bad), &stores));
+        assert_eq!(names(&stores), ["default/a"]);
+        let d = lock(&stores).diagnostics();
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].object, "Service default/a");
+        // Fixed: the diagnostic goes away.
+        k.handle(watcher::Event::Apply(svc("a", 82)), &stores);
+        assert!(lock(&stores).diagnostics().is_empty());
+        k.handle(watcher::Event::Delete(svc("a", 82)), &stores);
+        assert!(names(&stores).is_empty());
+    }
+
+    #[test]
+    fn watched_kinds_are_exactly_the_read_rows_of_the_access_table() {
+        use crate::cluster::access::{ACCESS, Scope};
+        let mut watched = watched_resources();
+        watched.sort();
+        let mut reads: Vec<(String, String)> = ACCESS
+            .iter()
+            .filter(|a| a.verbs.contains(&"watch"))
+            .map(|a| {
+                // Watched cluster-wide unless --watch-namespace narrows it.
+                assert_eq!(a.scope, Scope::Cluster, "{}", a.resource);
+                assert!(a.verbs.contains(&"list"), "{}", a.resource);
+                (a.api_group.to_string(), a.resource.to_string())
+            })
+            .collect();
+        reads.sort();
+        assert_eq!(watched, reads);
+    }
+
+    #[test]
+    fn all_kinds_must_be_listed() {
+        let stores = Mutex::new(Stores::default());
+        fn done<K: Watched>(s: &Mutex<Stores>) {
+            let mut k = KindStore::<K>::default();
+            k.handle(watcher::Event::Init, s);
+            k.handle(watcher::Event::InitDone, s);
+        }
+        done::<IngressClass>(&stores);
+        done::<Ingress>(&stores);
+        done::<Service>(&stores);
+        done::<EndpointSlice>(&stores);
+        done::<Secret>(&stores);
+        assert!(!lock(&stores).all_synced());
+        done::<Node>(&stores);
+        assert!(lock(&stores).all_synced());
+    }
+}

@@ -1,0 +1,463 @@
+//! Cluster mode end to end: the real `ingress` binary with `--kubeconfig`
+//! pointing at the in-repo API server double (tests/support/apiserver.rs),
+//! test backends standing in for pods, on loopback.
+
+mod support;
+
+use std::{
+    net::SocketAddr,
+    thread,
+    time::{Duration, Instant},
+};
+
+use support::{
+    Agent, TempDir, apiserver::ApiServer, backend::Backend, free_port, get, ingress_bin, manifests,
+};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn backend(rt: &tokio::runtime::Runtime, name: &str) -> Backend {
+    rt.block_on(Backend::start("127.0.0.1:0".parse().unwrap(), name))
+}
+
+/// The agent in cluster mode on loopback, with its HTTP address.
+fn start_agent(kubeconfig: &std::path::Path, extra: &[&str]) -> (Agent, SocketAddr) {
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (http_s, kc) = (http.to_string(), kubeconfig.display().to_string());
+    let mut args = vec![
+        "--kubeconfig",
+        &kc,
+        "--http-listen",
+        &http_s,
+        "--xdp-mode",
+        "off",
+    ];
+    args.extend_from_slice(extra);
+    (Agent::start_local(&ingress_bin(), &args, admin), http)
+}
+
+/// (status, pod name or "") of `GET /` on `host`.
+fn pod(http: SocketAddr, host: &str) -> (u16, String) {
+    match get(http, host, "/") {
+        Ok(r) if r.status == 200 => (200, r.json()["pod"].as_str().unwrap_or("").to_string()),
+        Ok(r) => (r.status, String::new()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// Waits (bounded) until `host` answers `want`; panics with the last answer.
+fn wait_for(http: SocketAddr, host: &str, want: (u16, &str)) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = pod(http, host);
+        if got.0 == want.0 && got.1 == want.1 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{host}: wanted {want:?}, still {got:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn metric(agent: &Agent, name: &str) -> f64 {
+    agent
+        .metrics()
+        .iter()
+        .filter(|(k, _)| k.as_str() == name || k.starts_with(&format!("{name}{{")))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[test]
+fn traffic_follows_the_api_and_survives_its_outage_and_relist() {
+    let rt = rt();
+    let a = backend(&rt, "a");
+    let b = backend(&rt, "b");
+    let mut api = ApiServer::start(&rt);
+    api.apply_yaml(&manifests::class());
+    api.apply_yaml(&manifests::service("svc-a", &[a.addr]));
+    api.apply_yaml(&manifests::ingress("a", "a.test", "/", "svc-a"));
+    let dir = TempDir::new("cluster");
+    let (mut agent, http) = start_agent(&api.kubeconfig(dir.path()), &[]);
+
+    // Ready means listed and applied: served at once.
+    assert_eq!(pod(http, "a.test"), (200, "a".to_string()));
+    assert_eq!(pod(http, "b.test").0, 404);
+
+    // Every kind was listed and watched, Secrets of the TLS type only.
+    let reqs = api.requests();
+    for path in [
+        "/apis/networking.k8s.io/v1/ingressclasses",
+        "/apis/networking.k8s.io/v1/ingresses",
+        "/api/v1/services",
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "/api/v1/secrets",
+        "/api/v1/nodes",
+    ] {
+        assert!(
+            reqs.iter().any(|r| r.starts_with(&format!("GET {path}?"))),
+            "{path} not listed: {reqs:?}"
+        );
+    }
+    assert!(
+        reqs.iter()
+            .filter(|r| r.starts_with("GET /api/v1/secrets?"))
+            .all(|r| r.contains("fieldSelector=type")),
+        "{reqs:?}"
+    );
+
+    // Add: a new Service and Ingress.
+    api.apply_yaml(&manifests::service("svc-b", &[b.addr]));
+    api.apply_yaml(&manifests::ingress("b", "b.test", "/", "svc-b"));
+    wait_for(http, "b.test", (200, "b"));
+
+    // Change: svc-a's endpoints move to pod b.
+    api.apply_yaml(&manifests::service("svc-a", &[b.addr]));
+    wait_for(http, "a.test", (200, "b"));
+
+    // Delete: the EndpointSlice (503), then the Ingress (404).
+    assert!(api.delete("EndpointSlice", "default", "svc-b-1"));
+    wait_for(http, "b.test", (503, ""));
+    assert!(api.delete("Ingress", "default", "b"));
+    wait_for(http, "b.test", (404, ""));
+    api.apply_yaml(&manifests::service("svc-a", &[a.addr]));
+    wait_for(http, "a.test", (200, "a"));
+
+    // An object the agent cannot read is reported and skipped; the rest
+    // keeps serving and the watch goes on.
+    api.apply(serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "broken", "namespace": "default"},
+        "spec": {"rules": "not a list"},
+    }));
+    api.apply_yaml(&manifests::ingress("b", "b2.test", "/", "svc-a"));
+    wait_for(http, "b2.test", (200, "a"));
+    assert!(metric(&agent, "ingress_config_diagnostics") >= 1.0);
+    // Each applied burst observed once in the latency histogram.
+    assert!(metric(&agent, "ingress_cluster_event_to_apply_seconds_count") >= 5.0);
+    let generation = metric(&agent, "ingress_snapshot_generation");
+
+    // Watches (with their bookmarks) ran without a single failure so far.
+    let log = agent.take_output();
+    assert!(!log.contains("watch failed"), "{log}");
+
+    // The API server goes away: the last snapshot keeps serving, ready.
+    api.stop();
+    for _ in 0..20 {
+        assert_eq!(pod(http, "a.test"), (200, "a".to_string()));
+        assert_eq!(pod(http, "b2.test"), (200, "a".to_string()));
+        assert_eq!(agent.get("/readyz").unwrap().0, 200);
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(&agent, "ingress_snapshot_generation"), generation);
+
+    // Changes made meanwhile, then back with a newer resource version
+    // base: the agent's watches are expired (410), it relists and
+    // converges. Objects present before and after never stop serving.
+    api.apply_yaml(&manifests::ingress("c", "c.test", "/", "svc-a"));
+    assert!(api.delete("Ingress", "default", "broken"));
+    api.restart(1000);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pod(http, "c.test").0 != 200 {
+        assert_eq!(pod(http, "a.test"), (200, "a".to_string()));
+        assert_eq!(agent.get("/readyz").unwrap().0, 200);
+        assert!(Instant::now() < deadline, "no relist within 60 s");
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(pod(http, "c.test"), (200, "a".to_string()));
+    assert_eq!(pod(http, "b2.test"), (200, "a".to_string()));
+    // The old watches were expired and every kind was listed again.
+    assert!(api.expired() >= 1, "no watch was answered 410");
+    let log = agent.take_output();
+    let ingress_lists = log
+        .lines()
+        .filter(|l| l.contains("listed") && l.contains("kind=\"Ingress\""))
+        .count();
+    assert!(ingress_lists >= 2, "Ingresses not relisted:\n{log}");
+
+    // And it keeps watching after the relist.
+    api.apply_yaml(&manifests::ingress("d", "d.test", "/", "svc-a"));
+    wait_for(http, "d.test", (200, "a"));
+    wait_for(http, "c.test", (200, "a"));
+    let log = agent.take_output();
+    assert!(!log.contains("panicked"), "{log}");
+    drop(b);
+}
+
+#[test]
+fn watch_namespace_limits_the_namespaced_kinds() {
+    let rt = rt();
+    let a = backend(&rt, "a");
+    let api = ApiServer::start(&rt);
+    api.apply_yaml(&manifests::class());
+    api.apply_yaml(&manifests::service("svc-a", &[a.addr]));
+    api.apply_yaml(&manifests::ingress("a", "a.test", "/", "svc-a"));
+    let other = manifests::service("svc-a", &[a.addr])
+        .replace("namespace: default", "namespace: other")
+        + &manifests::ingress("o", "other.test", "/", "svc-a")
+            .replace("namespace: default", "namespace: other");
+    api.apply_yaml(&other);
+    let dir = TempDir::new("cluster-ns");
+    let (_agent, http) = start_agent(
+        &api.kubeconfig(dir.path()),
+        &["--watch-namespace", "default"],
+    );
+    assert_eq!(pod(http, "a.test"), (200, "a".to_string()));
+    assert_eq!(pod(http, "other.test").0, 404);
+    let reqs = api.requests();
+    assert!(
+        reqs.iter()
+            .any(|r| r.starts_with("GET /apis/networking.k8s.io/v1/namespaces/default/ingresses?")),
+        "{reqs:?}"
+    );
+    assert!(
+        reqs.iter()
+            .any(|r| r.starts_with("GET /apis/networking.k8s.io/v1/ingressclasses?")),
+        "{reqs:?}"
+    );
+    assert!(
+        !reqs
+            .iter()
+            .any(|r| r.starts_with("GET /apis/networking.k8s.io/v1/ingresses?")),
+        "{reqs:?}"
+    );
+}
+
+#[test]
+fn an_unreachable_api_server_leaves_the_agent_unready() {
+    let rt = rt();
+    let mut api = ApiServer::start(&rt);
+    api.apply_yaml(&manifests::class());
+    let dir = TempDir::new("cluster-down");
+    let kc = api.kubeconfig(dir.path());
+    api.stop();
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut child = std::process::Command::new(ingress_bin())
+        .args(["run", "--kubeconfig"])
+        .arg(&kc)
+        .args([
+            "--http-listen",
+            &http.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+            "--xdp-mode",
+            "off",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Alive (healthz) but never ready while nothing was listed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let health = loop {
+        if let Ok(r) = support::http_get(admin, "/healthz") {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "admin listener never came up");
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(health.0, 200);
+    for _ in 0..10 {
+        assert_eq!(support::http_get(admin, "/readyz").unwrap().0, 503);
+        thread::sleep(Duration::from_millis(100));
+    }
+    // Once it is back, the agent lists and becomes ready.
+    api.restart(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while support::http_get(admin, "/readyz").unwrap().0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "not ready within 60 s of the API server's return"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A kubernetes.io/tls (or other `type`) Secret in `default`, PEM in
+/// stringData (the double turns it into base64 `data`, as the API does).
+fn secret(name: &str, kind: &str, crt: &str, key: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\ntype: {kind}\nstringData: {{\"tls.crt\": {}, \"tls.key\": {}}}\n",
+        serde_json::to_string(crt).unwrap(),
+        serde_json::to_string(key).unwrap()
+    )
+}
+
+/// An Ingress `host` -> `service`:80 with spec.tls naming `secret`.
+fn tls_ingress(name: &str, host: &str, service: &str, secret: &str) -> String {
+    manifests::ingress(name, host, "/", service).replace(
+        "spec:\n",
+        &format!("spec:\n  tls:\n  - {{hosts: [\"{host}\"], secretName: {secret}}}\n"),
+    )
+}
+
+#[test]
+fn tls_secrets_come_from_the_api_and_only_of_the_tls_type() {
+    let rt = rt();
+    let a = backend(&rt, "a");
+    let api = ApiServer::start(&rt);
+    let made = |host: &str| {
+        let c = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
+        (
+            c.cert.pem(),
+            c.signing_key.serialize_pem(),
+            c.cert.der().to_vec(),
+        )
+    };
+    let (crt, key, der) = made("s.test");
+    let (ocrt, okey, oder) = made("o.test");
+    api.apply_yaml(&manifests::class());
+    api.apply_yaml(&manifests::service("svc-a", &[a.addr]));
+    api.apply_yaml(&secret("s-tls", "kubernetes.io/tls", &crt, &key));
+    // Same contents, but Opaque: the field selector keeps it from the agent.
+    api.apply_yaml(&secret("o-opaque", "Opaque", &ocrt, &okey));
+    api.apply_yaml(&tls_ingress("s", "s.test", "svc-a", "s-tls"));
+    api.apply_yaml(&tls_ingress("o", "o.test", "svc-a", "o-opaque"));
+    let dir = TempDir::new("cluster-tls");
+    let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let https_s = https.to_string();
+    let (_agent, _http) = start_agent(&api.kubeconfig(dir.path()), &["--https-listen", &https_s]);
+    let client = support::tls_client::Client::h1();
+    let (_, seen) = rt.block_on(client.connect(https, Some("s.test"))).unwrap();
+    assert_eq!(seen, der, "s.test is not served the certificate of s-tls");
+    let (status, _, body) = rt.block_on(client.get(https, "s.test", "/")).unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["pod"],
+        "a"
+    );
+    let (_, seen) = rt.block_on(client.connect(https, Some("o.test"))).unwrap();
+    assert!(!seen.is_empty());
+    assert_ne!(seen, oder, "an Opaque Secret was read");
+
+    // A rotated certificate arrives through the watch.
+    let (crt2, key2, der2) = made("s.test");
+    api.apply_yaml(&secret("s-tls", "kubernetes.io/tls", &crt2, &key2));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, seen) = rt.block_on(client.connect(https, Some("s.test"))).unwrap();
+        if seen == der2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rotated certificate not served");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_missing_kubeconfig_is_one_line_and_exit_1() {
+    let (status, stderr) = support::run_to_exit(
+        std::process::Command::new(ingress_bin())
+            .args([
+                "run",
+                "--kubeconfig",
+                "/nonexistent/kubeconfig",
+                "--xdp-mode",
+                "off",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .env("RUST_LOG", "error"),
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("reading the kubeconfig /nonexistent/kubeconfig"),
+        "{stderr}"
+    );
+}
+
+/// The status address the API holds for Ingress `name`.
+fn published(api: &ApiServer, name: &str) -> Option<String> {
+    let i = api.get("ingresses", "default", name)?;
+    i["status"]["loadBalancer"]["ingress"][0]["ip"]
+        .as_str()
+        .map(str::to_string)
+}
+
+fn wait_published(api: &ApiServer, name: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while published(api, name).as_deref() != Some(want) {
+        assert!(
+            Instant::now() < deadline,
+            "{name}: status {:?}, wanted {want}",
+            published(api, name)
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_lease_holder_publishes_ingress_status_and_a_follower_takes_over() {
+    let rt = rt();
+    let a = backend(&rt, "a");
+    let api = ApiServer::start(&rt);
+    api.apply_yaml(&manifests::class());
+    api.apply_yaml(&manifests::service("svc-a", &[a.addr]));
+    api.apply_yaml(&manifests::ingress("a", "a.test", "/", "svc-a"));
+    let dir = TempDir::new("cluster-status");
+    let kc = api.kubeconfig(dir.path());
+    let (first, _) = start_agent(&kc, &["--publish-status-address", "198.18.0.10"]);
+    wait_published(&api, "a", "198.18.0.10");
+    let lease = api
+        .lease("default", "ingress-ebpf-status")
+        .expect("no Lease in the kubeconfig's namespace");
+    let holder = lease["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(holder.ends_with(&format!("_{}", first.pid())), "{lease}");
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 15);
+
+    // A new Ingress gets the status too; an Ingress of another class not.
+    api.apply_yaml(&manifests::ingress("b", "b.test", "/", "svc-a"));
+    api.apply_yaml(
+        &manifests::ingress("x", "x.test", "/", "svc-a")
+            .replace("spec:\n", "spec:\n  ingressClassName: someone-else\n"),
+    );
+    wait_published(&api, "b", "198.18.0.10");
+
+    // A second agent follows: the Lease stays with the first.
+    let (second, _) = start_agent(&kc, &["--publish-status-address", "198.18.0.11"]);
+    for _ in 0..10 {
+        assert_eq!(published(&api, "a").as_deref(), Some("198.18.0.10"));
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        api.lease("default", "ingress-ebpf-status").unwrap()["spec"]["holderIdentity"],
+        holder.as_str()
+    );
+    assert_eq!(published(&api, "x"), None);
+
+    // The first goes away without renewing: once the Lease expires the
+    // second takes it and publishes its own address.
+    let (status, _) = first.stop(libc::SIGKILL);
+    assert!(!status.success());
+    wait_published(&api, "a", "198.18.0.11");
+    wait_published(&api, "b", "198.18.0.11");
+    let lease = api.lease("default", "ingress-ebpf-status").unwrap();
+    assert!(
+        lease["spec"]["holderIdentity"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("_{}", second.pid())),
+        "{lease}"
+    );
+    assert_eq!(lease["spec"]["leaseTransitions"], 2);
+    assert_eq!(published(&api, "x"), None);
+    assert!(api.status_writes() >= 4);
+}
