@@ -45,6 +45,12 @@ pub const SNAT_PORT_SPAN_GLOBAL: &str = "SNAT_PORT_SPAN";
 /// ports, so a translated flow never collides with a local socket.
 pub const DEFAULT_SNAT_PORT_MIN: u16 = 20_000;
 pub const DEFAULT_SNAT_PORT_SPAN: u16 = 10_000;
+/// Seconds after which the SNAT port of a closed flow (FIN or RST seen) may
+/// go to a new flow to the same pod, before the sweep removes the old
+/// entries: the pod's side of the old connection is closed or in
+/// TIME_WAIT, which accepts a new SYN with a higher sequence number.
+pub const SNAT_REUSE_S: u32 = 2;
+
 /// SNAT ports tried (spread over the range) for a new flow to a remote
 /// pod before it is dropped (`l4_snat_exhausted`): with the range a third
 /// taken, all 32 taken happens once in 10^15 flows.

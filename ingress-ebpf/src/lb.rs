@@ -36,8 +36,9 @@ use ingress_common::{
         CLOSE_TIMEOUT_S, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES,
         DEFAULT_MAX_SOURCE_RANGES, DEFAULT_NEW_FLOW_RATE, DEFAULT_SNAT_PORT_MIN,
         DEFAULT_SNAT_PORT_SPAN, FlowKey, FlowValue, NO_BACKEND, PORT_BACKEND, PORT_FRONTEND,
-        RANGE_ID_BITS, REV_REMOTE, RangeKey, RevValue, SNAT_PROBES, SVC_CLIENT_AFFINITY,
-        SVC_SOURCE_RANGES, ServiceKey, ServiceValue, flow_hash, is_v4_mapped, v4_mapped,
+        RANGE_ID_BITS, REV_REMOTE, RangeKey, RevValue, SNAT_PROBES, SNAT_REUSE_S,
+        SVC_CLIENT_AFFINITY, SVC_SOURCE_RANGES, ServiceKey, ServiceValue, flow_hash, is_v4_mapped,
+        v4_mapped,
     },
     maglev::DEFAULT_TABLE_SIZE,
     nat::{
@@ -824,15 +825,23 @@ fn start_flow(flow: &FlowKey, counters: &PerCpuArray<u64>, out: &mut Decision) -
         let mut chosen = 0u16;
         // Probes spread over the range (a Weyl sequence over the flow's
         // hash), not consecutive ports: taken ports cluster, and a run of
-        // them would fail many new flows in a row.
+        // them would fail many new flows in a row. A port whose flow closed
+        // (FIN or RST) a little while ago is free again, as a TIME_WAIT
+        // socket's port is: otherwise a busy pod's closed connections would
+        // hold the whole range until the sweep.
+        let now = now_s();
         for i in 0..SNAT_PROBES {
             let h = s
                 .hash
                 .wrapping_add((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             let port = (min as u32 + ((h >> 32) as u32 % span as u32)) as u16;
             s.reply.dport = port.to_be();
-            // SAFETY: only the presence is checked.
-            if unsafe { REVNAT.get(&s.reply) }.is_none() {
+            // SAFETY: the entry is read at once.
+            let free = match unsafe { REVNAT.get(&s.reply) } {
+                None => true,
+                Some(r) => r.closed_at != 0 && now.wrapping_sub(r.closed_at) >= SNAT_REUSE_S,
+            };
+            if free {
                 chosen = port;
                 break;
             }

@@ -1080,3 +1080,34 @@ fn maglev_tables_written_through_the_mapping_are_what_the_kernel_reads() {
     let h = Harness::new();
     assert_eq!(h.l4.maglev_mismatch().unwrap(), None);
 }
+
+/// With one SNAT port, a second flow to the remote pod finds none
+/// (`l4_snat_exhausted`, dropped); once the first flow closed (RST) a while
+/// ago, its port goes to a new flow.
+#[test]
+fn a_closed_flows_snat_port_goes_to_a_new_flow() {
+    let ns = support::Namespaces::new(&["snatreuse"]);
+    support::in_netns(ns.name("snatreuse"), || {
+        let mut h = Harness::with(&LoadOptions {
+            snat_ipv4: Some(NODE.into()),
+            snat_port_min: 20_000,
+            snat_port_span: 1,
+            ..LoadOptions::default()
+        });
+        let (_, out, _) = h.run(Hook::Xdp, &tcp(CLIENT, NODE, 47000, 30090, 0x02));
+        assert_eq!(ingress_common::parse::parse(&out[..]).src_port, 20_000);
+        let (verdict, _, events) = h.run(Hook::Xdp, &tcp(CLIENT, NODE, 47001, 30090, 0x02));
+        assert_eq!(verdict, XDP_DROP);
+        assert!(
+            events.contains(&(Counter::L4SnatExhausted, 1)),
+            "{events:?}"
+        );
+        h.run(Hook::Xdp, &tcp(CLIENT, NODE, 47000, 30090, 0x14));
+        std::thread::sleep(std::time::Duration::from_millis(
+            u64::from(l4::SNAT_REUSE_S) * 1000 + 1100,
+        ));
+        let (_, out, events) = h.run(Hook::Xdp, &tcp(CLIENT, NODE, 47002, 30090, 0x02));
+        assert!(events.contains(&(Counter::L4NewFlow, 1)), "{events:?}");
+        assert_eq!(ingress_common::parse::parse(&out[..]).src_port, 20_000);
+    });
+}
