@@ -726,14 +726,14 @@ fn an_undefined_variable_in_args_fails() {
 
 #[test]
 fn a_missing_rbac_rule_fails() {
-    // The events rule is the last in the ClusterRole.
+    // The EndpointSlice rule is the last in the ClusterRole.
     let e = broken(&json_patch(
         "ClusterRole",
         "ingress-ebpf",
-        "- op: test\n  path: /rules/4/apiGroups/0\n  value: events.k8s.io\n- op: remove\n  path: /rules/4",
+        "- op: test\n  path: /rules/3/apiGroups/0\n  value: discovery.k8s.io\n- op: remove\n  path: /rules/3",
     ));
     assert!(
-        e.contains("missing [create events.k8s.io/events (Cluster)"),
+        e.contains("missing [get discovery.k8s.io/endpointslices (Cluster)"),
         "{e}"
     );
 }

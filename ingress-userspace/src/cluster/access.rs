@@ -48,7 +48,7 @@ pub const ACCESS: &[Access] = &[
     Access {
         api_group: "networking.k8s.io",
         resource: "ingresses/status",
-        verbs: &["update", "patch"],
+        verbs: &["patch"],
         scope: Scope::Cluster,
         why: "publish the load balancer address (leader only)",
     },
@@ -79,13 +79,6 @@ pub const ACCESS: &[Access] = &[
         verbs: READ,
         scope: Scope::Cluster,
         why: "pod endpoints, their readiness and their node",
-    },
-    Access {
-        api_group: "events.k8s.io",
-        resource: "events",
-        verbs: &["create", "patch"],
-        scope: Scope::Cluster,
-        why: "diagnostics on the objects they concern (kube-runtime's Recorder uses events.k8s.io/v1)",
     },
     Access {
         api_group: "coordination.k8s.io",
