@@ -50,26 +50,20 @@ pub fn is_root() -> bool {
 /// Builds the `ingress` binary in release mode (quietly) and returns its
 /// path; a missing eBPF toolchain is reported with the fix.
 pub fn build_agent_release() -> anyhow::Result<PathBuf> {
-    let root = workspace_root();
-    run(Command::new("cargo")
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "--package",
-            "ingress-userspace",
-            "--bin",
-            "ingress",
-        ])
-        .current_dir(&root))
-    .context("building the agent (missing toolchain? run `cargo xtask setup`)")?;
-    Ok(root.join("target/release/ingress"))
+    build_release(&["--bin", "ingress"])
+        .context("building the agent (missing toolchain? run `cargo xtask setup`)")?;
+    Ok(workspace_root().join("target/release/ingress"))
 }
 
 /// Builds one of the agent crate's examples in release mode; returns its
 /// path.
 pub fn build_example_release(name: &str) -> anyhow::Result<PathBuf> {
-    let root = workspace_root();
+    build_release(&["--example", name]).with_context(|| format!("building the example {name}"))?;
+    Ok(workspace_root().join("target/release/examples").join(name))
+}
+
+/// `cargo build --quiet --release --package ingress-userspace TARGET...`.
+fn build_release(target: &[&str]) -> anyhow::Result<()> {
     run(Command::new("cargo")
         .args([
             "build",
@@ -77,10 +71,7 @@ pub fn build_example_release(name: &str) -> anyhow::Result<PathBuf> {
             "--release",
             "--package",
             "ingress-userspace",
-            "--example",
-            name,
         ])
-        .current_dir(&root))
-    .with_context(|| format!("building the example {name}"))?;
-    Ok(root.join("target/release/examples").join(name))
+        .args(target)
+        .current_dir(workspace_root()))
 }
