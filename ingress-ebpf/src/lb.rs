@@ -20,13 +20,16 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup,
+        xdp_action,
+    },
     helpers::generated::{
         bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect, bpf_xdp_adjust_tail,
     },
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use ingress_common::{
     counters::Counter,
@@ -43,12 +46,12 @@ use ingress_common::{
     maglev::DEFAULT_TABLE_SIZE,
     nat::{
         End, FrameMut, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, decrement_hop_limit_v6,
-        decrement_ttl_v4, rewrite, rewrite_v4, rewrite_v6, tcp_rst_v4, tcp_rst_v6,
+        decrement_ttl_v4, rewrite_v4, rewrite_v6, tcp_rst_v4, tcp_rst_v6,
     },
-    parse::{Class, IPPROTO_ICMP, IPPROTO_TCP, IpVersion, Parsed},
+    parse::{Class, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IpVersion, Parsed, parse},
 };
 
-use crate::stats::bump;
+use crate::{frame::PacketBounds, observe::PARSE_WINDOW, stats::bump};
 
 #[map(name = "L4_SERVICES")]
 static SERVICES: HashMap<ServiceKey, ServiceValue> =
@@ -326,20 +329,6 @@ fn flow_key<F: FrameMut>(frame: &F, p: &Parsed, key: &mut FlowKey) -> bool {
     key.proto = p.l4_proto;
     key._pad = [0; 3];
     true
-}
-
-/// The frame's flow key, as a value (TC, where the stack has room).
-#[inline(always)]
-fn flow_of<F: FrameMut>(frame: &F, p: &Parsed) -> Option<FlowKey> {
-    let mut key = FlowKey {
-        src: [0; 16],
-        dst: [0; 16],
-        sport: 0,
-        dport: 0,
-        proto: 0,
-        _pad: [0; 3],
-    };
-    flow_key(frame, p, &mut key).then_some(key)
 }
 
 /// The flags byte of a TCP header (read as the 2-byte word it shares with
@@ -941,34 +930,87 @@ pub fn reply_of<F: FrameMut>(
     frame: &F,
     p: &Parsed,
     counters: &PerCpuArray<u64>,
-) -> Option<RevValue> {
+) -> Option<&'static RevValue> {
     if !is_tcp_udp(p) || port_flags(p.src_port) & PORT_BACKEND == 0 {
         return None;
     }
-    let reply = flow_of(frame, p)?;
-    // SAFETY: the value is copied out at once.
-    let rev = unsafe { REVNAT.get(&reply) }.copied()?;
+    // The key in this CPU's packet state, not on the stack.
+    let state = PACKET.get_ptr_mut(0)?;
+    // SAFETY: this CPU's value, used only within this program run.
+    let reply = unsafe { &mut (*state).flow };
+    if !flow_key(frame, p, reply) {
+        return None;
+    }
+    let reply: &FlowKey = reply;
+    // SAFETY: map values stay valid for the rest of the program run.
+    let rev: &'static RevValue = unsafe { REVNAT.get(reply) }?;
     if rev.flags & REV_REMOTE != 0 {
         return None;
     }
     if p.l4_proto == IPPROTO_TCP && rev.closed_at == 0 && closes(tcp_flags_of(frame, p)) {
-        close_reply(&reply, counters);
+        close_reply(reply, counters);
     }
     Some(rev)
 }
 
-/// TC egress: a pod's reply gets the frontend back as its source.
-#[inline(always)]
-pub fn egress<F: FrameMut>(frame: &mut F, p: &Parsed, rev: &RevValue, counters: &PerCpuArray<u64>) {
-    if rewrite(
-        frame,
-        p,
-        End::Source,
-        &rev.frontend,
-        u16::from_be(rev.frontend_port),
-    ) {
+/// TC egress: a reply gets the frontend back as its source. Written with
+/// the kernel's store and checksum helpers rather than in place: a reply
+/// from a socket on this node (the proxy behind its own NodePort, a
+/// hostNetwork pod) still carries a partial L4 checksum here (the pseudo-
+/// header sum, completed after TC), which only the helpers update right;
+/// they also make a cloned skb writable. Returns 1 when rewritten.
+#[inline(never)]
+pub fn egress(ctx: &TcContext, p: &Parsed, rev: &RevValue, counters: &PerCpuArray<u64>) -> u32 {
+    let udp = p.l4_proto == IPPROTO_UDP;
+    let check = p.l4_offset + if udp { 6 } else { 16 };
+    // A zero UDP checksum ("none") stays zero.
+    let mangled0 = if udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+    let pseudo = BPF_F_PSEUDO_HDR as u64;
+    let Ok(old_port) = ctx.load::<u16>(p.l4_offset) else {
+        return 0;
+    };
+    let mut ok = true;
+    if p.ip == IpVersion::V4 {
+        let Ok(old) = ctx.load::<u32>(p.l3_offset + 12) else {
+            return 0;
+        };
+        let new = u32::from_ne_bytes(v4_of(&rev.frontend));
+        ok = ctx.store(p.l3_offset + 12, &new, 0).is_ok()
+            && ctx
+                .l3_csum_replace(p.l3_offset + 10, old as u64, new as u64, 4)
+                .is_ok()
+            && ctx
+                .l4_csum_replace(check, old as u64, new as u64, pseudo | mangled0 | 4)
+                .is_ok();
+    } else {
+        let mut i = 0;
+        while i < 16 && ok {
+            let Ok(old) = ctx.load::<u32>(p.l3_offset + 8 + i) else {
+                return 0;
+            };
+            let a = &rev.frontend;
+            let new = u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+            ok = ctx.store(p.l3_offset + 8 + i, &new, 0).is_ok()
+                && ctx
+                    .l4_csum_replace(check, old as u64, new as u64, pseudo | mangled0 | 4)
+                    .is_ok();
+            i += 4;
+        }
+    }
+    ok = ok
+        && ctx.store(p.l4_offset, &rev.frontend_port, 0).is_ok()
+        && ctx
+            .l4_csum_replace(
+                check,
+                old_port as u64,
+                rev.frontend_port as u64,
+                mangled0 | 2,
+            )
+            .is_ok();
+    if ok {
         bump(counters, Counter::L4RevNat);
     }
+    ok as u32
 }
 
 /// The flow-table key of the flow an ICMP error is about, seen from the
@@ -1106,15 +1148,41 @@ pub fn icmp_reply_of<F: FrameMut>(frame: &F, p: &Parsed) -> Option<Rewrite> {
     })
 }
 
-/// Applies what [`icmp_reply_of`] found, on the writable, re-parsed frame.
+/// TC egress, ICMP: a local pod's error about a translated flow, found,
+/// made writable and rewritten in a verifier frame of its own.
+#[inline(never)]
+pub fn icmp_tc(ctx: &TcContext, counters: &PerCpuArray<u64>) -> u32 {
+    let frame = PacketBounds::new(ctx.data(), ctx.data_end());
+    let p = parse(&frame);
+    let Some(rw) = icmp_reply_of(&frame, &p) else {
+        return 0;
+    };
+    // Make the head writable, then look again: the pull moves the packet,
+    // so earlier bounds checks no longer hold.
+    let _ = ctx.pull_data(core::cmp::min(ctx.len(), PARSE_WINDOW));
+    let mut frame = PacketBounds::new(ctx.data(), ctx.data_end());
+    let p = parse(&frame);
+    icmp_egress(&mut frame, &p, &rw, counters)
+}
+
+/// Applies what [`icmp_reply_of`] found, on the writable, re-parsed frame
+/// (a verifier frame of its own: TC's entry function stays small). The
+/// quote was checked before the pull, on the same bytes; checking it again
+/// here would put reads of the quote before the rewrite's shorter ones,
+/// which lets LLVM drop bounds checks the verifier needs.
 #[inline(always)]
-pub fn icmp_egress<F: FrameMut>(
+fn icmp_egress<F: FrameMut>(
     frame: &mut F,
     p: &Parsed,
     rw: &Rewrite,
     counters: &PerCpuArray<u64>,
-) {
-    if icmp::quoted_v4(frame, p).is_some() && icmp::rewrite_v4(frame, p, rw) {
-        bump(counters, Counter::L4IcmpTranslated);
+) -> u32 {
+    if p.class != Class::Ipv4Other || p.l4_proto != IPPROTO_ICMP || p.ipv4_options {
+        return 0;
     }
+    if icmp::rewrite_v4(frame, p, rw) {
+        bump(counters, Counter::L4IcmpTranslated);
+        return 1;
+    }
+    0
 }

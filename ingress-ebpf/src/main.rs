@@ -15,6 +15,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
+use ingress_common::parse::{Class, IPPROTO_ICMP};
+
 use crate::frame::PacketBounds;
 
 /// XDP on the node's uplink: parse and count; frames to a service frontend
@@ -48,17 +50,11 @@ pub fn ingress_tc_egress(ctx: TcContext) -> i32 {
     let frame = PacketBounds::new(ctx.data(), ctx.data_end());
     let parsed = observe::frame(&ctx, &frame, &stats::TC_COUNTERS);
     if let Some(rev) = lb::reply_of(&frame, &parsed, &stats::TC_COUNTERS) {
-        // Make the head writable (TCP sends clones), then look again: the
-        // pull moves the packet, so earlier bounds checks no longer hold.
-        let _ = ctx.pull_data(core::cmp::min(ctx.len(), observe::PARSE_WINDOW));
-        let mut frame = PacketBounds::new(ctx.data(), ctx.data_end());
-        let parsed = ingress_common::parse::parse(&frame);
-        lb::egress(&mut frame, &parsed, &rev, &stats::TC_COUNTERS);
-    } else if let Some(rw) = lb::icmp_reply_of(&frame, &parsed) {
-        let _ = ctx.pull_data(core::cmp::min(ctx.len(), observe::PARSE_WINDOW));
-        let mut frame = PacketBounds::new(ctx.data(), ctx.data_end());
-        let parsed = ingress_common::parse::parse(&frame);
-        lb::icmp_egress(&mut frame, &parsed, &rw, &stats::TC_COUNTERS);
+        // Through the kernel's helpers (offsets from this parse stay valid:
+        // nothing moves the headers).
+        lb::egress(&ctx, &parsed, rev, &stats::TC_COUNTERS);
+    } else if parsed.class == Class::Ipv4Other && parsed.l4_proto == IPPROTO_ICMP {
+        lb::icmp_tc(&ctx, &stats::TC_COUNTERS);
     }
     TC_ACT_PIPE
 }

@@ -871,3 +871,146 @@ fn nodeport_over_ipv6_to_pods_on_two_nodes() {
     let (status, log) = agent.stop(libc::SIGTERM);
     assert!(status.success(), "{status}: {log}");
 }
+
+/// The NodePort mode of `deploy/overlays/nodeport`: the agent's own Service
+/// is a NodePort whose endpoint is the agent itself (hostNetwork, the
+/// node's address); XDP answers the nodePort by DNAT to the local proxy,
+/// which routes by the Ingress to the pod. No iptables rule anywhere.
+const AGENT_AS_NODEPORT: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: ingress-ebpf}
+spec: {controller: ingress-ebpf.dev/controller}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ingress-ebpf, namespace: ingress-ebpf}
+spec:
+  type: NodePort
+  ports:
+  - {name: http, port: 80, targetPort: 8080, nodePort: 30080}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: ingress-ebpf-1, namespace: ingress-ebpf, labels: {kubernetes.io/service-name: ingress-ebpf}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: ["198.18.0.1"], nodeName: edge-1, conditions: {ready: true}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: ["198.18.3.2"], nodeName: edge-1, conditions: {ready: true}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: shop, namespace: shop}
+spec:
+  ingressClassName: ingress-ebpf
+  rules:
+  - host: shop.example
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {name: http}}}}
+"#;
+
+#[test]
+fn the_proxy_is_reachable_on_its_own_nodeport_with_no_iptables_rule() {
+    let ns = Namespaces::new(&["node", "client", "pod"]);
+    ns.link(
+        "node",
+        "eth0",
+        &["198.18.0.1/24"],
+        "client",
+        "eth0",
+        &["198.18.0.2/24"],
+    );
+    ns.link(
+        "node",
+        "eth1",
+        &["198.18.3.1/24"],
+        "pod",
+        "eth0",
+        &["198.18.3.2/24"],
+    );
+    let (node, client, pod) = (
+        ns.name("node").to_string(),
+        ns.name("client").to_string(),
+        ns.name("pod").to_string(),
+    );
+    ns.route_via("node", "pod", "198.18.3.1");
+    let _web = http_echo_server(
+        &pod,
+        sa("198.18.3.2:8080"),
+        "web-1",
+        Duration::from_secs(30),
+    );
+    let dir = TempDir::new("agent-nodeport");
+    dir.write("all.yaml", AGENT_AS_NODEPORT);
+    let manifests = dir.path().display().to_string();
+    let agent = start_agent(
+        &node,
+        &[
+            "--interface",
+            "eth0",
+            "--xdp-mode",
+            "skb",
+            "--node-ip",
+            "198.18.0.1",
+            "--node-name",
+            "edge-1",
+            "--manifests",
+            &manifests,
+            "--http-listen",
+            "198.18.0.1:8080",
+        ],
+        sa("127.0.0.1:9100"),
+    );
+    for _ in 0..5 {
+        let (status, body) = xtask::testbed::traffic::http_get_from(
+            &client,
+            sa("198.18.0.1:30080"),
+            "shop.example",
+            "/",
+        )
+        .unwrap_or_else(|e| {
+            let m: Vec<_> = agent
+                .metrics()
+                .into_iter()
+                .filter(|(k, v)| k.contains("datapath") && *v > 0.0)
+                .collect();
+            panic!("GET through the nodePort: {e}; {m:?}")
+        });
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("pod=web-1"), "{body}");
+    }
+    let m = agent.metrics();
+    let ev = |hook: &str, e: &str| {
+        m.get(&format!(
+            "ingress_datapath_l4_events_total{{hook=\"{hook}\",event=\"{e}\"}}"
+        ))
+        .copied()
+        .unwrap_or(0.0)
+    };
+    assert!(
+        ev("xdp", "l4_dnat_local") > 0.0,
+        "XDP DNAT to the proxy: {m:?}"
+    );
+    assert!(
+        ev("tc_egress", "l4_revnat") > 0.0,
+        "the proxy's replies translated back"
+    );
+    assert_no_packet_filter_rules(&node);
+    let (status, log) = agent.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}: {log}");
+}
