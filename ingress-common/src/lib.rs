@@ -10,6 +10,7 @@ extern crate std;
 pub mod counters;
 pub mod csum;
 pub mod icmp;
+pub mod icmp6;
 pub mod l4;
 pub mod maglev;
 pub mod maps;

@@ -55,6 +55,26 @@ impl Frame for [u8] {
     }
 }
 
+/// Copies the 16 bytes at `offset` (an IPv6 address) into `out`, four at a
+/// time: a whole 16-byte copy from packet memory into a map value can be
+/// lowered to a byte loop whose bounds the eBPF verifier does not follow.
+/// False (and `out` unspecified) past the end of the frame.
+#[inline(always)]
+pub fn read16<F: Frame + ?Sized>(frame: &F, offset: usize, out: &mut [u8; 16]) -> bool {
+    let mut i = 0;
+    while i < 16 {
+        let Some(b) = frame.bytes::<4>(offset + i) else {
+            return false;
+        };
+        out[i] = b[0];
+        out[i + 1] = b[1];
+        out[i + 2] = b[2];
+        out[i + 3] = b[3];
+        i += 4;
+    }
+    true
+}
+
 /// What a frame is. Exactly one per frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Class {

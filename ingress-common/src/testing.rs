@@ -337,3 +337,30 @@ pub fn icmp4_error(
     };
     b
 }
+
+/// An ICMPv6 error (`kind`, `code`, the 4 bytes after the checksum) from
+/// `src` to `dst` quoting `quote`, with its checksum (over the IPv6
+/// pseudo-header) computed from scratch.
+pub fn icmp6_error(
+    src: [u8; 16],
+    dst: [u8; 16],
+    kind: u8,
+    code: u8,
+    rest: [u8; 4],
+    quote: &[u8],
+) -> PacketBuilder {
+    let mut icmp = Vec::new();
+    icmp.extend_from_slice(&[kind, code, 0, 0]);
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(quote);
+    let pseudo =
+        csum::pseudo_header_v6(&src, &dst, crate::parse::IPPROTO_ICMPV6, icmp.len() as u32);
+    let c = csum::checksum(pseudo, &icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut b = PacketBuilder::tcp6(src, dst, 0, 0);
+    b.l4 = L4::Other {
+        proto: crate::parse::IPPROTO_ICMPV6,
+        bytes: icmp,
+    };
+    b
+}
