@@ -90,7 +90,10 @@ fn assert_no_packet_filter_rules(ns: &str) {
     );
 }
 
-fn run(mode: &str) {
+/// A client and the ingress node "edge-1" on one veth pair (198.18.0.2 and
+/// 198.18.0.1), and a pod namespace behind the node (198.18.3.1) holding
+/// `pod_addrs`; returns the namespaces and the names of node, client, pod.
+fn node_with_pods(pod_addrs: &[&str]) -> (Namespaces, String, String, String) {
     let ns = Namespaces::new(&["node", "client", "pod"]);
     ns.link(
         "node",
@@ -100,20 +103,15 @@ fn run(mode: &str) {
         "eth0",
         &["198.18.0.2/24"],
     );
-    ns.link(
-        "node",
-        "eth1",
-        &["198.18.3.1/24"],
-        "pod",
-        "eth0",
-        &["198.18.3.2/24"],
-    );
-    let (node, client, pod) = (
-        ns.name("node").to_string(),
-        ns.name("client").to_string(),
-        ns.name("pod").to_string(),
-    );
+    ns.link("node", "eth1", &["198.18.3.1/24"], "pod", "eth0", pod_addrs);
     ns.route_via("node", "pod", "198.18.3.1");
+    let name = |r: &str| ns.name(r).to_string();
+    let (node, client, pod) = (name("node"), name("client"), name("pod"));
+    (ns, node, client, pod)
+}
+
+fn run(mode: &str) {
+    let (_ns, node, client, pod) = node_with_pods(&["198.18.3.2/24"]);
     let dir = TempDir::new("nodeport");
     dir.write("web.yaml", MANIFESTS);
     let agent = start_edge_agent(&node, mode, &dir);
@@ -708,29 +706,8 @@ fn pod_for_source_port(client: &str, sport: u16) -> Option<String> {
 /// deterministic, so this outcome is too).
 #[test]
 fn removing_an_endpoint_moves_only_its_flows() {
-    let ns = Namespaces::new(&["node", "client", "pod"]);
-    ns.link(
-        "node",
-        "eth0",
-        &["198.18.0.1/24"],
-        "client",
-        "eth0",
-        &["198.18.0.2/24"],
-    );
-    ns.link(
-        "node",
-        "eth1",
-        &["198.18.3.1/24"],
-        "pod",
-        "eth0",
-        &["198.18.3.2/24", "198.18.3.3/24", "198.18.3.4/24"],
-    );
-    let (node, client, pod) = (
-        ns.name("node").to_string(),
-        ns.name("client").to_string(),
-        ns.name("pod").to_string(),
-    );
-    ns.route_via("node", "pod", "198.18.3.1");
+    let (_ns, node, client, pod) =
+        node_with_pods(&["198.18.3.2/24", "198.18.3.3/24", "198.18.3.4/24"]);
     let lifetime = Duration::from_secs(60);
     let _pods = [
         ("198.18.3.2:8080", "a"),
@@ -926,29 +903,7 @@ spec:
 
 #[test]
 fn the_proxy_is_reachable_on_its_own_nodeport_with_no_iptables_rule() {
-    let ns = Namespaces::new(&["node", "client", "pod"]);
-    ns.link(
-        "node",
-        "eth0",
-        &["198.18.0.1/24"],
-        "client",
-        "eth0",
-        &["198.18.0.2/24"],
-    );
-    ns.link(
-        "node",
-        "eth1",
-        &["198.18.3.1/24"],
-        "pod",
-        "eth0",
-        &["198.18.3.2/24"],
-    );
-    let (node, client, pod) = (
-        ns.name("node").to_string(),
-        ns.name("client").to_string(),
-        ns.name("pod").to_string(),
-    );
-    ns.route_via("node", "pod", "198.18.3.1");
+    let (_ns, node, client, pod) = node_with_pods(&["198.18.3.2/24"]);
     let _web = http_echo_server(
         &pod,
         sa("198.18.3.2:8080"),
