@@ -23,12 +23,8 @@ use std::{
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::{
-    DigitallySignedStruct, SignatureScheme,
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use support::{TempDir, backend::Backend, manifests};
+use rustls_pki_types::ServerName;
+use support::{TempDir, backend::Backend, manifests, tls_client::Client};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const HOST: &str = "abuse.test";
@@ -51,68 +47,6 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Accepts the proxy's certificate, whatever it is (signatures are still
-/// checked).
-#[derive(Debug)]
-struct AnyCert(rustls::crypto::CryptoProvider);
-
-impl ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-fn client_config(alpn: &[u8]) -> Arc<rustls::ClientConfig> {
-    let provider = rustls::crypto::ring::default_provider();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider.clone()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![alpn.to_vec()];
-    Arc::new(config)
-}
-
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
@@ -130,7 +64,8 @@ async fn open(t: Transport) -> Box<dyn Io> {
         Transport::H2c(addr) => Box::new(tokio::net::TcpStream::connect(addr).await.unwrap()),
         Transport::Tls(addr) => {
             let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let tls = tokio_rustls::TlsConnector::from(client_config(b"h2"))
+            let tls = Client::new(&[b"h2"], rustls::DEFAULT_VERSIONS)
+                .connector
                 .connect(ServerName::try_from(HOST).unwrap(), tcp)
                 .await
                 .unwrap();
@@ -528,7 +463,7 @@ fn an_oversized_header_list_is_refused_431_and_the_connection_goes_on() {
 /// The first flight of a rustls client for `name`, as bytes.
 fn client_hello(name: &str) -> Vec<u8> {
     let mut conn = rustls::ClientConnection::new(
-        client_config(b"h2"),
+        Client::new(&[b"h2"], rustls::DEFAULT_VERSIONS).config,
         ServerName::try_from(name.to_string()).unwrap(),
     )
     .unwrap();

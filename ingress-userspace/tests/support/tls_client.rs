@@ -73,6 +73,7 @@ impl ServerCertVerifier for Capture {
 
 /// A TLS client offering `alpn`, and what it saw.
 pub struct Client {
+    pub config: Arc<rustls::ClientConfig>,
     pub connector: tokio_rustls::TlsConnector,
     pub capture: Arc<Capture>,
 }
@@ -93,8 +94,10 @@ impl Client {
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         // Every handshake shows the certificate (a resumed one would not).
         config.resumption = rustls::client::Resumption::disabled();
+        let config = Arc::new(config);
         Client {
-            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            connector: tokio_rustls::TlsConnector::from(config.clone()),
+            config,
             capture,
         }
     }
