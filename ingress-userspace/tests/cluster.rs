@@ -409,9 +409,19 @@ fn the_lease_holder_publishes_ingress_status_and_a_follower_takes_over() {
     api.apply_yaml(&manifests::class());
     api.apply_yaml(&manifests::service("svc-a", &[a.addr]));
     api.apply_yaml(&manifests::ingress("a", "a.test", "/", "svc-a"));
+    // A problem, for the Events the Lease holder alone writes.
+    api.apply_yaml(&manifests::ingress("broken", "broken.test", "/", "missing"));
     let dir = TempDir::new("cluster-status");
     let kc = api.kubeconfig(dir.path());
-    let (first, _) = start_agent(&kc, &["--publish-status-address", "198.18.0.10"]);
+    let (first, _) = start_agent(
+        &kc,
+        &[
+            "--publish-status-address",
+            "198.18.0.10",
+            "--node-name",
+            "node-1",
+        ],
+    );
     wait_published(&api, "a", "198.18.0.10");
     let lease = api
         .lease("default", "ingress-ebpf-status")
@@ -432,7 +442,15 @@ fn the_lease_holder_publishes_ingress_status_and_a_follower_takes_over() {
     wait_published(&api, "b", "198.18.0.10");
 
     // A second agent follows: the Lease stays with the first.
-    let (second, _) = start_agent(&kc, &["--publish-status-address", "198.18.0.11"]);
+    let (second, _) = start_agent(
+        &kc,
+        &[
+            "--publish-status-address",
+            "198.18.0.11",
+            "--node-name",
+            "node-2",
+        ],
+    );
     for _ in 0..10 {
         assert_eq!(published(&api, "a").as_deref(), Some("198.18.0.10"));
         thread::sleep(Duration::from_millis(100));
@@ -442,6 +460,8 @@ fn the_lease_holder_publishes_ingress_status_and_a_follower_takes_over() {
         holder.as_str()
     );
     assert_eq!(published(&api, "x"), None);
+
+    wait_event_writes(&api, "broken", "ServiceNotFound", 1);
 
     // The first goes away without renewing: once the Lease expires the
     // second takes it and publishes its own address.
@@ -460,6 +480,20 @@ fn the_lease_holder_publishes_ingress_status_and_a_follower_takes_over() {
     assert_eq!(lease["spec"]["leaseTransitions"], 2);
     assert_eq!(published(&api, "x"), None);
     assert!(api.status_writes() >= 4);
+
+    // Events: the problem known before the takeover was written once, by
+    // the first agent; a new one after it, by the second.
+    api.apply_yaml(&manifests::ingress(
+        "broken2",
+        "broken2.test",
+        "/",
+        "missing",
+    ));
+    let w = wait_event_writes(&api, "broken2", "ServiceNotFound", 1);
+    assert_eq!(w[0].body["reportingInstance"], "node-2");
+    let w = event_writes(&api, "broken", "ServiceNotFound");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].body["reportingInstance"], "node-1");
 }
 
 /// The Event writes about Ingress `name` with `reason`.

@@ -53,6 +53,9 @@ pub const REFILL_PER_SECOND: f64 = 1.0;
 /// A recorder unused for this long is forgotten (kube's own series cache
 /// keeps an Event for 6 minutes).
 const RECORDER_IDLE: Duration = Duration::from_secs(10 * 60);
+/// How long one write may take before it counts as failed, so that an
+/// unreachable API server does not hold up the next snapshot's problems.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What identifies a reported problem.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -208,12 +211,28 @@ impl EventMetrics {
     }
 }
 
+/// The longest `note` the API server accepts, in bytes.
+pub const NOTE_MAX: usize = 1024;
+
+/// `message` cut to [`NOTE_MAX`] bytes on a character boundary, with `...`
+/// when cut.
+fn note(message: &str) -> String {
+    if message.len() <= NOTE_MAX {
+        return message.to_string();
+    }
+    let mut end = NOTE_MAX - 3;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &message[..end])
+}
+
 /// The Event for `p`.
 pub fn event(p: &Problem) -> Event {
     Event {
         type_: EventType::Warning,
         reason: p.key.reason.to_string(),
-        note: Some(p.key.message.clone()),
+        note: Some(note(&p.key.message)),
         action: ACTION.to_string(),
         secondary: None,
     }
@@ -262,7 +281,12 @@ impl Writer {
             )
         });
         *used = now;
-        match recorder.publish(&event(p), &p.regarding).await {
+        let written =
+            tokio::time::timeout(WRITE_TIMEOUT, recorder.publish(&event(p), &p.regarding))
+                .await
+                .map_err(|_| format!("no answer within {WRITE_TIMEOUT:?}"))
+                .and_then(|r| r.map_err(|e| e.to_string()));
+        match written {
             Ok(()) => {
                 self.metrics
                     .written

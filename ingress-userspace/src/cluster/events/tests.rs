@@ -158,6 +158,17 @@ fn the_bucket_allows_a_burst_then_its_refill_rate() {
     assert_eq!((0..100).filter(|_| b.take(later)).count(), 25);
 }
 
+#[test]
+fn long_notes_are_cut_to_what_the_api_accepts() {
+    let short = problem("a", reason::CONFLICT_LOST, "short");
+    assert_eq!(event(&short).note.as_deref(), Some("short"));
+    let long = problem("a", reason::CONFLICT_LOST, &"é".repeat(1000));
+    let n = event(&long).note.unwrap();
+    assert!(n.len() <= NOTE_MAX, "{}", n.len());
+    assert!(n.ends_with("..."));
+    assert_eq!(event(&long).type_, EventType::Warning);
+}
+
 /// One request the writer sent: (method, path and query, JSON body).
 type Seen = (String, String, Value);
 
