@@ -10,8 +10,8 @@
 //! - Only the holder of the status Lease (`lease`) writes, so that N agents
 //!   do not write N copies. The set of known problems follows every
 //!   snapshot on every agent, so a new leader does not report again what
-//!   the old one had reported; the first agent to win the Lease after its
-//!   start reports what is wrong at that moment.
+//!   the old one had reported; an agent that wins the Lease in its first
+//!   election round after start reports what is wrong at that moment.
 //! - A token bucket (burst [`BURST`], refilled at [`REFILL_PER_SECOND`])
 //!   caps the writes overall; what it refuses is dropped and counted in
 //!   `ingress_cluster_events_dropped_total`, what is written in
