@@ -15,7 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::{
     admin::{self, AdminState},
     cli::{ConfigOpts, OnExit, RunOpts},
-    cluster::{lease, status},
+    cluster::{events, lease, status},
     datapath::{
         Datapath, DatapathConfig, LoadOptions, counters::DatapathCollector, l4maps::L4Maps,
         pin::PinLayout,
@@ -131,6 +131,11 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
         .manifests
         .is_empty()
         .then(|| cluster::register_latency(&mut registry));
+    let event_metrics = opts
+        .config
+        .manifests
+        .is_empty()
+        .then(|| events::EventMetrics::register(&mut registry));
     let state = AdminState::new(registry);
     let acceptor = match opts.https_listen.0 {
         Some(_) => Some(tls::acceptor(proxy.clone()).context("setting up TLS")?),
@@ -144,13 +149,14 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
         admin: state.clone(),
         compile_options: opts.config.compile_options(),
         status_address,
+        problems: None,
         generation: 0,
         l4_maps,
         health: HealthChecks::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let source_task = start_source(&opts.config, applier, cluster_latency).await?;
+    let source_task = start_source(&opts.config, applier, cluster_latency, event_metrics).await?;
     if let Some(dp) = &mut datapath {
         dp.attach(&dp_config)?;
     }
@@ -234,6 +240,7 @@ async fn start_source(
     config: &ConfigOpts,
     mut applier: Applier,
     cluster_latency: Option<prometheus_client::metrics::histogram::Histogram>,
+    event_metrics: Option<events::EventMetrics>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     if config.manifests.is_empty() {
         let source = match &config.kubeconfig {
@@ -252,27 +259,41 @@ async fn start_source(
         };
         let client = cluster::client(source).await?;
         tracing::info!(namespace = ?config.watch_namespace, "cluster mode: watching the API server");
-        let status = applier.status_address.clone().map(|address| {
-            let (served_tx, served_rx) = watch::channel(Vec::new());
-            let (leader_tx, leader_rx) = watch::channel(false);
-            let lease_name = format!("{}-status", config.ingress_class);
-            let identity = format!("{}_{}", config.node_name(), std::process::id());
-            let namespace = client.default_namespace().to_string();
-            tracing::info!(lease = %lease_name, namespace = %namespace, identity = %identity, address = %address, "publishing Ingress status when leader");
-            let lease = tokio::spawn(lease::run(
+        // One Lease elects the agent that writes Ingress status (when there
+        // is an address to publish) and Events.
+        let (leader_tx, leader_rx) = watch::channel(false);
+        let lease_name = format!("{}-status", config.ingress_class);
+        let identity = format!("{}_{}", config.node_name(), std::process::id());
+        let namespace = client.default_namespace().to_string();
+        tracing::info!(lease = %lease_name, namespace = %namespace, identity = %identity, address = ?applier.status_address, "writing Ingress status and Events when leader");
+        let mut status_tasks = vec![tokio::spawn(lease::run(
+            client.clone(),
+            namespace,
+            lease_name,
+            identity,
+            leader_tx,
+        ))];
+        let (problems_tx, problems_rx) = watch::channel(Vec::new());
+        applier.problems = Some(problems_tx);
+        status_tasks.push(tokio::spawn(events::run(
+            events::Writer::new(
                 client.clone(),
-                namespace,
-                lease_name,
-                identity,
-                leader_tx,
-            ));
-            let writer = tokio::spawn(status::run(client.clone(), address, served_rx, leader_rx));
-            (served_tx, lease, writer)
+                config.node_name(),
+                event_metrics.unwrap_or_default(),
+            ),
+            problems_rx,
+            leader_rx.clone(),
+        )));
+        let served_tx = applier.status_address.clone().map(|address| {
+            let (served_tx, served_rx) = watch::channel(Vec::new());
+            status_tasks.push(tokio::spawn(status::run(
+                client.clone(),
+                address,
+                served_rx,
+                leader_rx,
+            )));
+            served_tx
         });
-        let (served_tx, status_tasks) = match status {
-            Some((tx, lease, writer)) => (Some(tx), vec![lease, writer]),
-            None => (None, Vec::new()),
-        };
         let watchers = cluster::start(
             client,
             config.watch_namespace.clone(),
@@ -281,7 +302,8 @@ async fn start_source(
             move |state, diags, started| applier.apply(state, diags, started),
         );
         return Ok(tokio::spawn(async move {
-            // Aborting this task aborts the watchers and the status writer.
+            // Aborting this task aborts the watchers, the election and the
+            // status and Events writers.
             struct AbortAll(Vec<tokio::task::JoinHandle<()>>);
             impl Drop for AbortAll {
                 fn drop(&mut self) {
@@ -332,6 +354,9 @@ struct Applier {
     admin: Arc<AdminState>,
     compile_options: CompileOptions,
     status_address: Option<String>,
+    /// Cluster mode: where each snapshot's Ingress problems go, for the
+    /// Events writer.
+    problems: Option<watch::Sender<Vec<events::Problem>>>,
     generation: i64,
     /// The eBPF L4 maps, when the data path is attached.
     l4_maps: Option<L4Maps>,
@@ -356,6 +381,9 @@ impl Applier {
         let mut diags = source_diags;
         diags.append(&mut snapshot.diagnostics);
         snapshot.diagnostics = diags;
+        if let Some(tx) = &self.problems {
+            tx.send_replace(events::problems(&state, &snapshot.diagnostics));
+        }
         for d in &snapshot.diagnostics {
             match d.severity {
                 Severity::Error => {

@@ -409,9 +409,19 @@ fn the_lease_holder_publishes_ingress_status_and_a_follower_takes_over() {
     api.apply_yaml(&manifests::class());
     api.apply_yaml(&manifests::service("svc-a", &[a.addr]));
     api.apply_yaml(&manifests::ingress("a", "a.test", "/", "svc-a"));
+    // A problem, for the Events the Lease holder alone writes.
+    api.apply_yaml(&manifests::ingress("broken", "broken.test", "/", "missing"));
     let dir = TempDir::new("cluster-status");
     let kc = api.kubeconfig(dir.path());
-    let (first, _) = start_agent(&kc, &["--publish-status-address", "198.18.0.10"]);
+    let (first, _) = start_agent(
+        &kc,
+        &[
+            "--publish-status-address",
+            "198.18.0.10",
+            "--node-name",
+            "node-1",
+        ],
+    );
     wait_published(&api, "a", "198.18.0.10");
     let lease = api
         .lease("default", "ingress-ebpf-status")
@@ -432,7 +442,15 @@ fn the_lease_holder_publishes_ingress_status_and_a_follower_takes_over() {
     wait_published(&api, "b", "198.18.0.10");
 
     // A second agent follows: the Lease stays with the first.
-    let (second, _) = start_agent(&kc, &["--publish-status-address", "198.18.0.11"]);
+    let (second, _) = start_agent(
+        &kc,
+        &[
+            "--publish-status-address",
+            "198.18.0.11",
+            "--node-name",
+            "node-2",
+        ],
+    );
     for _ in 0..10 {
         assert_eq!(published(&api, "a").as_deref(), Some("198.18.0.10"));
         thread::sleep(Duration::from_millis(100));
@@ -442,6 +460,8 @@ fn the_lease_holder_publishes_ingress_status_and_a_follower_takes_over() {
         holder.as_str()
     );
     assert_eq!(published(&api, "x"), None);
+
+    wait_event_writes(&api, "broken", "ServiceNotFound", 1);
 
     // The first goes away without renewing: once the Lease expires the
     // second takes it and publishes its own address.
@@ -460,4 +480,173 @@ fn the_lease_holder_publishes_ingress_status_and_a_follower_takes_over() {
     assert_eq!(lease["spec"]["leaseTransitions"], 2);
     assert_eq!(published(&api, "x"), None);
     assert!(api.status_writes() >= 4);
+
+    // Events: the problem known before the takeover was written once, by
+    // the first agent; a new one after it, by the second.
+    api.apply_yaml(&manifests::ingress(
+        "broken2",
+        "broken2.test",
+        "/",
+        "missing",
+    ));
+    let w = wait_event_writes(&api, "broken2", "ServiceNotFound", 1);
+    assert_eq!(w[0].body["reportingInstance"], "node-2");
+    let w = event_writes(&api, "broken", "ServiceNotFound");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].body["reportingInstance"], "node-1");
+}
+
+/// The Event writes about Ingress `name` with `reason`.
+fn event_writes(api: &ApiServer, name: &str, reason: &str) -> Vec<support::apiserver::EventWrite> {
+    api.event_writes()
+        .into_iter()
+        .filter(|w| w.body["regarding"]["name"] == name && w.body["reason"] == reason)
+        .collect()
+}
+
+/// Waits (bounded) until Ingress `name` has `count` writes of `reason`.
+fn wait_event_writes(
+    api: &ApiServer,
+    name: &str,
+    reason: &str,
+    count: usize,
+) -> Vec<support::apiserver::EventWrite> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let w = event_writes(api, name, reason);
+        if w.len() >= count {
+            return w;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: {} {reason} Event writes, wanted {count}; all: {:?}",
+            w.len(),
+            api.event_writes()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn config_problems_become_warning_events_once_each() {
+    let rt = rt();
+    let a = backend(&rt, "a");
+    let api = ApiServer::start(&rt);
+    api.apply_yaml(&manifests::class());
+    api.apply_yaml(&manifests::service("svc-a", &[a.addr]));
+    api.apply_yaml(&manifests::ingress("a", "a.test", "/", "svc-a"));
+    // A backend Service that does not exist.
+    api.apply_yaml(&manifests::ingress("broken", "broken.test", "/", "missing"));
+    // A valid TLS Secret for s.test, in another namespace, named from
+    // `default` as `other/cert`.
+    let c = rcgen::generate_simple_self_signed(vec!["s.test".to_string()]).unwrap();
+    let other_der = c.cert.der().to_vec();
+    api.apply_yaml(
+        &secret(
+            "cert",
+            "kubernetes.io/tls",
+            &c.cert.pem(),
+            &c.signing_key.serialize_pem(),
+        )
+        .replace("namespace: default", "namespace: other"),
+    );
+    api.apply_yaml(&tls_ingress("x", "s.test", "svc-a", "other/cert"));
+    let dir = TempDir::new("cluster-events");
+    let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let https_s = https.to_string();
+    let (agent, http) = start_agent(
+        &api.kubeconfig(dir.path()),
+        &["--https-listen", &https_s, "--node-name", "node-e"],
+    );
+    assert_eq!(pod(http, "broken.test").0, 503);
+
+    // One Warning Event on the broken Ingress, by the Lease holder.
+    let w = wait_event_writes(&api, "broken", "ServiceNotFound", 1);
+    assert_eq!(w[0].method, "POST");
+    assert_eq!(w[0].namespace, "default");
+    let e = &w[0].body;
+    assert_eq!(e["type"], "Warning");
+    assert_eq!(e["note"], "Service default/missing not found");
+    assert_eq!(e["regarding"]["kind"], "Ingress");
+    assert_eq!(e["regarding"]["apiVersion"], "networking.k8s.io/v1");
+    assert_eq!(e["regarding"]["namespace"], "default");
+    assert_eq!(e["reportingController"], "ingress-ebpf");
+    assert_eq!(e["reportingInstance"], "node-e");
+    assert!(
+        api.lease("default", "ingress-ebpf-status").is_some(),
+        "Events written without a Lease"
+    );
+
+    // The cross-namespace Secret is refused with its own Event, and never
+    // served for the host.
+    let w = wait_event_writes(&api, "x", "TLSSecretCrossNamespace", 1);
+    assert!(
+        w[0].body["note"]
+            .as_str()
+            .unwrap()
+            .contains("namespace 'other'"),
+        "{:?}",
+        w[0].body
+    );
+    let client = support::tls_client::Client::h1();
+    let (_, seen) = rt.block_on(client.connect(https, Some("s.test"))).unwrap();
+    assert!(!seen.is_empty());
+    assert_ne!(seen, other_der, "another namespace's Secret was served");
+
+    // Unrelated changes re-apply the configuration: no repeat. A new
+    // problem in the last of them shows the writer has seen them all.
+    let b = backend(&rt, "b");
+    api.apply_yaml(&manifests::service("svc-b", &[b.addr]));
+    api.apply_yaml(&manifests::ingress("b", "b.test", "/", "svc-b"));
+    wait_for(http, "b.test", (200, "b"));
+    api.apply_yaml(&manifests::service("svc-a", &[b.addr]));
+    wait_for(http, "a.test", (200, "b"));
+    api.apply_yaml(&manifests::ingress("c", "c.test", "/", "gone"));
+    wait_event_writes(&api, "c", "ServiceNotFound", 1);
+    assert_eq!(event_writes(&api, "broken", "ServiceNotFound").len(), 1);
+    assert_eq!(event_writes(&api, "x", "TLSSecretCrossNamespace").len(), 1);
+
+    // Fixed (and seen fixed, by the same marker), then broken again: a
+    // second write, the same Event's series.
+    api.apply_yaml(&manifests::service("missing", &[a.addr]));
+    wait_for(http, "broken.test", (200, "a"));
+    api.apply_yaml(&manifests::ingress("d", "d.test", "/", "gone"));
+    wait_event_writes(&api, "d", "ServiceNotFound", 1);
+    assert_eq!(event_writes(&api, "broken", "ServiceNotFound").len(), 1);
+    assert!(api.delete("Service", "default", "missing"));
+    wait_for(http, "broken.test", (503, ""));
+    let w = wait_event_writes(&api, "broken", "ServiceNotFound", 2);
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert_eq!(w[1].method, "PATCH");
+    assert_eq!(w[1].name, w[0].name);
+    assert_eq!(w[1].body["series"]["count"], 2);
+    let held: Vec<_> = api
+        .events()
+        .into_iter()
+        .filter(|e| e["regarding"]["name"] == "broken")
+        .collect();
+    assert_eq!(held.len(), 1, "{held:?}");
+
+    // Counted by reason (once the write's answer is back); nothing
+    // dropped at this pace.
+    let writes = api.event_writes().len() as f64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&agent, "ingress_cluster_events_total") != writes {
+        assert!(
+            Instant::now() < deadline,
+            "ingress_cluster_events_total {} for {writes} writes",
+            metric(&agent, "ingress_cluster_events_total")
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        agent
+            .metrics()
+            .keys()
+            .any(|k| k.starts_with("ingress_cluster_events_total{")
+                && k.contains("reason=\"TLSSecretCrossNamespace\"")),
+        "{:?}",
+        agent.metrics()
+    );
+    assert_eq!(metric(&agent, "ingress_cluster_events_dropped_total"), 0.0);
 }

@@ -81,6 +81,13 @@ pub const ACCESS: &[Access] = &[
         why: "pod endpoints, their readiness and their node",
     },
     Access {
+        api_group: "events.k8s.io",
+        resource: "events",
+        verbs: &["create", "patch"],
+        scope: Scope::Cluster,
+        why: "Warning Events on Ingresses with configuration problems, in their namespace (leader only; patch for a series)",
+    },
+    Access {
         api_group: "coordination.k8s.io",
         resource: "leases",
         verbs: &["get", "create", "update"],

@@ -1,8 +1,10 @@
 //! Cluster mode (kube watchers, Ingress status, leader election, Events).
-//! The watchers live in `source::cluster`; status writing under a Lease
-//! here. Every API call cluster mode makes is fixed in `access`, so that the
-//! RBAC rules under `deploy/` have one source of truth to be checked against.
+//! The watchers live in `source::cluster`; status writing and Events (by
+//! the holder of a Lease) here. Every API call cluster mode makes is fixed
+//! in `access`, so that the RBAC rules under `deploy/` have one source of
+//! truth to be checked against.
 
 pub mod access;
+pub mod events;
 pub mod lease;
 pub mod status;

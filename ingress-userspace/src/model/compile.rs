@@ -9,7 +9,7 @@ use k8s_openapi::api::{
 
 use super::{
     Backend, BackendId, ClusterState, Diagnostic, Endpoint, ObjectKey, Snapshot, UpstreamProtocol,
-    endpoints, l4,
+    endpoints, l4, reason,
     router::{PathKind, RouterBuilder, normalize_prefix},
     snapshot::ServedIngress,
     tls,
@@ -93,6 +93,7 @@ pub fn compile_at(
         slices: endpoints::SliceIndex::new(state),
         backends: Vec::new(),
         backend_ids: HashMap::new(),
+        problem_reasons: HashMap::new(),
         diagnostics: Vec::new(),
     };
     let ours = our_ingresses(state, opts, &mut c.diagnostics);
@@ -116,8 +117,9 @@ pub fn compile_at(
     for (key, ing) in ours {
         let object = format!("Ingress {key}");
         let Some(spec) = ing.spec.as_ref() else {
-            c.diagnostics
-                .push(Diagnostic::error(&object, "spec", "missing"));
+            c.diagnostics.push(
+                Diagnostic::error(&object, "spec", "missing").with_reason(reason::INVALID_INGRESS),
+            );
             continue;
         };
         let mut hosts = Vec::new();
@@ -132,11 +134,16 @@ pub fn compile_at(
                     .as_ref()
                     .map(ToString::to_string)
                     .unwrap_or_default();
-                c.diagnostics.push(Diagnostic::warning(
-                    &object,
-                    "spec.defaultBackend",
-                    format!("ignored: the older Ingress {winner} already sets the default backend"),
-                ));
+                c.diagnostics.push(
+                    Diagnostic::warning(
+                        &object,
+                        "spec.defaultBackend",
+                        format!(
+                            "ignored: the older Ingress {winner} already sets the default backend"
+                        ),
+                    )
+                    .with_reason(reason::CONFLICT_LOST),
+                );
             }
         }
         for (ri, rule) in spec.rules.iter().flatten().enumerate() {
@@ -145,11 +152,10 @@ pub fn compile_at(
                 Some(h) => match validate_host(h) {
                     Ok(()) => Some(h.to_ascii_lowercase()),
                     Err(why) => {
-                        c.diagnostics.push(Diagnostic::error(
-                            &object,
-                            format!("spec.rules[{ri}].host"),
-                            why,
-                        ));
+                        c.diagnostics.push(
+                            Diagnostic::error(&object, format!("spec.rules[{ri}].host"), why)
+                                .with_reason(reason::INVALID_RULE),
+                        );
                         continue;
                     }
                 },
@@ -163,20 +169,26 @@ pub fn compile_at(
                     "Exact" => PathKind::Exact,
                     "Prefix" | "ImplementationSpecific" => PathKind::Prefix,
                     other => {
-                        c.diagnostics.push(Diagnostic::error(
-                            &object,
-                            format!("{field}.pathType"),
-                            format!("'{other}' is not Exact, Prefix or ImplementationSpecific"),
-                        ));
+                        c.diagnostics.push(
+                            Diagnostic::error(
+                                &object,
+                                format!("{field}.pathType"),
+                                format!("'{other}' is not Exact, Prefix or ImplementationSpecific"),
+                            )
+                            .with_reason(reason::INVALID_RULE),
+                        );
                         continue;
                     }
                 };
                 if !path.starts_with('/') {
-                    c.diagnostics.push(Diagnostic::error(
-                        &object,
-                        format!("{field}.path"),
-                        format!("'{path}' must start with '/'"),
-                    ));
+                    c.diagnostics.push(
+                        Diagnostic::error(
+                            &object,
+                            format!("{field}.path"),
+                            format!("'{path}' must start with '/'"),
+                        )
+                        .with_reason(reason::INVALID_RULE),
+                    );
                     continue;
                 }
                 let Some(id) = c.backend(
@@ -207,7 +219,7 @@ pub fn compile_at(
                             "conflict lost: host {} path {path} ({kind:?}) is already served by the older Ingress {winner}",
                             host.as_deref().unwrap_or("*")
                         ),
-                    ));
+                    ).with_reason(reason::CONFLICT_LOST));
                 }
             }
         }
@@ -259,11 +271,14 @@ fn path_policy(
             Some("true") => true,
             Some("false") => false,
             Some(other) => {
-                diagnostics.push(Diagnostic::warning(
-                    object,
-                    format!("metadata.annotations[{name}]"),
-                    format!("'{other}' is not \"true\" or \"false\"; {default} is used"),
-                ));
+                diagnostics.push(
+                    Diagnostic::warning(
+                        object,
+                        format!("metadata.annotations[{name}]"),
+                        format!("'{other}' is not \"true\" or \"false\"; {default} is used"),
+                    )
+                    .with_reason(reason::INVALID_ANNOTATION),
+                );
                 default
             }
         }
@@ -281,11 +296,14 @@ fn path_policy(
         Some("GRPC") => Some(UpstreamProtocol::H2c),
         Some("GRPCS") => Some(UpstreamProtocol::H2s),
         Some(other) => {
-            diagnostics.push(Diagnostic::warning(
-                object,
-                format!("metadata.annotations[{BACKEND_PROTOCOL_ANNOTATION}]"),
-                format!("'{other}' is not HTTP, HTTPS, GRPC or GRPCS; HTTP is used"),
-            ));
+            diagnostics.push(
+                Diagnostic::warning(
+                    object,
+                    format!("metadata.annotations[{BACKEND_PROTOCOL_ANNOTATION}]"),
+                    format!("'{other}' is not HTTP, HTTPS, GRPC or GRPCS; HTTP is used"),
+                )
+                .with_reason(reason::INVALID_ANNOTATION),
+            );
             None
         }
     };
@@ -399,6 +417,8 @@ struct Compiler<'a> {
     slices: endpoints::SliceIndex<'a>,
     backends: Vec<Backend>,
     backend_ids: HashMap<(ObjectKey, String, PathPolicy), BackendId>,
+    /// The Event reason of each backend's `problem`.
+    problem_reasons: HashMap<BackendId, &'static str>,
     diagnostics: Vec<Diagnostic>,
 }
 
@@ -421,7 +441,7 @@ impl Compiler<'_> {
                 "has neither service nor resource"
             };
             self.diagnostics
-                .push(Diagnostic::error(object, field, what));
+                .push(Diagnostic::error(object, field, what).with_reason(reason::INVALID_BACKEND));
             return None;
         };
         let key = ObjectKey::new(&ing.namespace, &svc.name);
@@ -432,11 +452,14 @@ impl Compiler<'_> {
         {
             Some(p) => p,
             None => {
-                self.diagnostics.push(Diagnostic::error(
-                    object,
-                    format!("{field}.service.port"),
-                    "needs a number or a name",
-                ));
+                self.diagnostics.push(
+                    Diagnostic::error(
+                        object,
+                        format!("{field}.service.port"),
+                        "needs a number or a name",
+                    )
+                    .with_reason(reason::INVALID_BACKEND),
+                );
                 return None;
             }
         };
@@ -449,11 +472,9 @@ impl Compiler<'_> {
         };
         if let Some(id) = self.backend_ids.get(&(key.clone(), port.clone(), policy)) {
             if let Some(problem) = &self.backends[id.0].problem {
-                self.diagnostics.push(Diagnostic::error(
-                    object,
-                    format!("{field}.service"),
-                    problem.clone(),
-                ));
+                let mut d = Diagnostic::error(object, format!("{field}.service"), problem.clone());
+                d.reason = self.problem_reasons.get(id).copied();
+                self.diagnostics.push(d);
             }
             return Some(*id);
         }
@@ -461,14 +482,15 @@ impl Compiler<'_> {
             Ok((_, sp)) => (self.endpoints_of(&key, sp), None, app_protocol(sp)),
             Err(problem) => (Vec::new(), Some(problem), None),
         };
-        if let Some(problem) = &problem {
-            self.diagnostics.push(Diagnostic::error(
-                object,
-                format!("{field}.service"),
-                problem.clone(),
-            ));
-        }
         let id = BackendId(self.backends.len());
+        let problem = problem.map(|(why, problem)| {
+            self.diagnostics.push(
+                Diagnostic::error(object, format!("{field}.service"), problem.clone())
+                    .with_reason(why),
+            );
+            self.problem_reasons.insert(id, why);
+            problem
+        });
         self.backends.push(Backend {
             label: Arc::from(format!("{key}:{port}")),
             service: key.clone(),
@@ -491,19 +513,23 @@ impl Compiler<'_> {
         &self,
         key: &ObjectKey,
         b: &IngressServiceBackend,
-    ) -> Result<(&Service, &ServicePort), String> {
-        let service = self
-            .state
-            .services
-            .get(key)
-            .ok_or_else(|| format!("Service {key} not found"))?;
-        let spec = service
-            .spec
-            .as_ref()
-            .ok_or_else(|| format!("Service {key} has no spec"))?;
+    ) -> Result<(&Service, &ServicePort), (&'static str, String)> {
+        let service = self.state.services.get(key).ok_or_else(|| {
+            (
+                reason::SERVICE_NOT_FOUND,
+                format!("Service {key} not found"),
+            )
+        })?;
+        let spec = service.spec.as_ref().ok_or_else(|| {
+            (
+                reason::SERVICE_NOT_FOUND,
+                format!("Service {key} has no spec"),
+            )
+        })?;
         if spec.type_.as_deref() == Some("ExternalName") {
-            return Err(format!(
-                "Service {key} is ExternalName, which is not supported"
+            return Err((
+                reason::SERVICE_UNSUPPORTED,
+                format!("Service {key} is ExternalName, which is not supported"),
             ));
         }
         let want = b.port.as_ref();
@@ -520,7 +546,10 @@ impl Compiler<'_> {
                 let w = want
                     .and_then(|w| w.number.map(|n| n.to_string()).or(w.name.clone()))
                     .unwrap_or_default();
-                format!("Service {key} has no port {w}")
+                (
+                    reason::SERVICE_PORT_NOT_FOUND,
+                    format!("Service {key} has no port {w}"),
+                )
             })?;
         Ok((service, sp))
     }

@@ -14,7 +14,7 @@ pub mod state;
 pub mod tls;
 
 pub use compile::{CompileOptions, PathPolicy, compile, compile_at};
-pub use diagnostics::{Diagnostic, Severity};
+pub use diagnostics::{Diagnostic, Severity, reason};
 pub use router::{RouteTarget, Router};
 pub use snapshot::{Backend, BackendId, Endpoint, Snapshot, UpstreamProtocol};
 pub use state::{ClusterState, ObjectKey};

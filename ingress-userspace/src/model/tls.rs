@@ -15,7 +15,7 @@ use k8s_openapi::api::{core::v1::Secret, networking::v1::Ingress};
 use rustls::{crypto::CryptoProvider, sign::CertifiedKey};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
-use super::{ClusterState, Diagnostic, ObjectKey, compile::validate_host};
+use super::{ClusterState, Diagnostic, ObjectKey, compile::validate_host, reason};
 
 /// The Secret keys a TLS Secret carries.
 pub const TLS_CRT: &str = "tls.crt";
@@ -393,19 +393,37 @@ pub fn compile_tls(
             .collect();
         for (ti, tls) in spec.tls.iter().flatten().enumerate() {
             let Some(name) = tls.secret_name.as_deref().filter(|n| !n.is_empty()) else {
-                diagnostics.push(Diagnostic::error(
-                    &object,
-                    format!("spec.tls[{ti}].secretName"),
-                    "missing: no certificate for these hosts (the default one answers)",
-                ));
+                diagnostics.push(
+                    Diagnostic::error(
+                        &object,
+                        format!("spec.tls[{ti}].secretName"),
+                        "missing: no certificate for these hosts (the default one answers)",
+                    )
+                    .with_reason(reason::TLS_SECRET_MISSING),
+                );
                 // The hosts still ask for HTTPS, so redirects apply.
-                for h in tls.hosts.iter().flatten() {
-                    if validate_host(h).is_ok() {
-                        table.add_tls_host(h.to_ascii_lowercase());
-                    }
-                }
+                add_hosts_without_certificate(&mut table, tls.hosts.iter().flatten());
                 continue;
             };
+            // secretName is a name in the Ingress's own namespace; a
+            // `namespace/name` form would let an Ingress serve another
+            // namespace's certificate and key, so it is refused and no
+            // Secret is looked up for it.
+            if let Some((other_ns, _)) = name.split_once('/') {
+                diagnostics.push(
+                    Diagnostic::error(
+                        &object,
+                        format!("spec.tls[{ti}].secretName"),
+                        format!(
+                            "'{name}' names a Secret in namespace '{other_ns}': only Secrets of the Ingress's namespace ({}) are used; no certificate for these hosts (the default one answers)",
+                            ing_key.namespace
+                        ),
+                    )
+                    .with_reason(reason::TLS_SECRET_CROSS_NAMESPACE),
+                );
+                add_hosts_without_certificate(&mut table, tls.hosts.iter().flatten());
+                continue;
+            }
             let secret_key = ObjectKey::new(&ing_key.namespace, name);
             // Without hosts, the entry covers the Ingress's rule hosts.
             let hosts: Vec<(String, String)> = match tls.hosts.as_ref().filter(|h| !h.is_empty()) {
@@ -421,11 +439,14 @@ pub fn compile_tls(
             };
             let cert = match loader.get(&secret_key) {
                 None => {
-                    diagnostics.push(Diagnostic::error(
-                        &object,
-                        format!("spec.tls[{ti}].secretName"),
-                        format!("Secret {secret_key} not found"),
-                    ));
+                    diagnostics.push(
+                        Diagnostic::error(
+                            &object,
+                            format!("spec.tls[{ti}].secretName"),
+                            format!("Secret {secret_key} not found"),
+                        )
+                        .with_reason(reason::TLS_SECRET_NOT_FOUND),
+                    );
                     None
                 }
                 Some((Err(problem), first)) => {
@@ -436,13 +457,27 @@ pub fn compile_tls(
                             problem.message.clone(),
                         ));
                     }
+                    // Said on the Ingress too, where its Event shows.
+                    diagnostics.push(
+                        Diagnostic::warning(
+                            &object,
+                            format!("spec.tls[{ti}].secretName"),
+                            format!(
+                                "Secret {secret_key} cannot serve: {}: {}",
+                                problem.field, problem.message
+                            ),
+                        )
+                        .with_reason(reason::TLS_SECRET_INVALID),
+                    );
                     None
                 }
                 Some((Ok(cert), _)) => Some(cert),
             };
             for (field, host) in hosts {
                 if let Err(why) = validate_host(&host) {
-                    diagnostics.push(Diagnostic::error(&object, field, why));
+                    diagnostics.push(
+                        Diagnostic::error(&object, field, why).with_reason(reason::INVALID_RULE),
+                    );
                     continue;
                 }
                 let host = host.to_ascii_lowercase();
@@ -455,7 +490,7 @@ pub fn compile_tls(
                             format!(
                                 "conflict lost: host {host} already takes its certificate from Secret {winner_secret} (older Ingress {winner})"
                             ),
-                        ));
+                        ).with_reason(reason::CONFLICT_LOST));
                     }
                     continue;
                 }
@@ -470,7 +505,7 @@ pub fn compile_tls(
                                     "the certificate of Secret {secret_key} does not cover host {host} (it names {})",
                                     c.names.join(", ")
                                 ),
-                            ));
+                            ).with_reason(reason::TLS_CERTIFICATE_MISMATCH));
                         }
                         table.insert(&host, c.clone());
                     }
@@ -522,6 +557,19 @@ pub fn compile_tls(
         };
     }
     table
+}
+
+/// Hosts of a spec.tls entry that has no usable Secret name: they still
+/// ask for HTTPS (redirects apply), and the default certificate answers.
+fn add_hosts_without_certificate<'a>(
+    table: &mut TlsTable,
+    hosts: impl Iterator<Item = &'a String>,
+) {
+    for h in hosts {
+        if validate_host(h).is_ok() {
+            table.add_tls_host(h.to_ascii_lowercase());
+        }
+    }
 }
 
 #[cfg(test)]

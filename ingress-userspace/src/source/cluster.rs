@@ -199,7 +199,14 @@ impl Stores {
     pub fn diagnostics(&self) -> Vec<Diagnostic> {
         self.bad
             .iter()
-            .map(|((kind, key), why)| Diagnostic::error(format!("{kind} {key}"), "", why.clone()))
+            .map(|((kind, key), why)| {
+                let d = Diagnostic::error(format!("{kind} {key}"), "", why.clone());
+                if *kind == <Ingress as k8s_openapi::Resource>::KIND {
+                    d.with_reason(crate::model::reason::INVALID_INGRESS)
+                } else {
+                    d
+                }
+            })
             .collect()
     }
 }

@@ -72,6 +72,8 @@ struct Db {
     leases: BTreeMap<(String, String), Value>,
     /// Ingress status patches applied.
     status_writes: usize,
+    /// Events (events.k8s.io/v1) as written: see `event_route`.
+    events: EventStore,
 }
 
 struct Inner {
@@ -397,6 +399,9 @@ fn merge(target: &mut Value, patch: &Value) {
 /// Ingress status (merge patch); everything else is `handle`.
 async fn route(req: Request<hyper::body::Incoming>, inner: Arc<Inner>) -> Response<Body> {
     let path = req.uri().path().to_string();
+    if let Some((ns, name)) = event_path(&path) {
+        return event_route(req, inner, ns, name).await;
+    }
     let method = req.method().clone();
     let lease = path
         .strip_prefix("/apis/coordination.k8s.io/v1/namespaces/")
@@ -608,4 +613,127 @@ fn handle(req: Request<hyper::body::Incoming>, inner: Arc<Inner>) -> Response<Bo
     r.headers_mut()
         .insert("content-type", "application/json".parse().unwrap());
     r
+}
+
+// Events: create and merge patch of events.k8s.io/v1 Events, as
+// kube-runtime's Recorder writes them (kept apart from the other routes).
+
+/// One write of an Event.
+#[derive(Clone, Debug)]
+pub struct EventWrite {
+    /// `POST` (create) or `PATCH`.
+    pub method: String,
+    pub namespace: String,
+    /// The Event's name.
+    pub name: String,
+    /// The body as sent.
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct EventStore {
+    /// (namespace, name) -> Event as held now.
+    objects: BTreeMap<(String, String), Value>,
+    writes: Vec<EventWrite>,
+}
+
+impl ApiServer {
+    /// The Events the server holds now, in (namespace, name) order.
+    pub fn events(&self) -> Vec<Value> {
+        let db = self.inner.db.lock().unwrap();
+        db.events.objects.values().cloned().collect()
+    }
+
+    /// Every Event write accepted so far, in order.
+    pub fn event_writes(&self) -> Vec<EventWrite> {
+        self.inner.db.lock().unwrap().events.writes.clone()
+    }
+}
+
+/// `/apis/events.k8s.io/v1/namespaces/NS/events[/NAME]`.
+fn event_path(path: &str) -> Option<(String, Option<String>)> {
+    let (ns, rest) = path
+        .strip_prefix("/apis/events.k8s.io/v1/namespaces/")?
+        .split_once("/events")?;
+    match rest {
+        "" => Some((ns.to_string(), None)),
+        r => r
+            .strip_prefix('/')
+            .filter(|n| !n.is_empty() && !n.contains('/'))
+            .map(|n| (ns.to_string(), Some(n.to_string()))),
+    }
+}
+
+/// POST on the collection creates (409 if the name is taken); PATCH on an
+/// Event merges the patch (404 if absent). Both are recorded.
+async fn event_route(
+    req: Request<hyper::body::Incoming>,
+    inner: Arc<Inner>,
+    ns: String,
+    name: Option<String>,
+) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    inner
+        .db
+        .lock()
+        .unwrap()
+        .requests
+        .push(format!("{method} {path}?"));
+    let bytes = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let Ok(body) = serde_json::from_slice::<Value>(&bytes) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &status(400, "BadRequest", "not JSON"),
+        );
+    };
+    let mut db = inner.db.lock().unwrap();
+    db.rv += 1;
+    let rv = db.rv.to_string();
+    let (key, held, code) = match (&method, name) {
+        (&hyper::Method::POST, None) => {
+            let Some(n) = body["metadata"]["name"].as_str().map(str::to_string) else {
+                return json_response(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &status(422, "Invalid", "metadata.name is required"),
+                );
+            };
+            let key = (ns.clone(), n);
+            if db.events.objects.contains_key(&key) {
+                return json_response(StatusCode::CONFLICT, &status(409, "AlreadyExists", &key.1));
+            }
+            let mut e = body.clone();
+            e["metadata"]["namespace"] = json!(ns);
+            (key, e, StatusCode::CREATED)
+        }
+        (&hyper::Method::PATCH, Some(n)) => {
+            let key = (ns.clone(), n);
+            let Some(mut e) = db.events.objects.get(&key).cloned() else {
+                return json_response(StatusCode::NOT_FOUND, &status(404, "NotFound", &key.1));
+            };
+            merge(&mut e, &body);
+            (key, e, StatusCode::OK)
+        }
+        _ => {
+            return json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &status(405, "MethodNotAllowed", "create and patch only"),
+            );
+        }
+    };
+    let mut held = held;
+    held["metadata"]["resourceVersion"] = json!(rv);
+    db.events.writes.push(EventWrite {
+        method: method.to_string(),
+        namespace: key.0.clone(),
+        name: key.1.clone(),
+        body,
+    });
+    db.events.objects.insert(key, held.clone());
+    json_response(code, &held)
 }

@@ -1,6 +1,6 @@
 use super::*;
 use crate::{
-    model::{RouteTarget, Severity},
+    model::{RouteTarget, Severity, reason},
     source::manifest::parse_into,
 };
 
@@ -390,4 +390,115 @@ fn compile_is_deterministic() {
     assert_eq!(x.backends, y.backends);
     assert_eq!(x.served, y.served);
     assert_eq!(x.diagnostics, y.diagnostics);
+}
+
+/// A kubernetes.io/tls Secret `ns/name` with a fresh self-signed
+/// certificate for `host`.
+fn tls_secret(ns: &str, name: &str, host: &str) -> String {
+    let c = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
+    format!(
+        "\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\ntype: kubernetes.io/tls\nstringData: {{\"tls.crt\": {}, \"tls.key\": {}}}\n",
+        serde_json::to_string(&c.cert.pem()).unwrap(),
+        serde_json::to_string(&c.signing_key.serialize_pem()).unwrap()
+    )
+}
+
+#[test]
+fn a_tls_secret_of_another_namespace_is_refused_and_never_read() {
+    let spec = |secret: &str| {
+        format!(
+            "  tls:\n  - {{hosts: [s.test], secretName: \"{secret}\"}}\n{}",
+            rules(&[rule("s.test", "/", "Prefix", "a", "number: 80")])
+        )
+    };
+    let yaml = [
+        CLASS_DEFAULT.to_string(),
+        service("web", "a", "198.18.1.1"),
+        // The Secret exists and is valid, but in namespace `other`; and a
+        // Secret literally named like the reference in `web` cannot exist.
+        tls_secret("other", "cert", "s.test"),
+        ingress("web", "i", None, "", &spec("other/cert")),
+    ]
+    .concat();
+    let snap = compile(&state(&yaml), &opts());
+    let d: Vec<_> = snap
+        .diagnostics
+        .iter()
+        .filter(|d| d.object == "Ingress web/i")
+        .collect();
+    assert_eq!(d.len(), 1, "{:?}", snap.diagnostics);
+    assert_eq!(d[0].severity, Severity::Error);
+    assert_eq!(d[0].field, "spec.tls[0].secretName");
+    assert_eq!(d[0].reason, Some(reason::TLS_SECRET_CROSS_NAMESPACE));
+    assert!(d[0].message.contains("namespace 'other'"), "{}", d[0]);
+    // No certificate for the host (the default one answers), but it still
+    // asks for HTTPS, and its plain HTTP route stays.
+    assert!(snap.tls.resolve(Some("s.test")).is_none());
+    assert!(snap.tls.certificates().is_empty());
+    assert!(snap.tls.has_host("s.test"));
+    assert!(backend_of(&snap, Some("s.test"), "/").is_some());
+
+    // The same Secret named from its own namespace is served.
+    let own = [
+        CLASS_DEFAULT.to_string(),
+        service("other", "a", "198.18.1.1"),
+        tls_secret("other", "cert", "s.test"),
+        ingress("other", "i", None, "", &spec("cert")),
+    ]
+    .concat();
+    let snap = compile(&state(&own), &opts());
+    assert!(snap.diagnostics.is_empty(), "{:?}", snap.diagnostics);
+    assert_eq!(
+        snap.tls
+            .resolve(Some("s.test"))
+            .map(|c| c.secret.to_string()),
+        Some("other/cert".to_string())
+    );
+}
+
+#[test]
+fn ingress_problems_carry_their_event_reason() {
+    let yaml = [
+        CLASS_DEFAULT.to_string(),
+        service("web", "a", "198.18.1.1"),
+        ingress(
+            "web",
+            "old",
+            Some("2026-01-01T00:00:00Z"),
+            "",
+            &rules(&[rule("h", "/", "Prefix", "a", "number: 80")]),
+        ),
+        ingress(
+            "web",
+            "new",
+            Some("2026-01-02T00:00:00Z"),
+            "",
+            &format!(
+                "  tls:\n  - {{hosts: [h], secretName: nowhere}}\n{}",
+                rules(&[
+                    rule("h", "/", "Prefix", "a", "number: 80"),
+                    rule("g", "/", "Prefix", "gone", "number: 80"),
+                    rule("g", "/p", "Prefix", "a", "number: 81"),
+                    rule("g", "/e", "Exactly", "a", "number: 80"),
+                ])
+            ),
+        ),
+    ]
+    .concat();
+    let snap = compile(&state(&yaml), &opts());
+    let reasons: Vec<_> = snap
+        .diagnostics
+        .iter()
+        .filter(|d| d.object == "Ingress web/new")
+        .filter_map(|d| d.reason)
+        .collect();
+    for want in [
+        reason::TLS_SECRET_NOT_FOUND,
+        reason::CONFLICT_LOST,
+        reason::SERVICE_NOT_FOUND,
+        reason::SERVICE_PORT_NOT_FOUND,
+        reason::INVALID_RULE,
+    ] {
+        assert!(reasons.contains(&want), "{want}: {:?}", snap.diagnostics);
+    }
 }
