@@ -1,8 +1,12 @@
 //! Cluster mode (kube watchers, Ingress status, leader election, Events).
 //! The watchers live in `source::cluster`; status writing under a Lease
-//! here. Every API call cluster mode makes is fixed in `access`, so that the
-//! RBAC rules under `deploy/` have one source of truth to be checked against.
+//! here (the addresses it shows in `addresses`). Every API call cluster
+//! mode makes is fixed in `access`, so that the RBAC rules under `deploy/`
+//! have one source of truth to be checked against.
 
 pub mod access;
+pub mod addresses;
 pub mod lease;
+#[cfg(test)]
+mod mock;
 pub mod status;
