@@ -2,7 +2,8 @@
 //! end-to-end tests: list and watch (chunked JSON event streams, bookmarks,
 //! `410 Gone` as an ERROR event for a resource version older than what it
 //! keeps) of the six kinds the agent watches, objects set and deleted by the
-//! test, and a kubeconfig pointing at it. It can be stopped (every
+//! test, Leases and Ingress status writes (recorded with the request's
+//! token), and a kubeconfig pointing at it. It can be stopped (every
 //! connection dropped) and started again on the same port with a newer
 //! resource version base, which expires every watch the agent had.
 
@@ -449,8 +450,9 @@ fn merge(target: &mut Value, patch: &Value) {
     }
 }
 
-/// Writes: Leases (get, create, update with a resourceVersion check) and
-/// Ingress status (merge patch); everything else is `handle`.
+/// Writes: Leases (get, list by label, create, update with a
+/// resourceVersion check) and Ingress status (merge patch), each write
+/// recorded with its token; everything else is `handle`.
 async fn route(req: Request<hyper::body::Incoming>, inner: Arc<Inner>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
