@@ -149,8 +149,9 @@ pub fn live_nodes(leases: &[Lease], class: &str, now: Timestamp) -> Vec<String> 
     let mut nodes: Vec<String> = leases
         .iter()
         .filter(|l| {
-            let spec = l.spec.clone().unwrap_or_default();
-            !spec.holder_identity.unwrap_or_default().is_empty() && !expired_ref(l, now)
+            l.spec.as_ref().is_some_and(|s| {
+                s.holder_identity.as_deref().is_some_and(|h| !h.is_empty()) && !expired(s, now)
+            })
         })
         .filter_map(|l| l.metadata.name.as_deref()?.strip_prefix(&prefix))
         .filter(|n| !n.is_empty())
@@ -159,10 +160,6 @@ pub fn live_nodes(leases: &[Lease], class: &str, now: Timestamp) -> Vec<String> 
     nodes.sort();
     nodes.dedup();
     nodes
-}
-
-fn expired_ref(l: &Lease, now: Timestamp) -> bool {
-    l.spec.as_ref().is_none_or(|s| expired(s, now))
 }
 
 /// What the election says: `None` while following, `Some(nodes)` while
