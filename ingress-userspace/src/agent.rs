@@ -15,7 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::{
     admin::{self, AdminState},
     cli::{ConfigOpts, OnExit, RunOpts},
-    cluster::{events, lease, status},
+    cluster::{addresses, events, lease, status},
     datapath::{
         Datapath, DatapathConfig, LoadOptions, counters::DatapathCollector, l4maps::L4Maps,
         pin::PinLayout,
@@ -141,14 +141,23 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
         Some(_) => Some(tls::acceptor(proxy.clone()).context("setting up TLS")?),
         None => None,
     };
-    let status_address = opts.publish_status_address.clone().or_else(|| {
-        (!opts.http_listen.ip().is_unspecified()).then(|| opts.http_listen.ip().to_string())
-    });
+    // What `/status/ingresses` shows (in cluster mode the API's Ingress
+    // status is written by the Lease holder, see `start_source`).
+    let status_addresses = if opts.publish_status_address.is_empty() {
+        (!opts.http_listen.ip().is_unspecified())
+            .then(|| opts.http_listen.ip().to_string())
+            .into_iter()
+            .collect()
+    } else {
+        opts.publish_status_address.clone()
+    };
+    let status_source =
+        addresses::Source::from_flags(&opts.publish_status_address, opts.publish_service.as_ref());
     let applier = Applier {
         proxy: proxy.clone(),
         admin: state.clone(),
         compile_options: opts.config.compile_options(),
-        status_address,
+        status_addresses,
         problems: None,
         generation: 0,
         l4_maps,
@@ -156,7 +165,15 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let source_task = start_source(&opts.config, applier, cluster_latency, event_metrics).await?;
+    let (source_task, lease_task) = start_source(
+        &opts.config,
+        applier,
+        cluster_latency,
+        status_source,
+        event_metrics,
+        stop_rx.clone(),
+    )
+    .await?;
     if let Some(dp) = &mut datapath {
         dp.attach(&dp_config)?;
     }
@@ -189,6 +206,8 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
     };
     tracing::info!(signal = which, "shutting down: not ready, draining");
     state.set_ready(false);
+    // Also tells the Lease loop to stop leading and release its Leases
+    // (within lease::RELEASE_TIMEOUT), while the proxy drains.
     let _ = stop_tx.send(true);
     let _ = tokio::task::spawn_blocking(move || {
         for t in worker_threads {
@@ -196,6 +215,10 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
         }
     })
     .await;
+    if let Some(lease_task) = lease_task {
+        // Bounded inside; this bound only guards against a stuck task.
+        let _ = tokio::time::timeout(lease::RELEASE_TIMEOUT * 2, lease_task).await;
+    }
     source_task.abort();
     let _ = admin_task.await;
     match (datapath, opts.on_exit) {
@@ -235,13 +258,21 @@ fn load_options(opts: &RunOpts) -> LoadOptions {
 /// (`--kubeconfig`, or the in-cluster configuration when neither is given),
 /// or, outside a cluster with neither, an empty configuration. With
 /// manifests the first snapshot is applied before this returns; in cluster
-/// mode once every watcher has listed (readiness follows it).
+/// mode once every watcher has listed (readiness follows it). In cluster
+/// mode it also starts the Lease loop and the status writer (`status`: where
+/// the addresses come from); the second handle is the Lease loop, which
+/// ends once `stop` turns true and its Leases are released.
 async fn start_source(
     config: &ConfigOpts,
     mut applier: Applier,
     cluster_latency: Option<prometheus_client::metrics::histogram::Histogram>,
+    status: addresses::Source,
     event_metrics: Option<events::EventMetrics>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<(
+    tokio::task::JoinHandle<()>,
+    Option<tokio::task::JoinHandle<()>>,
+)> {
     if config.manifests.is_empty() {
         let source = match &config.kubeconfig {
             Some(path) => cluster::ClientSource::Kubeconfig(path),
@@ -254,28 +285,40 @@ async fn start_source(
                      (KUBERNETES_SERVICE_HOST unset): serving an empty configuration"
                 );
                 applier.apply(ClusterState::default(), Vec::new(), Instant::now());
-                return Ok(tokio::spawn(async {}));
+                return Ok((tokio::spawn(async {}), None));
             }
         };
         let client = cluster::client(source).await?;
         tracing::info!(namespace = ?config.watch_namespace, "cluster mode: watching the API server");
-        // One Lease elects the agent that writes Ingress status (when there
-        // is an address to publish) and Events.
-        let (leader_tx, leader_rx) = watch::channel(false);
-        let lease_name = format!("{}-status", config.ingress_class);
-        let identity = format!("{}_{}", config.node_name(), std::process::id());
+        let (view_tx, view_rx) = watch::channel(status::View::default());
+        let (leader_tx, leader_rx) = watch::channel(None);
+        let node = config.node_name();
+        let identity = format!("{node}_{}", std::process::id());
         let namespace = client.default_namespace().to_string();
-        tracing::info!(lease = %lease_name, namespace = %namespace, identity = %identity, address = ?applier.status_address, "writing Ingress status and Events when leader");
-        let mut status_tasks = vec![tokio::spawn(lease::run(
+        let publish_service = match &status {
+            addresses::Source::Service(key) => Some(key.clone()),
+            _ => None,
+        };
+        // Presence Leases only matter when status shows the nodes.
+        let presence = (status == addresses::Source::Nodes).then_some(node.as_str());
+        tracing::info!(
+            lease = %lease::election_name(&config.ingress_class),
+            namespace = %namespace,
+            identity = %identity,
+            addresses = ?status,
+            "writing Ingress status and Events when leader"
+        );
+        let elector = lease::Elector::new(
             client.clone(),
-            namespace,
-            lease_name,
-            identity,
-            leader_tx,
-        ))];
+            &namespace,
+            &config.ingress_class,
+            &identity,
+            presence,
+        );
+        let lease_task = tokio::spawn(lease::run(elector, leader_tx, stop));
         let (problems_tx, problems_rx) = watch::channel(Vec::new());
         applier.problems = Some(problems_tx);
-        status_tasks.push(tokio::spawn(events::run(
+        let events_writer = tokio::spawn(events::run(
             events::Writer::new(
                 client.clone(),
                 config.node_name(),
@@ -283,27 +326,25 @@ async fn start_source(
             ),
             problems_rx,
             leader_rx.clone(),
-        )));
-        let served_tx = applier.status_address.clone().map(|address| {
-            let (served_tx, served_rx) = watch::channel(Vec::new());
-            status_tasks.push(tokio::spawn(status::run(
-                client.clone(),
-                address,
-                served_rx,
-                leader_rx,
-            )));
-            served_tx
-        });
+        ));
+        let writer = tokio::spawn(status::run(
+            status::Writer::new(client.clone(), status),
+            view_rx,
+            leader_rx,
+        ));
         let watchers = cluster::start(
             client,
             config.watch_namespace.clone(),
             cluster_latency.unwrap_or_else(|| cluster::register_latency(&mut Registry::default())),
-            served_tx,
+            Some(cluster::StatusFeed {
+                tx: view_tx,
+                publish_service,
+            }),
             move |state, diags, started| applier.apply(state, diags, started),
         );
-        return Ok(tokio::spawn(async move {
-            // Aborting this task aborts the watchers, the election and the
-            // status and Events writers.
+        let source_task = tokio::spawn(async move {
+            // Aborting this task aborts the watchers and the status and Events
+            // writers.
             struct AbortAll(Vec<tokio::task::JoinHandle<()>>);
             impl Drop for AbortAll {
                 fn drop(&mut self) {
@@ -312,11 +353,10 @@ async fn start_source(
                     }
                 }
             }
-            let mut all = status_tasks;
-            all.push(watchers);
-            let _guard = AbortAll(all);
+            let _guard = AbortAll(vec![writer, events_writer, watchers]);
             std::future::pending::<()>().await
-        }));
+        });
+        return Ok((source_task, Some(lease_task)));
     }
     let paths = config.manifests.clone();
     let (watcher, mut events) = files::watch(&paths)?;
@@ -324,7 +364,7 @@ async fn start_source(
     let mut cache = files::ManifestCache::default();
     let (state, diags) = cache.load(&paths);
     applier.apply(state, diags, started);
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let _watcher = watcher;
         while events.recv().await.is_some() {
             let started = Instant::now();
@@ -345,7 +385,8 @@ async fn start_source(
                 Err(e) => tracing::error!(error = %e, "reloading manifests"),
             }
         }
-    }))
+    });
+    Ok((task, None))
 }
 
 /// Compiles states and swaps the results in.
@@ -353,7 +394,8 @@ struct Applier {
     proxy: Arc<Proxy>,
     admin: Arc<AdminState>,
     compile_options: CompileOptions,
-    status_address: Option<String>,
+    /// What `/status/ingresses` shows.
+    status_addresses: Vec<String>,
     /// Cluster mode: where each snapshot's Ingress problems go, for the
     /// Events writer.
     problems: Option<watch::Sender<Vec<events::Problem>>>,
@@ -406,7 +448,7 @@ impl Applier {
                 Err(e) => tracing::error!(error = %e, "writing the L4 maps"),
             }
         }
-        let status = status_json(&snapshot, self.status_address.as_deref());
+        let status = status_json(&snapshot, &self.status_addresses);
         let served = snapshot.served.iter().map(|s| s.key.clone()).collect();
         let (routes, backends, diagnostics) = (
             snapshot.router.tables().len(),
@@ -433,9 +475,10 @@ impl Applier {
     }
 }
 
-/// The Ingresses served and the address their status shows, as JSON for
+/// The Ingresses served and the addresses their status shows, as JSON for
 /// the admin listener's `/status/ingresses`.
-fn status_json(snapshot: &Snapshot, address: Option<&str>) -> String {
+fn status_json(snapshot: &Snapshot, addresses: &[String]) -> String {
+    let entries: Vec<_> = addresses.iter().map(|a| addresses::entry(a)).collect();
     let items: Vec<serde_json::Value> = snapshot
         .served
         .iter()
@@ -444,7 +487,7 @@ fn status_json(snapshot: &Snapshot, address: Option<&str>) -> String {
                 "namespace": s.key.namespace,
                 "name": s.key.name,
                 "hosts": s.hosts,
-                "loadBalancer": {"ingress": address.map(|a| vec![serde_json::json!({"ip": a})]).unwrap_or_default()},
+                "loadBalancer": {"ingress": entries},
             })
         })
         .collect();

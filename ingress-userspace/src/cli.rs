@@ -363,10 +363,20 @@ pub struct RunOpts {
     #[arg(long, default_value = "0.0.0.0:443", value_parser = parse_listen)]
     pub https_listen: Listen,
 
-    /// The address Ingress status shows (defaults to the HTTP listener's
-    /// address when it is not a wildcard).
-    #[arg(long)]
-    pub publish_status_address: Option<String>,
+    /// The addresses (IPs or host names) Ingress status shows, as
+    /// ingress-nginx's flag: repeat it or give a comma-separated list. First
+    /// in precedence, before --publish-service and the ingress nodes'
+    /// addresses. In standalone mode `/status/ingresses` shows them (else
+    /// the HTTP listener's address when it is not a wildcard).
+    #[arg(long, value_name = "ADDRESS", value_delimiter = ',', value_parser = parse_status_address)]
+    pub publish_status_address: Vec<String>,
+
+    /// Cluster mode: Ingress status shows the load balancer addresses
+    /// (`status.loadBalancer.ingress`, then `spec.externalIPs`) of this
+    /// Service, NAMESPACE/NAME, and follows them. Unless
+    /// --publish-status-address is given.
+    #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_object_key, conflicts_with = "manifests")]
+    pub publish_service: Option<crate::model::ObjectKey>,
 
     #[command(flatten)]
     pub config: ConfigOpts,
@@ -385,6 +395,15 @@ pub struct RunOpts {
     /// `detach` removes links and pins so nothing stays attached.
     #[arg(long, value_enum, default_value_t = OnExit::Keep)]
     pub on_exit: OnExit,
+}
+
+/// One status address: an IP or a host name, trimmed, never empty.
+fn parse_status_address(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.is_empty() || t.contains(char::is_whitespace) || t.contains('/') {
+        return Err(format!("'{s}' is not an IP address or a host name"));
+    }
+    Ok(t.to_string())
 }
 
 /// A listener address, or `off` for no listener.
@@ -500,6 +519,33 @@ mod tests {
         let e = run_opts(&["--kubeconfig", "/k", "--manifests", "/m"]).unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
         let e = run_opts(&["--watch-namespace", "a", "--manifests", "/m"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn status_address_flags() {
+        let o = run_opts(&[
+            "--publish-status-address",
+            "198.18.0.1, lb.example",
+            "--publish-status-address",
+            "fd00::1",
+            "--publish-service",
+            "ingress/edge",
+        ])
+        .unwrap();
+        assert_eq!(
+            o.publish_status_address,
+            ["198.18.0.1", "lb.example", "fd00::1"]
+        );
+        assert_eq!(
+            o.publish_service,
+            Some(crate::model::ObjectKey::new("ingress", "edge"))
+        );
+        let o = run_opts(&[]).unwrap();
+        assert!(o.publish_status_address.is_empty() && o.publish_service.is_none());
+        assert!(run_opts(&["--publish-service", "edge"]).is_err());
+        assert!(run_opts(&["--publish-status-address", "a,,b"]).is_err());
+        let e = run_opts(&["--publish-service", "a/b", "--manifests", "/m"]).unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 

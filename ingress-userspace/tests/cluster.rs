@@ -650,3 +650,207 @@ fn config_problems_become_warning_events_once_each() {
     );
     assert_eq!(metric(&agent, "ingress_cluster_events_dropped_total"), 0.0);
 }
+
+/// Every address (`ip`, else `hostname`) the API holds in Ingress `name`'s
+/// status, in order.
+fn shown(api: &ApiServer, name: &str) -> Vec<String> {
+    let Some(i) = api.get("ingresses", "default", name) else {
+        return Vec::new();
+    };
+    i["status"]["loadBalancer"]["ingress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["ip"].as_str().or(e["hostname"].as_str()))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits (bounded) until Ingress `name` shows exactly `want`.
+fn wait_shown(api: &ApiServer, name: &str, want: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while shown(api, name) != want {
+        assert!(
+            Instant::now() < deadline,
+            "{name}: status {:?}, wanted {want:?}",
+            shown(api, name)
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A Node with `addresses` as (type, address).
+fn node(name: &str, addresses: &[(&str, &str)]) -> serde_json::Value {
+    let addresses: Vec<_> = addresses
+        .iter()
+        .map(|(t, a)| serde_json::json!({"type": t, "address": a}))
+        .collect();
+    serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+                       "status": {"addresses": addresses}})
+}
+
+/// The agent in cluster mode on loopback with a kubeconfig of its own
+/// (bearer token `token`, so the double tells its writes apart) as node
+/// `node`.
+fn start_agent_as(api: &ApiServer, dir: &TempDir, token: &str, node: &str) -> Agent {
+    let kc = api.kubeconfig_with_token(dir.path(), token);
+    start_agent(&kc, &["--node-name", node]).0
+}
+
+#[test]
+fn one_agent_writes_the_ingress_nodes_addresses_and_hands_over_on_sigterm() {
+    const ELECTION: &str = "ingress-ebpf-status";
+    let rt = rt();
+    let a = backend(&rt, "a");
+    let api = ApiServer::start(&rt);
+    api.apply_yaml(&manifests::class());
+    api.apply_yaml(&manifests::service("svc-a", &[a.addr]));
+    api.apply_yaml(&manifests::ingress("web", "web.test", "/", "svc-a"));
+    api.apply_yaml(&manifests::ingress("moving", "moving.test", "/", "svc-a"));
+    // Another controller's Ingress, with the status it wrote.
+    let mut foreign: serde_json::Value = serde_yaml::from_str(
+        &manifests::ingress("foreign", "foreign.test", "/", "svc-a")
+            .replace("spec:\n", "spec:\n  ingressClassName: someone-else\n"),
+    )
+    .unwrap();
+    foreign["status"] = serde_json::json!({"loadBalancer": {"ingress": [{"ip": "198.18.7.7"}]}});
+    api.apply(foreign);
+    // n1 has external addresses (both families), which win over its
+    // internal one; n2 only an internal one. n3 runs no agent.
+    api.apply(node(
+        "n1",
+        &[
+            ("Hostname", "n1"),
+            ("InternalIP", "198.18.0.1"),
+            ("ExternalIP", "198.19.0.1"),
+            ("ExternalIP", "fd00::1"),
+        ],
+    ));
+    api.apply(node("n2", &[("InternalIP", "198.18.0.2")]));
+    api.apply(node("n3", &[("InternalIP", "198.18.0.3")]));
+    let dir = TempDir::new("cluster-nodes");
+
+    let first = start_agent_as(&api, &dir, "agent-1", "n1");
+    wait_shown(&api, "web", &["198.19.0.1", "fd00::1"]);
+    let second = start_agent_as(&api, &dir, "agent-2", "n2");
+    // The leader lists the second agent's presence Lease: both nodes.
+    let both = ["198.18.0.2", "198.19.0.1", "fd00::1"];
+    wait_shown(&api, "web", &both);
+    wait_shown(&api, "moving", &both);
+    let presence = api.lease("default", "ingress-ebpf-node-n2").unwrap();
+    assert_eq!(
+        presence["metadata"]["labels"]["ingress.ebpf.io/class"],
+        "ingress-ebpf"
+    );
+
+    // An Ingress moved to another class gets its status cleared; the
+    // other controller's Ingress is never touched.
+    let moved = manifests::ingress("moving", "moving.test", "/", "svc-a")
+        .replace("spec:\n", "spec:\n  ingressClassName: someone-else\n");
+    api.update_keeping_status(&moved);
+    wait_shown(&api, "moving", &[]);
+    let cleared = api.get("ingresses", "default", "moving").unwrap();
+    assert_eq!(cleared["status"]["loadBalancer"], serde_json::json!({}));
+    assert_eq!(shown(&api, "foreign"), ["198.18.7.7"]);
+
+    // Exactly one agent wrote status, and only the first ever held the
+    // election Lease; the second wrote nothing but its presence.
+    let writes = api.writes();
+    let status_writers: Vec<&str> = writes
+        .iter()
+        .filter(|w| w.resource == "ingresses/status")
+        .map(|w| w.token.as_str())
+        .collect();
+    assert!(status_writers.len() >= 3, "{status_writers:?}");
+    assert!(
+        status_writers.iter().all(|t| *t == "agent-1"),
+        "{status_writers:?}"
+    );
+    assert!(
+        !writes
+            .iter()
+            .any(|w| w.token == "agent-1" && w.name == "foreign"),
+        "another class's Ingress was written"
+    );
+    for w in writes.iter().filter(|w| w.token == "agent-2") {
+        assert_eq!(w.name, "ingress-ebpf-node-n2", "{w:?}");
+    }
+
+    // SIGTERM: the leader releases the election Lease and its presence
+    // Lease on the way out.
+    let (status, log) = first.stop(libc::SIGTERM);
+    assert!(status.success(), "{log}");
+    let writes = api.writes();
+    let exited = writes.len();
+    let last_of_first = writes
+        .iter()
+        .rev()
+        .find(|w| w.token == "agent-1" && w.name == ELECTION)
+        .expect("the first agent wrote the election Lease");
+    let spec = &last_of_first.object["spec"];
+    assert_eq!(spec["holderIdentity"], "", "not released: {spec}");
+    assert_eq!(spec["leaseDurationSeconds"], 1, "{spec}");
+    assert_eq!(spec["leaseTransitions"], 1, "{spec}");
+    let gone = api.lease("default", "ingress-ebpf-node-n1").unwrap();
+    assert_eq!(gone["spec"]["holderIdentity"], "", "{gone}");
+
+    // The second takes the released Lease and shows its node only.
+    wait_shown(&api, "web", &["198.18.0.2"]);
+    let lease = api.lease("default", ELECTION).unwrap();
+    assert!(
+        lease["spec"]["holderIdentity"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("_{}", second.pid())),
+        "{lease}"
+    );
+    assert_eq!(lease["spec"]["leaseTransitions"], 2, "{lease}");
+    let after: Vec<_> = api.writes()[exited..]
+        .iter()
+        .filter(|w| w.resource == "ingresses/status")
+        .map(|w| w.token.clone())
+        .collect();
+    assert!(!after.is_empty());
+    assert!(after.iter().all(|t| t == "agent-2"), "{after:?}");
+    // The moved Ingress stays cleared; the foreign one untouched.
+    assert!(shown(&api, "moving").is_empty());
+    assert_eq!(shown(&api, "foreign"), ["198.18.7.7"]);
+    drop(second);
+}
+
+#[test]
+fn publish_service_follows_the_services_load_balancer_addresses() {
+    let rt = rt();
+    let a = backend(&rt, "a");
+    let api = ApiServer::start(&rt);
+    api.apply_yaml(&manifests::class());
+    api.apply_yaml(&manifests::service("svc-a", &[a.addr]));
+    api.apply_yaml(&manifests::ingress("web", "web.test", "/", "svc-a"));
+    api.apply(node("n1", &[("InternalIP", "198.18.0.1")]));
+    let edge = |lb: serde_json::Value| {
+        serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "edge", "namespace": "ingress-ebpf"},
+            "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]},
+            "status": {"loadBalancer": {"ingress": lb}}})
+    };
+    api.apply(edge(serde_json::json!([{"ip": "198.18.8.1"}])));
+    let dir = TempDir::new("cluster-publish-service");
+    let kc = api.kubeconfig(dir.path());
+    let (_agent, _) = start_agent(
+        &kc,
+        &[
+            "--node-name",
+            "n1",
+            "--publish-service",
+            "ingress-ebpf/edge",
+        ],
+    );
+    wait_shown(&api, "web", &["198.18.8.1"]);
+    // The load balancer's address changes: status follows.
+    api.apply(edge(
+        serde_json::json!([{"ip": "198.18.8.2"}, {"hostname": "edge.test"}]),
+    ));
+    wait_shown(&api, "web", &["198.18.8.2", "edge.test"]);
+    // No presence Lease: the nodes are not what status shows.
+    assert!(api.lease("default", "ingress-ebpf-node-n1").is_none());
+}

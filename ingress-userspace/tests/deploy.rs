@@ -743,7 +743,7 @@ fn a_missing_lease_verb_fails() {
     let e = broken(&json_patch(
         "Role",
         "ingress-ebpf-leader",
-        "- op: test\n  path: /rules/0/verbs/1\n  value: create\n- op: remove\n  path: /rules/0/verbs/1",
+        "- op: test\n  path: /rules/0/verbs/2\n  value: create\n- op: remove\n  path: /rules/0/verbs/2",
     ));
     assert!(
         e.contains("create coordination.k8s.io/leases (Namespaced)"),

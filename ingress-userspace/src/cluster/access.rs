@@ -90,9 +90,9 @@ pub const ACCESS: &[Access] = &[
     Access {
         api_group: "coordination.k8s.io",
         resource: "leases",
-        verbs: &["get", "create", "update"],
+        verbs: &["get", "list", "create", "update"],
         scope: Scope::Namespaced,
-        why: "leader election for status writing, in the agent's namespace",
+        why: "leader election for status writing, and each agent's presence Lease (listed by the leader to know the ingress nodes), in the agent's namespace",
     },
 ];
 

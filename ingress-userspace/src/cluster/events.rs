@@ -304,20 +304,20 @@ impl Writer {
     }
 }
 
-/// Reports new problems while `leader` is true, until the channels close.
+/// Reports new problems while `leader` is `Some`, until the channels close.
 /// Waits for the first election round first, so that an agent that wins
 /// the Lease at start reports what is already wrong.
 pub async fn run(
     mut writer: Writer,
     mut problems: watch::Receiver<Vec<Problem>>,
-    mut leader: watch::Receiver<bool>,
+    mut leader: watch::Receiver<crate::cluster::lease::Leadership>,
 ) {
     if leader.changed().await.is_err() {
         return;
     }
     let mut tracker = Tracker::default();
     loop {
-        let is_leader = *leader.borrow_and_update();
+        let is_leader = leader.borrow_and_update().is_some();
         let current = problems.borrow_and_update().clone();
         for p in tracker.update(&current, is_leader) {
             writer.write(&p).await;

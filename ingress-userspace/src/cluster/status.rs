@@ -1,9 +1,12 @@
-//! Ingress status: the agent holding the Lease (`lease`) publishes its
-//! address in `status.loadBalancer.ingress` of every Ingress it serves.
-//! Calls `patch` on `ingresses/status` (a JSON merge patch), only where the
-//! status differs, so a settled cluster sees no writes.
+//! Ingress status: the agent holding the Lease (`lease`) publishes the
+//! addresses `addresses` chooses in `status.loadBalancer.ingress` of every
+//! Ingress it serves, and clears them from an Ingress it stops serving
+//! (which left the class, or whose class is no longer ours) while that
+//! Ingress still shows what it showed when served. Calls `patch` on
+//! `ingresses/status` (a JSON merge patch), only where the status differs,
+//! so a settled cluster sees no writes. Other Ingresses are never touched.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::api::networking::v1::{Ingress, IngressLoadBalancerIngress};
 use kube::{
@@ -12,66 +15,169 @@ use kube::{
 };
 use tokio::sync::watch;
 
-use crate::model::ObjectKey;
+use crate::{
+    cluster::{
+        addresses::{self, Known, Source},
+        lease::Leadership,
+    },
+    model::ObjectKey,
+};
 
-/// The served Ingresses and their status as last seen.
-pub type Served = Vec<(ObjectKey, Vec<IngressLoadBalancerIngress>)>;
+pub use crate::cluster::addresses::entry;
 
-/// `address` as a load balancer entry: `ip` when it parses as one, else
-/// `hostname`.
-pub fn entry(address: &str) -> IngressLoadBalancerIngress {
-    if address.parse::<std::net::IpAddr>().is_ok() {
-        IngressLoadBalancerIngress {
-            ip: Some(address.to_string()),
-            ..Default::default()
+/// One load balancer status entry.
+pub type Entry = IngressLoadBalancerIngress;
+
+/// What the watchers hold after an apply, for the status writer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct View {
+    /// Every Ingress held: whether the applied snapshot serves it, and its
+    /// `status.loadBalancer.ingress`.
+    pub ingresses: BTreeMap<ObjectKey, (bool, Vec<Entry>)>,
+    /// Node and Service addresses, for the address sources.
+    pub known: Known,
+}
+
+/// One status write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Write {
+    pub key: ObjectKey,
+    /// True when it clears the status of an Ingress no longer served.
+    pub clear: bool,
+    /// The JSON merge patch for `ingresses/status`.
+    pub patch: serde_json::Value,
+}
+
+fn same(a: &[Entry], b: &[Entry]) -> bool {
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    addresses::sort(&mut a);
+    addresses::sort(&mut b);
+    a == b
+}
+
+/// What the status writer remembers between views: the status each served
+/// Ingress showed while served, and the Ingresses no longer served that
+/// still show it (to be cleared). Every agent keeps it, leader or not, so
+/// that a new leader clears what the old one published.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    served: BTreeMap<ObjectKey, Vec<Entry>>,
+    leaving: BTreeMap<ObjectKey, Vec<Entry>>,
+}
+
+impl Tracker {
+    /// Folds a view in.
+    pub fn observe(&mut self, view: &View) {
+        for (key, status) in std::mem::take(&mut self.served) {
+            let served_now = matches!(view.ingresses.get(&key), Some((true, _)));
+            if !served_now && !status.is_empty() {
+                self.leaving.insert(key, status);
+            }
         }
-    } else {
-        IngressLoadBalancerIngress {
-            hostname: Some(address.to_string()),
-            ..Default::default()
+        // Only while nobody changed it since (another controller writing
+        // its own address takes the Ingress out of our hands), and while
+        // it exists and is still not ours.
+        self.leaving.retain(|key, status| {
+            matches!(view.ingresses.get(key), Some((false, now)) if same(now, status))
+        });
+        self.served = view
+            .ingresses
+            .iter()
+            .filter(|(_, (served, _))| *served)
+            .map(|(k, (_, s))| (k.clone(), s.clone()))
+            .collect();
+    }
+
+    /// The writes that bring `view` to `want`: served Ingresses whose
+    /// status differs, and Ingresses to clear.
+    pub fn plan(&self, view: &View, want: &[Entry]) -> Vec<Write> {
+        let set = view
+            .ingresses
+            .iter()
+            .filter(|(_, (served, now))| *served && !same(now, want))
+            .map(|(key, _)| Write {
+                key: key.clone(),
+                clear: false,
+                patch: serde_json::json!({"status": {"loadBalancer": {"ingress": want}}}),
+            });
+        let clear = self.leaving.keys().map(|key| Write {
+            key: key.clone(),
+            clear: true,
+            patch: serde_json::json!({"status": {"loadBalancer": {"ingress": null}}}),
+        });
+        set.chain(clear).collect()
+    }
+
+    /// A clear was written: nothing left to do for `key`.
+    pub fn cleared(&mut self, key: &ObjectKey) {
+        self.leaving.remove(key);
+    }
+}
+
+/// Writes status for one agent.
+pub struct Writer {
+    client: Client,
+    source: Source,
+    tracker: Tracker,
+}
+
+impl Writer {
+    pub fn new(client: Client, source: Source) -> Writer {
+        Writer {
+            client,
+            source,
+            tracker: Tracker::default(),
+        }
+    }
+
+    /// Folds `view` in and, when leading, writes what differs.
+    pub async fn sync(&mut self, view: &View, leadership: &Leadership) {
+        self.tracker.observe(view);
+        let Some(nodes) = leadership else {
+            return;
+        };
+        let want = addresses::desired(&self.source, &view.known, nodes);
+        // The leader runs on an ingress node itself: no node listed means
+        // the presence Leases could not be listed yet, not that there is
+        // no address. Only clears go out then.
+        let unknown = self.source == Source::Nodes && nodes.is_empty();
+        for w in self.tracker.plan(view, &want) {
+            if unknown && !w.clear {
+                continue;
+            }
+            let api: Api<Ingress> = Api::namespaced(self.client.clone(), &w.key.namespace);
+            match api
+                .patch_status(
+                    &w.key.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&w.patch),
+                )
+                .await
+            {
+                Ok(_) if w.clear => {
+                    self.tracker.cleared(&w.key);
+                    tracing::info!(ingress = %w.key, "status cleared (no longer served)");
+                }
+                Ok(_) => tracing::info!(ingress = %w.key, addresses = ?want, "status published"),
+                Err(e) => tracing::warn!(ingress = %w.key, error = %e, "writing status"),
+            }
         }
     }
 }
 
-/// Pure: the Ingresses whose status must change, with the merge patch.
-pub fn patches(served: &Served, address: &str) -> Vec<(ObjectKey, serde_json::Value)> {
-    let want = vec![entry(address)];
-    served
-        .iter()
-        .filter(|(_, current)| *current != want)
-        .map(|(key, _)| {
-            (
-                key.clone(),
-                serde_json::json!({"status": {"loadBalancer": {"ingress": want}}}),
-            )
-        })
-        .collect()
-}
-
-/// Writes status while `leader` is true, after every change of `served`
-/// (and every few seconds, to retry failed writes).
+/// Writes status after every change of `view` or of `leader` (and every
+/// few seconds, to retry failed writes), until either sender goes.
 pub async fn run(
-    client: Client,
-    address: String,
-    mut served: watch::Receiver<Served>,
-    mut leader: watch::Receiver<bool>,
+    mut writer: Writer,
+    mut view: watch::Receiver<View>,
+    mut leader: watch::Receiver<Leadership>,
 ) {
     loop {
-        if *leader.borrow_and_update() {
-            let todo = patches(&served.borrow_and_update(), &address);
-            for (key, patch) in todo {
-                let api: Api<Ingress> = Api::namespaced(client.clone(), &key.namespace);
-                match api
-                    .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                {
-                    Ok(_) => tracing::info!(ingress = %key, address = %address, "status published"),
-                    Err(e) => tracing::warn!(ingress = %key, error = %e, "publishing status"),
-                }
-            }
-        }
+        let v = view.borrow_and_update().clone();
+        let l = leader.borrow_and_update().clone();
+        writer.sync(&v, &l).await;
         tokio::select! {
-            r = served.changed() => if r.is_err() { return },
+            r = view.changed() => if r.is_err() { return },
             r = leader.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
@@ -81,6 +187,8 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::mock::{self, answer};
+    use serde_json::json;
 
     #[test]
     fn the_access_table_grants_the_status_patch() {
@@ -88,23 +196,138 @@ mod tests {
             .iter()
             .find(|a| a.resource == "ingresses/status")
             .unwrap();
-        assert!(row.verbs.contains(&"patch"));
+        // api.patch_status, for publishing and for clearing alike.
+        assert_eq!(row.verbs, ["patch"]);
+    }
+
+    fn view(items: &[(&str, bool, &[&str])]) -> View {
+        View {
+            ingresses: items
+                .iter()
+                .map(|(name, served, status)| {
+                    (
+                        ObjectKey::new("a", *name),
+                        (*served, status.iter().map(|s| entry(s)).collect()),
+                    )
+                })
+                .collect(),
+            known: Known::default(),
+        }
+    }
+
+    fn keys(writes: &[Write]) -> Vec<String> {
+        writes
+            .iter()
+            .map(|w| format!("{}{}", if w.clear { "clear " } else { "" }, w.key))
+            .collect()
     }
 
     #[test]
     fn only_differing_statuses_are_patched() {
-        let served: Served = vec![
-            (ObjectKey::new("a", "same"), vec![entry("198.18.0.1")]),
-            (ObjectKey::new("a", "empty"), vec![]),
-            (ObjectKey::new("a", "other"), vec![entry("198.18.0.2")]),
-        ];
-        let p = patches(&served, "198.18.0.1");
-        let keys: Vec<String> = p.iter().map(|(k, _)| k.to_string()).collect();
-        assert_eq!(keys, ["a/empty", "a/other"]);
+        let want = vec![entry("198.18.0.1"), entry("198.18.0.2")];
+        let v = view(&[
+            ("same", true, &["198.18.0.2", "198.18.0.1"]),
+            ("empty", true, &[]),
+            ("other", true, &["198.18.0.2"]),
+            ("foreign", false, &["198.18.0.9"]),
+        ]);
+        let mut t = Tracker::default();
+        t.observe(&v);
+        let p = t.plan(&v, &want);
+        assert_eq!(keys(&p), ["a/empty", "a/other"]);
         assert_eq!(
-            p[0].1,
-            serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.18.0.1"}]}}})
+            p[0].patch,
+            json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.18.0.1"}, {"ip": "198.18.0.2"}]}}})
         );
-        assert_eq!(entry("lb.example").hostname.as_deref(), Some("lb.example"));
+    }
+
+    #[test]
+    fn an_ingress_no_longer_served_is_cleared_while_it_shows_our_status() {
+        let want = vec![entry("198.18.0.1")];
+        let mut t = Tracker::default();
+        t.observe(&view(&[
+            ("moved", true, &["198.18.0.1"]),
+            ("taken", true, &["198.18.0.1"]),
+            ("gone", true, &["198.18.0.1"]),
+            ("never", true, &[]),
+            ("foreign", false, &["198.18.0.1"]),
+        ]));
+        // All four leave us; one is deleted, one already got another
+        // controller's address, one never had a status.
+        let v = view(&[
+            ("moved", false, &["198.18.0.1"]),
+            ("taken", false, &["198.18.0.7"]),
+            ("never", false, &[]),
+            ("foreign", false, &["198.18.0.1"]),
+        ]);
+        t.observe(&v);
+        let p = t.plan(&v, &want);
+        assert_eq!(keys(&p), ["clear a/moved"]);
+        assert_eq!(
+            p[0].patch,
+            json!({"status": {"loadBalancer": {"ingress": null}}})
+        );
+        // Still pending on the next view (the writer follows, say) until
+        // cleared; served again, it is ours to set again.
+        t.observe(&v);
+        assert_eq!(keys(&t.plan(&v, &want)), ["clear a/moved"]);
+        t.cleared(&ObjectKey::new("a", "moved"));
+        assert!(t.plan(&v, &want).is_empty());
+        let back = view(&[("moved", true, &["198.18.0.1"])]);
+        t.observe(&back);
+        assert!(t.plan(&back, &want).is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_writer_patches_status_and_clears_only_when_leading() {
+        let (client, mut h) = mock::client();
+        let mut w = Writer::new(client, Source::Nodes);
+        let mut v = view(&[("web", true, &[]), ("x", false, &[])]);
+        v.known.nodes.insert("n1".into(), vec!["198.18.5.1".into()]);
+        v.known.nodes.insert("n2".into(), vec!["198.18.5.2".into()]);
+        // Following: nothing is written.
+        w.sync(&v, &None).await;
+        let ingress = json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                             "metadata": {"name": "web", "namespace": "a"}});
+        let server = tokio::spawn(async move {
+            let set = answer(&mut h, 200, ingress.clone()).await;
+            let clear = answer(&mut h, 200, ingress).await;
+            (set, clear)
+        });
+        let leading = Some(vec!["n1".to_string(), "n2".to_string()]);
+        w.sync(&v, &leading).await;
+        // It got the status, then left the class.
+        let mut v2 = view(&[("web", true, &["198.18.5.1", "198.18.5.2"])]);
+        v2.known = v.known.clone();
+        w.sync(&v2, &leading).await;
+        let mut v3 = view(&[("web", false, &["198.18.5.1", "198.18.5.2"])]);
+        v3.known = v.known.clone();
+        w.sync(&v3, &leading).await;
+        let (set, clear) = server.await.unwrap();
+        assert_eq!(set.method, "PATCH");
+        assert_eq!(
+            set.uri,
+            "/apis/networking.k8s.io/v1/namespaces/a/ingresses/web/status?"
+        );
+        assert_eq!(
+            set.body,
+            json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.18.5.1"}, {"ip": "198.18.5.2"}]}}})
+        );
+        assert_eq!(clear.uri, set.uri);
+        assert_eq!(
+            clear.body,
+            json!({"status": {"loadBalancer": {"ingress": null}}})
+        );
+        // Cleared once: the next view with the old status writes nothing.
+        assert!(w.tracker.leaving.is_empty());
+        // No ingress node listed yet: the status shown stays (a request
+        // would wait forever here for an answer that never comes).
+        let shown = view(&[("web", true, &["198.18.5.1"])]);
+        let none_listed = Some(vec![]);
+        let nothing = tokio::time::timeout(Duration::from_secs(5), w.sync(&shown, &none_listed));
+        assert!(
+            nothing.await.is_ok(),
+            "a status write without ingress nodes"
+        );
     }
 }

@@ -43,7 +43,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
 use crate::{
-    cluster::status::Served,
+    cluster::{addresses, status::View},
     model::{ClusterState, Diagnostic, ObjectKey, state::key_of},
 };
 
@@ -329,17 +329,55 @@ async fn watch_kind<K: Watched>(
     }
 }
 
+/// Where the status writer gets its views: every Ingress with its status
+/// and whether it is served, and the addresses of the Nodes and of the
+/// `--publish-service` Service.
+pub struct StatusFeed {
+    pub tx: tokio::sync::watch::Sender<View>,
+    pub publish_service: Option<ObjectKey>,
+}
+
+impl StatusFeed {
+    /// The view of `state` (before the apply: it is moved there).
+    fn view(&self, state: &ClusterState) -> View {
+        let mut view = View::default();
+        for (k, i) in &state.ingresses {
+            let current = i
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|l| l.ingress.clone())
+                .unwrap_or_default();
+            view.ingresses.insert(k.clone(), (false, current));
+        }
+        view.known.nodes = state
+            .nodes
+            .iter()
+            .map(|(name, n)| (name.clone(), addresses::node_addresses(n)))
+            .collect();
+        if let Some(s) = self
+            .publish_service
+            .as_ref()
+            .and_then(|k| state.services.get(k))
+        {
+            view.known.service = addresses::service_addresses(s);
+        }
+        view
+    }
+}
+
 /// Starts the watchers and the apply loop; `apply` is called with whole
 /// states once every kind is listed, then after each settled burst.
 /// `latency` observes, per apply, the time from the first watch event it
 /// carries to the end of the apply.
-/// `apply` returns the Ingresses served; with `status`, they are sent
-/// there with their current load balancer status (for the status writer).
+/// `apply` returns the Ingresses served; with `status`, a view of every
+/// Ingress (served or not, with its current load balancer status) and of
+/// the addresses is sent there for the status writer.
 pub fn start<F>(
     client: Client,
     namespace: Option<String>,
     latency: Histogram,
-    status: Option<tokio::sync::watch::Sender<Served>>,
+    status: Option<StatusFeed>,
     mut apply: F,
 ) -> tokio::task::JoinHandle<()>
 where
@@ -381,30 +419,16 @@ where
                 }
             };
             if let Some((state, diags, first)) = taken {
-                let mut lb: BTreeMap<ObjectKey, _> = BTreeMap::new();
-                if status.is_some() {
-                    for (k, i) in &state.ingresses {
-                        let current = i
-                            .status
-                            .as_ref()
-                            .and_then(|s| s.load_balancer.as_ref())
-                            .and_then(|l| l.ingress.clone())
-                            .unwrap_or_default();
-                        lb.insert(k.clone(), current);
-                    }
-                }
+                let view = status.as_ref().map(|f| f.view(&state));
                 let served = tokio::task::block_in_place(|| apply(state, diags, started));
                 latency.observe(first.elapsed().as_secs_f64());
-                if let Some(tx) = &status {
-                    tx.send_replace(
-                        served
-                            .into_iter()
-                            .map(|k| {
-                                let current = lb.remove(&k).unwrap_or_default();
-                                (k, current)
-                            })
-                            .collect(),
-                    );
+                if let (Some(feed), Some(mut view)) = (&status, view) {
+                    for k in served {
+                        if let Some(entry) = view.ingresses.get_mut(&k) {
+                            entry.0 = true;
+                        }
+                    }
+                    feed.tx.send_replace(view);
                 }
             }
         }
@@ -537,5 +561,39 @@ mod tests {
         assert!(!lock(&stores).all_synced());
         done::<Node>(&stores);
         assert!(lock(&stores).all_synced());
+    }
+
+    #[test]
+    fn the_status_view_holds_every_ingress_and_the_addresses() {
+        let mut state = ClusterState::default();
+        let ing: Ingress = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "i", "namespace": "a"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "198.18.0.1"}]}},
+        }))
+        .unwrap();
+        state.ingresses.insert(ObjectKey::new("a", "i"), ing);
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1"},
+            "status": {"addresses": [{"type": "InternalIP", "address": "198.18.5.1"}]},
+        }))
+        .unwrap();
+        state.nodes.insert("n1".into(), node);
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "edge", "namespace": "ing"},
+            "status": {"loadBalancer": {"ingress": [{"hostname": "lb.test"}]}},
+        }))
+        .unwrap();
+        state.services.insert(ObjectKey::new("ing", "edge"), svc);
+        let (tx, _rx) = tokio::sync::watch::channel(View::default());
+        let feed = StatusFeed {
+            tx,
+            publish_service: Some(ObjectKey::new("ing", "edge")),
+        };
+        let v = feed.view(&state);
+        let (served, status) = &v.ingresses[&ObjectKey::new("a", "i")];
+        assert!(!served, "served is set after the apply");
+        assert_eq!(status[0].ip.as_deref(), Some("198.18.0.1"));
+        assert_eq!(v.known.nodes["n1"], ["198.18.5.1"]);
+        assert_eq!(v.known.service, ["lb.test"]);
     }
 }

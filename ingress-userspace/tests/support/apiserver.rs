@@ -2,7 +2,8 @@
 //! end-to-end tests: list and watch (chunked JSON event streams, bookmarks,
 //! `410 Gone` as an ERROR event for a resource version older than what it
 //! keeps) of the six kinds the agent watches, objects set and deleted by the
-//! test, and a kubeconfig pointing at it. It can be stopped (every
+//! test, Leases and Ingress status writes (recorded with the request's
+//! token), and a kubeconfig pointing at it. It can be stopped (every
 //! connection dropped) and started again on the same port with a newer
 //! resource version base, which expires every watch the agent had.
 
@@ -74,6 +75,22 @@ struct Db {
     status_writes: usize,
     /// Events (events.k8s.io/v1) as written: see `event_route`.
     events: EventStore,
+    /// Status and Lease writes, in order (see `Write`).
+    writes: Vec<Write>,
+}
+
+/// One write to a Lease or to an Ingress's status, as the double took it.
+#[derive(Clone, Debug)]
+pub struct Write {
+    /// "leases" or "ingresses/status".
+    pub resource: &'static str,
+    pub namespace: String,
+    pub name: String,
+    /// The bearer token of the request (tells agents apart when each has a
+    /// kubeconfig of its own, see `ApiServer::kubeconfig_with_token`).
+    pub token: String,
+    /// The object as stored after the write.
+    pub object: Value,
 }
 
 struct Inner {
@@ -203,6 +220,34 @@ impl ApiServer {
         Self::record(&mut db, &self.inner, rv, plural, event, object);
     }
 
+    /// Replaces an object's spec as an update of the main resource does on
+    /// the real server: the status it holds stays (only the status
+    /// subresource changes it). For Ingresses moved between classes.
+    pub fn update_keeping_status(&self, yaml: &str) {
+        let mut object: Value = serde_yaml::from_str(yaml).expect("YAML object");
+        let kind = object["kind"].as_str().expect("object kind").to_string();
+        let &(plural, _, _, namespaced) = KINDS.iter().find(|k| k.1 == kind).unwrap();
+        let ns = if namespaced {
+            object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_string()
+        } else {
+            String::new()
+        };
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if let Some(status) = self
+            .get(plural, &ns, &name)
+            .and_then(|old| old.get("status").cloned())
+        {
+            object["status"] = status;
+        }
+        self.apply(object);
+    }
+
     /// Deletes an object; true when it existed.
     pub fn delete(&self, kind: &str, namespace: &str, name: &str) -> bool {
         let &(plural, _, _, namespaced) = KINDS.iter().find(|k| k.1 == kind).unwrap();
@@ -268,6 +313,11 @@ impl ApiServer {
         self.inner.db.lock().unwrap().status_writes
     }
 
+    /// Every Lease and Ingress status write so far, in order.
+    pub fn writes(&self) -> Vec<Write> {
+        self.inner.db.lock().unwrap().writes.clone()
+    }
+
     /// How many watches were answered with 410 Gone.
     pub fn expired(&self) -> usize {
         self.inner.db.lock().unwrap().expired
@@ -276,7 +326,13 @@ impl ApiServer {
     /// A kubeconfig file in `dir` pointing at this server (plain HTTP, a
     /// bearer token it does not check).
     pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
-        let path = dir.join("kubeconfig");
+        self.kubeconfig_with_token(dir, "test-token")
+    }
+
+    /// The same with `token` as the bearer token, which `writes` records:
+    /// one per agent tells whose writes they are.
+    pub fn kubeconfig_with_token(&self, dir: &Path, token: &str) -> PathBuf {
+        let path = dir.join(format!("kubeconfig-{token}"));
         std::fs::write(
             &path,
             format!(
@@ -287,13 +343,14 @@ clusters:
   cluster: {{server: "http://{}"}}
 users:
 - name: agent
-  user: {{token: test-token}}
+  user: {{token: {token}}}
 contexts:
 - name: double
   context: {{cluster: double, user: agent, namespace: default}}
 current-context: double
 "#,
-                self.addr
+                self.addr,
+                token = token
             ),
         )
         .unwrap();
@@ -395,8 +452,9 @@ fn merge(target: &mut Value, patch: &Value) {
     }
 }
 
-/// Writes: Leases (get, create, update with a resourceVersion check) and
-/// Ingress status (merge patch); everything else is `handle`.
+/// Writes: Leases (get, list by label, create, update with a
+/// resourceVersion check) and Ingress status (merge patch), each write
+/// recorded with its token; everything else is `handle`.
 async fn route(req: Request<hyper::body::Incoming>, inner: Arc<Inner>) -> Response<Body> {
     let path = req.uri().path().to_string();
     if let Some((ns, name)) = event_path(&path) {
@@ -415,6 +473,8 @@ async fn route(req: Request<hyper::body::Incoming>, inner: Arc<Inner>) -> Respon
     if lease.is_none() && status_of.is_none() {
         return handle(req, inner);
     }
+    let token = bearer(&req);
+    let label_selector = query(&req).get("labelSelector").cloned();
     inner
         .db
         .lock()
@@ -432,7 +492,10 @@ async fn route(req: Request<hyper::body::Incoming>, inner: Arc<Inner>) -> Respon
     let conflict = |m: &str| json_response(StatusCode::CONFLICT, &status(409, "Conflict", m));
     if let Some((ns, name)) = lease {
         let key = (ns.clone(), name.clone());
-        return match method {
+        if name.is_empty() && method == hyper::Method::GET {
+            return list_leases(&db, &ns, label_selector.as_deref());
+        }
+        let response = match method {
             hyper::Method::GET => match db.leases.get(&key) {
                 Some(l) => json_response(StatusCode::OK, l),
                 None => json_response(StatusCode::NOT_FOUND, &status(404, "NotFound", &name)),
@@ -446,7 +509,7 @@ async fn route(req: Request<hyper::body::Incoming>, inner: Arc<Inner>) -> Respon
                 let mut l = body;
                 l["metadata"]["namespace"] = json!(ns);
                 l["metadata"]["resourceVersion"] = json!(db.rv.to_string());
-                db.leases.insert((ns, name), l.clone());
+                db.leases.insert((ns.clone(), name), l.clone());
                 json_response(StatusCode::CREATED, &l)
             }
             hyper::Method::PUT => {
@@ -468,6 +531,10 @@ async fn route(req: Request<hyper::body::Incoming>, inner: Arc<Inner>) -> Respon
                 &status(405, "MethodNotAllowed", ""),
             ),
         };
+        if matches!(method, hyper::Method::POST | hyper::Method::PUT) {
+            record_lease_write(&mut db, &ns, &token);
+        }
+        return response;
     }
     let Some((ns, name)) = status_of else {
         return handle_unreachable();
@@ -490,10 +557,69 @@ async fn route(req: Request<hyper::body::Incoming>, inner: Arc<Inner>) -> Respon
     db.rv += 1;
     let rv = db.rv;
     obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-    db.objects.insert(("ingresses", ns, name), obj.clone());
+    db.objects
+        .insert(("ingresses", ns.clone(), name.clone()), obj.clone());
     db.status_writes += 1;
+    db.writes.push(Write {
+        resource: "ingresses/status",
+        namespace: ns.clone(),
+        name: name.clone(),
+        token,
+        object: obj.clone(),
+    });
     ApiServer::record(&mut db, &inner, rv, "ingresses", "MODIFIED", obj.clone());
     json_response(StatusCode::OK, &obj)
+}
+
+/// The bearer token of a request ("" without one).
+fn bearer(req: &Request<hyper::body::Incoming>) -> String {
+    req.headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .to_string()
+}
+
+/// `GET .../namespaces/NS/leases[?labelSelector=K=V]`: the Leases of `ns`
+/// carrying label K=V (only that equality form is understood).
+fn list_leases(db: &Db, ns: &str, selector: Option<&str>) -> Response<Body> {
+    let wanted = selector.and_then(|s| s.split_once('='));
+    let items: Vec<Value> = db
+        .leases
+        .iter()
+        .filter(|((n, _), _)| n == ns)
+        .filter(|(_, l)| match wanted {
+            Some((k, v)) => l["metadata"]["labels"][k].as_str() == Some(v),
+            None => true,
+        })
+        .map(|(_, l)| l.clone())
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({"kind": "LeaseList", "apiVersion": "coordination.k8s.io/v1",
+                "metadata": {"resourceVersion": db.rv.to_string()}, "items": items}),
+    )
+}
+
+/// Records the Lease just created or updated (the one with the newest
+/// resource version) in `writes`.
+fn record_lease_write(db: &mut Db, ns: &str, token: &str) {
+    let rv = db.rv.to_string();
+    let written = db
+        .leases
+        .iter()
+        .find(|((n, _), l)| n == ns && l["metadata"]["resourceVersion"] == json!(rv))
+        .map(|((n, name), l)| (n.clone(), name.clone(), l.clone()));
+    if let Some((namespace, name, object)) = written {
+        db.writes.push(Write {
+            resource: "leases",
+            namespace,
+            name,
+            token: token.to_string(),
+            object,
+        });
+    }
 }
 
 fn handle_unreachable() -> Response<Body> {

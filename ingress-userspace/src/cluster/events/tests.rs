@@ -290,7 +290,7 @@ async fn run_writes_only_as_leader_and_only_new_problems() {
     let metrics = EventMetrics::default();
     let w = Writer::new(client, "node-a".into(), metrics.clone());
     let (ptx, prx) = watch::channel(Vec::new());
-    let (ltx, lrx) = watch::channel(false);
+    let (ltx, lrx) = watch::channel(None);
     let task = tokio::spawn(run(w, prx, lrx));
     // The test and the task share one thread: yielding lets the task take
     // in what was sent before the next step.
@@ -305,10 +305,10 @@ async fn run_writes_only_as_leader_and_only_new_problems() {
     // follower, `a` is seen and not written.
     ptx.send_replace(vec![a.clone()]);
     settle().await;
-    ltx.send_replace(false);
+    ltx.send_replace(None);
     settle().await;
     // Leader: `a` stays unreported; `b` is new.
-    ltx.send_replace(true);
+    ltx.send_replace(Some(Vec::new()));
     ptx.send_replace(vec![a.clone(), b.clone()]);
     let until = |count: u64| {
         let m = metrics.clone();
