@@ -22,7 +22,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray},
+    maps::{MapData, PerCpuArray, ProgramArray},
     programs::{
         ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
@@ -30,7 +30,10 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use ingress_common::maps::{TC_COUNTERS, TC_PROGRAM, XDP_COUNTERS, XDP_PROGRAM};
+use ingress_common::maps::{
+    CALL_ICMP6, TC_CALLS, TC_COUNTERS, TC_ICMP6_PROGRAM, TC_PROGRAM, XDP_CALLS, XDP_COUNTERS,
+    XDP_ICMP6_PROGRAM, XDP_PROGRAM,
+};
 use pin::PinLayout;
 use thiserror::Error;
 use tokio::io::{Interest, unix::AsyncFd};
@@ -276,6 +279,7 @@ impl LoadedPrograms {
                 name: TC_PROGRAM,
                 source,
             })?;
+        load_tail_calls(&mut ebpf)?;
         Ok(LoadedPrograms {
             ebpf,
             options: opts.clone(),
@@ -304,6 +308,52 @@ impl LoadedPrograms {
             .map_err(|source| DatapathError::Map { name, source })?;
         Ok(CounterMap::new(hook, array))
     }
+}
+
+/// Loads the ICMPv6 programs and writes them into the program arrays the
+/// main programs tail-call through. An adopted (pinned) array gets this
+/// load's programs: from here on the previous agent's main programs, still
+/// attached until the links are swapped, call them too, which is right:
+/// they read only the state maps the two loads share.
+fn load_tail_calls(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
+    let program_err = |name| move |source| DatapathError::LoadProgram { name, source };
+    let fd_err = |name: &'static str| {
+        move |e: std::io::Error| DatapathError::LoadProgram {
+            name,
+            source: ProgramError::IOError(e),
+        }
+    };
+    let xdp: &mut Xdp = ebpf
+        .program_mut(XDP_ICMP6_PROGRAM)
+        .ok_or(DatapathError::MissingProgram(XDP_ICMP6_PROGRAM))?
+        .try_into()
+        .map_err(program_err(XDP_ICMP6_PROGRAM))?;
+    xdp.load().map_err(program_err(XDP_ICMP6_PROGRAM))?;
+    let xdp_fd = xdp
+        .fd()
+        .map_err(program_err(XDP_ICMP6_PROGRAM))?
+        .try_clone()
+        .map_err(fd_err(XDP_ICMP6_PROGRAM))?;
+    let tc: &mut SchedClassifier = ebpf
+        .program_mut(TC_ICMP6_PROGRAM)
+        .ok_or(DatapathError::MissingProgram(TC_ICMP6_PROGRAM))?
+        .try_into()
+        .map_err(program_err(TC_ICMP6_PROGRAM))?;
+    tc.load().map_err(program_err(TC_ICMP6_PROGRAM))?;
+    let tc_fd = tc
+        .fd()
+        .map_err(program_err(TC_ICMP6_PROGRAM))?
+        .try_clone()
+        .map_err(fd_err(TC_ICMP6_PROGRAM))?;
+    for (name, fd) in [(XDP_CALLS, &xdp_fd), (TC_CALLS, &tc_fd)] {
+        let map = ebpf.map_mut(name).ok_or(DatapathError::MissingMap(name))?;
+        let mut calls =
+            ProgramArray::try_from(map).map_err(|source| DatapathError::Map { name, source })?;
+        calls
+            .set(CALL_ICMP6, fd, 0)
+            .map_err(|source| DatapathError::Map { name, source })?;
+    }
+    Ok(())
 }
 
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
