@@ -1196,3 +1196,80 @@ fn packet_too_big_over_ipv6_reaches_the_client_translated() {
     let (status, log) = agent.stop(libc::SIGTERM);
     assert!(status.success(), "{status}: {log}");
 }
+
+/// The XDP mode (`ip -d link`'s `xdp.mode`: 1 native, 2 skb) on `iface`
+/// in `ns`, or `None` when no XDP program is attached.
+fn xdp_mode_of(ns: &str, iface: &str) -> Option<u64> {
+    let out = sh(&["ip", "-n", ns, "-j", "-d", "link", "show", "dev", iface]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j JSON");
+    v.get(0)?.get("xdp")?.get("mode")?.as_u64()
+}
+
+/// A pinned XDP link keeps the mode it was made in: an agent restarted with
+/// another `--xdp-mode` finds the mismatch, replaces the link with one in
+/// the mode asked for, and the flows stay (the connection table is in the
+/// pinned maps): a connection opened under the first agent goes on under
+/// the second, as a connection-table hit. Both ways: skb to native and
+/// back.
+#[test]
+fn a_restart_with_another_xdp_mode_replaces_the_link_and_keeps_the_flows() {
+    let (_ns, node, client, pod) = node_with_pods(&["198.18.3.2/24"]);
+    let dir = TempDir::new("xdpmode");
+    dir.write("web.yaml", MANIFESTS);
+    let pins = PinDir(xtask::testbed::agent::bpffs_test_dir());
+    let pins_s = pins.0.display().to_string();
+    let pin_args = ["--bpffs-dir", pins_s.as_str()];
+    tagged_echo_server(&pod, sa("198.18.3.2:8080"), "edge", 4);
+
+    let first = start_edge_agent_with(&node, "skb", &dir, &pin_args);
+    assert_eq!(xdp_mode_of(&node, "eth0"), Some(2), "skb mode");
+    let mut conn = in_netns(&client, || {
+        let s = TcpStream::connect_timeout(&sa("198.18.0.1:30080"), Duration::from_secs(3))
+            .expect("connecting to the NodePort");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
+    });
+    assert_eq!(exchange(&mut conn, "under skb"), Ok("edge".into()));
+    let (status, log) = first.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}: {log}");
+    assert_eq!(xdp_mode_of(&node, "eth0"), Some(2), "left attached on exit");
+
+    for (mode, code) in [("native", 1), ("skb", 2)] {
+        let agent = start_edge_agent_with(&node, mode, &dir, &pin_args);
+        assert_eq!(xdp_mode_of(&node, "eth0"), Some(code), "{mode} mode now");
+        let hits = |a: &support::Agent| {
+            a.metrics()
+                .get("ingress_datapath_l4_events_total{hook=\"xdp\",event=\"l4_flow_hit\"}")
+                .copied()
+                .unwrap_or(0.0)
+        };
+        let before = hits(&agent);
+        assert_eq!(
+            exchange(&mut conn, &format!("under {mode}")),
+            Ok("edge".into()),
+            "the connection goes on in {mode} mode"
+        );
+        assert!(
+            hits(&agent) > before,
+            "{mode}: the flow is known to the new link's program"
+        );
+        let (status, log) = agent.stop(libc::SIGTERM);
+        assert!(status.success(), "{status}: {log}");
+        assert!(
+            log.contains("the pinned XDP link is in another mode"),
+            "{mode}: {log}"
+        );
+        assert_eq!(
+            std::fs::read_dir(pins.0.join("v1/links"))
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("xdp@"))
+                .count(),
+            1,
+            "one pinned XDP link"
+        );
+    }
+    let (code, _, err) = bpf(&pins.0, &["detach"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(xdp_mode_of(&node, "eth0"), None);
+}

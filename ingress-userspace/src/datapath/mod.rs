@@ -10,6 +10,7 @@ pub mod l4sync;
 pub mod object;
 pub mod pin;
 pub mod privileges;
+pub mod xdp_query;
 
 use std::{
     os::fd::AsRawFd,
@@ -557,7 +558,23 @@ impl Datapath {
             source,
         };
         let xdp = self.programs.xdp()?;
-        if let Some(old) = pin_path.and_then(adopt_pinned) {
+        let mut adopted = pin_path.and_then(adopt_pinned);
+        if adopted.is_some()
+            && let Some(found) = mode_mismatch(iface, mode)
+        {
+            // Native and generic XDP cannot be attached to one interface
+            // at once, and a link cannot change its mode: the old link
+            // goes, then a new one is made. Frames arriving in between
+            // meet no program; the flows stay in the pinned maps.
+            tracing::warn!(interface = %iface, from = found.name(), to = mode_name,
+                "the pinned XDP link is in another mode: replacing it with a new link");
+            if let Some(p) = pin_path {
+                pin::remove_file(p)?;
+            }
+            // Dropping the last reference to the old link detaches it.
+            drop(adopted.take());
+        }
+        if let Some(old) = adopted {
             let replaced = XdpLink::try_from(old)
                 .map_err(|e| e.to_string())
                 .and_then(|l| xdp.attach_to_link(l).map_err(|e| e.to_string()));
@@ -652,6 +669,32 @@ impl Datapath {
                 Ok(_) => tracing::info!(dir = %layout.root().display(), "removed the pins"),
                 Err(e) => tracing::warn!(error = %e, "removing the pins"),
             }
+        }
+    }
+}
+
+/// The mode XDP is attached in on `iface` when it is not `mode` (the
+/// kernel asked over rtnetlink); `None` when it matches, nothing is
+/// attached or the kernel cannot say (then the pinned link is tried as is).
+fn mode_mismatch(iface: &str, mode: XdpMode) -> Option<xdp_query::XdpAttached> {
+    use xdp_query::XdpAttached;
+    let c = std::ffi::CString::new(iface).ok()?;
+    // SAFETY: a valid NUL-terminated string.
+    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if ifindex == 0 {
+        return None;
+    }
+    let want = if mode == XdpMode::Skb {
+        XdpAttached::Generic
+    } else {
+        XdpAttached::Driver
+    };
+    match xdp_query::xdp_attached(ifindex) {
+        Ok(found @ (XdpAttached::Driver | XdpAttached::Generic)) if found != want => Some(found),
+        Ok(_) => None,
+        Err(error) => {
+            tracing::warn!(interface = %iface, %error, "cannot tell the attached XDP mode: keeping the pinned link's");
+            None
         }
     }
 }
