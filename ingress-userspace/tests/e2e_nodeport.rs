@@ -1066,7 +1066,16 @@ fn bulk_round_trip(client: &str, addr: SocketAddr) -> Result<(), String> {
 /// Without the translation the client finds no socket for the error and
 /// retransmits the large segments forever: the transfer stalls.
 #[test]
-fn packet_too_big_over_ipv6_reaches_the_client_translated() {
+fn packet_too_big_over_ipv6_reaches_the_client_translated_skb() {
+    packet_too_big_over_ipv6("skb");
+}
+
+#[test]
+fn packet_too_big_over_ipv6_reaches_the_client_translated_native() {
+    packet_too_big_over_ipv6("native");
+}
+
+fn packet_too_big_over_ipv6(mode: &str) {
     let ns = Namespaces::new(&["lan", "node", "client", "router", "worker", "pod"]);
     let name = |r: &str| ns.name(r).to_string();
     let (lan, node, client, router, worker, pod) = (
@@ -1161,7 +1170,8 @@ fn packet_too_big_over_ipv6_reaches_the_client_translated() {
     }
     let dir = TempDir::new("pmtu6");
     dir.write("web.yaml", PMTU_V6);
-    let agent = start_edge_agent_with(&node, "skb", &dir, &["--node-ip", "fd00::1"]);
+    let _peer = (mode == "native").then(|| noop_on_bridge_port(&lan));
+    let agent = start_edge_agent_with(&node, mode, &dir, &["--node-ip", "fd00::1"]);
     let _near = bulk_echo_server(&pod, sa("[fd00:3::2]:8080"), 2);
     let _far = bulk_echo_server(&worker, sa("[fd00:4::2]:8080"), 2);
     let translated = |hook: &str| {
@@ -1186,11 +1196,11 @@ fn packet_too_big_over_ipv6_reaches_the_client_translated() {
         assert_eq!(
             done,
             Ok(()),
-            "{BULK} bytes each way through port {port}: {events:?}"
+            "{mode}: {BULK} bytes each way through port {port}: {events:?}"
         );
         assert!(
             translated(hook) > before,
-            "port {port}: a packet too big translated on {hook}: {events:?}"
+            "{mode}, port {port}: a packet too big translated on {hook}: {events:?}"
         );
     }
     let (status, log) = agent.stop(libc::SIGTERM);
