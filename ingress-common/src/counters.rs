@@ -76,6 +76,13 @@ pub enum Counter {
     L4NewFlowRefused = 56,
     /// An ICMP error about a translated flow, translated to the other side.
     L4IcmpTranslated = 57,
+    /// An ICMPv6 error (destination unreachable, packet too big, time
+    /// exceeded) about a translated flow, translated to the other side by
+    /// the tail-called ICMPv6 program.
+    L4Icmp6Translated = 58,
+    /// An ICMPv6 error that should have gone to the ICMPv6 program but the
+    /// tail call failed (empty program-array slot): passed untouched.
+    L4Icmp6TailCallFailed = 59,
 }
 
 /// Whether a counter is the total, one of the exclusive classes, or a flag.
@@ -89,7 +96,7 @@ pub enum CounterKind {
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 36] = [
+    pub const ALL: [Counter; 38] = [
         Counter::Packets,
         Counter::Ipv4Tcp,
         Counter::Ipv4Udp,
@@ -126,6 +133,8 @@ impl Counter {
         Counter::L4FlowClosing,
         Counter::L4NewFlowRefused,
         Counter::L4IcmpTranslated,
+        Counter::L4Icmp6Translated,
+        Counter::L4Icmp6TailCallFailed,
     ];
 
     /// The slot in the counter array.
@@ -172,6 +181,8 @@ impl Counter {
             Counter::L4FlowClosing => "l4_flow_closing",
             Counter::L4NewFlowRefused => "l4_new_flow_refused",
             Counter::L4IcmpTranslated => "l4_icmp_translated",
+            Counter::L4Icmp6Translated => "l4_icmp6_translated",
+            Counter::L4Icmp6TailCallFailed => "l4_icmp6_tail_call_failed",
         }
     }
 
@@ -196,7 +207,9 @@ impl Counter {
             | Counter::L4Reset
             | Counter::L4FlowClosing
             | Counter::L4NewFlowRefused
-            | Counter::L4IcmpTranslated => CounterKind::Event,
+            | Counter::L4IcmpTranslated
+            | Counter::L4Icmp6Translated
+            | Counter::L4Icmp6TailCallFailed => CounterKind::Event,
             _ => CounterKind::Class,
         }
     }

@@ -10,10 +10,10 @@
 //! sent to whoever sent the quoted packet, from where it was going), so a
 //! [`Rewrite6`] names the quoted endpoints only.
 //!
-//! Not called by the programs yet: wired into the XDP program it took the
-//! call chain past the verifier's 512 bytes of stack and the instruction
-//! count near its limit, so it waits for a program of its own, reached by
-//! a tail call (docs/l4.md).
+//! Called from programs of their own, reached by tail calls from the main
+//! XDP and TC programs (`ingress-ebpf/src/icmp6.rs`): wired into the XDP
+//! program it took the call chain past the verifier's 512 bytes of stack
+//! and the instruction count near its limit (docs/l4.md).
 
 use crate::{
     csum,

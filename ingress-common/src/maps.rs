@@ -10,3 +10,17 @@ pub const XDP_PROGRAM: &str = "ingress_xdp";
 pub const TC_PROGRAM: &str = "ingress_tc_egress";
 /// The do-nothing XDP program, the reference for per-packet cost.
 pub const XDP_NOOP_PROGRAM: &str = "xdp_noop";
+
+/// The ICMPv6 error programs, reached by tail calls (a program of their
+/// own: wired into the main programs they exceeded the verifier's stack).
+pub const XDP_ICMP6_PROGRAM: &str = "ingress_xdp_icmp6";
+pub const TC_ICMP6_PROGRAM: &str = "ingress_tc_icmp6";
+/// The program arrays the main programs tail-call through (one per program
+/// type: the kernel ties a program array to one type). Pinned with the
+/// state maps; the agent writes the slot after each load.
+pub const XDP_CALLS: &str = "XDP_CALLS";
+pub const TC_CALLS: &str = "TC_CALLS";
+/// Slots of each program array.
+pub const CALL_SLOTS: u32 = 4;
+/// The slot of the ICMPv6 program in each program array.
+pub const CALL_ICMP6: u32 = 0;

@@ -69,10 +69,12 @@ static MAGLEV: Array<u32> = Array::with_max_entries(
 );
 
 #[map(name = "L4_FLOWS")]
-static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+pub(crate) static FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
 #[map(name = "L4_REVNAT")]
-static REVNAT: LruHashMap<FlowKey, RevValue> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+pub(crate) static REVNAT: LruHashMap<FlowKey, RevValue> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
 /// Per-CPU scratch space for the keys and values a new flow writes: kept
 /// off the 512-byte verifier stack.
@@ -124,12 +126,12 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 /// overlap the scratch space the steps use).
 #[repr(C)]
 pub struct PacketState {
-    flow: FlowKey,
-    decision: Decision,
+    pub(crate) flow: FlowKey,
+    pub(crate) decision: Decision,
 }
 
 #[map(name = "L4_PACKET")]
-static PACKET: PerCpuArray<PacketState> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static PACKET: PerCpuArray<PacketState> = PerCpuArray::with_max_entries(1, 0);
 
 /// This CPU's new-flow budget: the second it counts and the flows recorded
 /// in it.
@@ -273,14 +275,14 @@ static MAGLEV_SIZE: u32 = DEFAULT_TABLE_SIZE;
 static SNAT_IPV4: [u8; 4] = [0; 4];
 /// The node's IPv6 address towards remote pods; all zero means "none".
 #[unsafe(no_mangle)]
-static SNAT_IPV6: [u8; 16] = [0; 16];
+pub(crate) static SNAT_IPV6: [u8; 16] = [0; 16];
 #[unsafe(no_mangle)]
 static SNAT_PORT_MIN: u16 = DEFAULT_SNAT_PORT_MIN;
 #[unsafe(no_mangle)]
 static SNAT_PORT_SPAN: u16 = DEFAULT_SNAT_PORT_SPAN;
 
 #[inline(always)]
-fn global<T: Copy>(g: &T) -> T {
+pub(crate) fn global<T: Copy>(g: &T) -> T {
     // SAFETY: a plain read of a global the loader may have rewritten.
     unsafe { core::ptr::read_volatile(g) }
 }
@@ -434,14 +436,14 @@ fn pick_with_affinity(
 /// packet access), so that the decision can live in a verifier stack frame
 /// of its own while the rewrite stays where the packet offsets are known.
 #[derive(Clone, Copy)]
-struct Decision {
+pub(crate) struct Decision {
     action: Action,
     /// The new destination (DNAT, or the client for a reply); IPv4 as
     /// IPv4-mapped.
-    dst: [u8; 16],
+    pub(crate) dst: [u8; 16],
     dst_port: u16,
     /// The new source (SNAT, or the frontend for a reply).
-    src: [u8; 16],
+    pub(crate) src: [u8; 16],
     src_port: u16,
     /// A FIN or RST closes the flow: which entry to mark (`CLOSE_*`). The
     /// caller marks it, so that the marking is not a third call deep.
@@ -872,7 +874,7 @@ fn reply_from_remote(reply: &FlowKey, counters: &PerCpuArray<u64>, out: &mut Dec
 /// (no route, no neighbour entry yet) the stack forwards it. The addresses
 /// are the decision's, in [`PACKET`].
 #[inline(never)]
-fn forward<F: FrameMut>(
+pub(crate) fn forward<F: FrameMut>(
     ctx: &XdpContext,
     frame: &mut F,
     proto: u8,

@@ -5,6 +5,7 @@
 #![no_main]
 
 mod frame;
+mod icmp6;
 mod lb;
 mod observe;
 mod stats;
@@ -25,7 +26,28 @@ use crate::frame::PacketBounds;
 pub fn ingress_xdp(ctx: XdpContext) -> u32 {
     let mut frame = PacketBounds::new(ctx.data(), ctx.data_end());
     let parsed = observe::frame(&ctx, &frame, &stats::XDP_COUNTERS);
+    // ICMPv6 errors go to a program of their own (a tail call from this
+    // entry function: see icmp6.rs); back here only when it failed.
+    if icmp6::xdp_tail_call(&ctx, &frame, &parsed, &stats::XDP_COUNTERS) {
+        return aya_ebpf::bindings::xdp_action::XDP_PASS;
+    }
     lb::ingress(&ctx, &mut frame, &parsed, &stats::XDP_COUNTERS)
+}
+
+/// Reached by a tail call from [`ingress_xdp`] for ICMPv6 errors: those
+/// about translated flows are translated like the flow (packet too big
+/// above all), the rest pass.
+#[xdp]
+pub fn ingress_xdp_icmp6(ctx: XdpContext) -> u32 {
+    icmp6::xdp(&ctx, &stats::XDP_COUNTERS)
+}
+
+/// Reached by a tail call from [`ingress_tc_egress`] for ICMPv6 errors: a
+/// local pod's error about a translated flow leaves from the frontend.
+#[classifier]
+pub fn ingress_tc_icmp6(ctx: TcContext) -> i32 {
+    icmp6::tc(&ctx, &stats::TC_COUNTERS);
+    TC_ACT_PIPE
 }
 
 /// A program that passes every frame and does nothing else: the reference
@@ -55,6 +77,9 @@ pub fn ingress_tc_egress(ctx: TcContext) -> i32 {
         lb::egress(&ctx, &parsed, rev, &stats::TC_COUNTERS);
     } else if parsed.class == Class::Ipv4Other && parsed.l4_proto == IPPROTO_ICMP {
         lb::icmp_tc(&ctx, &stats::TC_COUNTERS);
+    } else {
+        // ICMPv6 errors: a tail call that returns only when it failed.
+        icmp6::tc_tail_call(&ctx, &frame, &parsed, &stats::TC_COUNTERS);
     }
     TC_ACT_PIPE
 }

@@ -969,3 +969,317 @@ fn the_proxy_is_reachable_on_its_own_nodeport_with_no_iptables_rule() {
     let (status, log) = agent.stop(libc::SIGTERM);
     assert!(status.success(), "{status}: {log}");
 }
+
+const PMTU_V6: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: near, namespace: shop}
+spec:
+  type: NodePort
+  ipFamilies: [IPv6]
+  ports:
+  - {name: http, port: 80, targetPort: 8080, nodePort: 30080}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: near-1, namespace: shop, labels: {kubernetes.io/service-name: near}}
+addressType: IPv6
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: ["fd00:3::2"], nodeName: edge-1, conditions: {ready: true}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: far, namespace: shop}
+spec:
+  type: NodePort
+  ipFamilies: [IPv6]
+  ports:
+  - {name: http, port: 80, targetPort: 8080, nodePort: 30081}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: far-1, namespace: shop, labels: {kubernetes.io/service-name: far}}
+addressType: IPv6
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: ["fd00:4::2"], nodeName: worker-1, conditions: {ready: true}}
+"#;
+
+/// Bytes each connection of the path MTU test sends and gets echoed.
+const BULK: usize = 16 * 1024;
+
+/// An echo server that reads `BULK` bytes per connection and sends them
+/// back, for `connections` peers.
+fn bulk_echo_server(ns: &str, addr: SocketAddr, connections: usize) -> thread::JoinHandle<()> {
+    let listener = in_netns(ns, move || TcpListener::bind(addr))
+        .unwrap_or_else(|e| panic!("binding tcp {addr}: {e}"));
+    thread::spawn(move || {
+        for _ in 0..connections {
+            let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut buf = vec![0u8; BULK];
+            if s.read_exact(&mut buf).is_ok() {
+                let _ = s.write_all(&buf);
+            }
+        }
+    })
+}
+
+/// One connection from the client sending `BULK` bytes and reading them
+/// back, each direction within 10 s.
+fn bulk_round_trip(client: &str, addr: SocketAddr) -> Result<(), String> {
+    in_netns(client, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+            .map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        s.set_write_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        let data: Vec<u8> = (0..BULK).map(|i| (i % 251) as u8).collect();
+        s.write_all(&data).map_err(|e| format!("write: {e}"))?;
+        let mut back = vec![0u8; BULK];
+        s.read_exact(&mut back).map_err(|e| format!("read: {e}"))?;
+        if back != data {
+            return Err("echo differs".into());
+        }
+        Ok(())
+    })
+}
+
+/// Path MTU discovery through a NodePort over IPv6, with real packet-too-
+/// big errors. The client's segments are as large as its 1,500-byte link
+/// allows (the pods advertise an MSS of 1,440 through their routes'
+/// `advmss`), but the way to each pod is narrower (1,280):
+///
+/// - to the pod behind the node, the node's own link to the pod: the
+///   node's stack answers the DNATed segment with packet too big (quoting
+///   client -> pod), which TC egress sends to the tail-called ICMPv6
+///   program to come from the frontend and quote client -> frontend;
+/// - to the pod on the worker, a router between the node and the worker:
+///   its packet too big goes to the node's SNAT address (quoting node:SNAT
+///   port -> pod), and XDP's ICMPv6 program sends it on to the client from
+///   the frontend.
+///
+/// Without the translation the client finds no socket for the error and
+/// retransmits the large segments forever: the transfer stalls.
+#[test]
+fn packet_too_big_over_ipv6_reaches_the_client_translated_skb() {
+    packet_too_big_over_ipv6("skb");
+}
+
+#[test]
+fn packet_too_big_over_ipv6_reaches_the_client_translated_native() {
+    packet_too_big_over_ipv6("native");
+}
+
+fn packet_too_big_over_ipv6(mode: &str) {
+    let ns = Namespaces::new(&["lan", "node", "client", "router", "worker", "pod"]);
+    let name = |r: &str| ns.name(r).to_string();
+    let (lan, node, client, router, worker, pod) = (
+        name("lan"),
+        name("node"),
+        name("client"),
+        name("router"),
+        name("worker"),
+        name("pod"),
+    );
+    // The IPv4 address is for the agent's own listener.
+    ns.link(
+        "node",
+        "eth0",
+        &["198.18.0.1/24", "fd00::1/64"],
+        "lan",
+        "p-node",
+        &[],
+    );
+    ns.link("client", "eth0", &["fd00::2/64"], "lan", "p-client", &[]);
+    ns.link("router", "eth0", &["fd00::9/64"], "lan", "p-router", &[]);
+    ns.link(
+        "router",
+        "eth1",
+        &["fd00:4::1/64"],
+        "worker",
+        "eth0",
+        &["fd00:4::2/64"],
+    );
+    ns.link(
+        "node",
+        "eth1",
+        &["fd00:3::1/64"],
+        "pod",
+        "eth0",
+        &["fd00:3::2/64"],
+    );
+    sh(&["ip", "-n", &lan, "link", "add", "br0", "type", "bridge"]);
+    for port in ["p-node", "p-client", "p-router"] {
+        sh(&["ip", "-n", &lan, "link", "set", port, "master", "br0"]);
+    }
+    sh(&["ip", "-n", &lan, "link", "set", "br0", "up"]);
+    // The narrow links, both ends.
+    for (n, dev) in [
+        (&node, "eth1"),
+        (&pod, "eth0"),
+        (&router, "eth1"),
+        (&worker, "eth0"),
+    ] {
+        sh(&["ip", "-n", n, "link", "set", dev, "mtu", "1280"]);
+    }
+    for n in [&node, &router] {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            n,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.forwarding=1",
+        ]);
+    }
+    // The pods advertise an MSS their own links could not carry, as pods
+    // with a wider interface than the path would.
+    for (n, gw) in [(&pod, "fd00:3::1"), (&worker, "fd00:4::1")] {
+        sh(&[
+            "ip", "-6", "-n", n, "route", "add", "default", "via", gw, "advmss", "1440",
+        ]);
+    }
+    sh(&[
+        "ip",
+        "-6",
+        "-n",
+        &node,
+        "route",
+        "add",
+        "fd00:4::/64",
+        "via",
+        "fd00::9",
+    ]);
+    for (from, to) in [
+        (&node, "fd00::9"),
+        (&node, "fd00::2"),
+        (&client, "fd00::1"),
+        (&router, "fd00::1"),
+        (&node, "fd00:3::2"),
+        (&router, "fd00:4::2"),
+    ] {
+        sh(&[
+            "ip", "netns", "exec", from, "ping", "-c", "1", "-W", "2", to,
+        ]);
+    }
+    let dir = TempDir::new("pmtu6");
+    dir.write("web.yaml", PMTU_V6);
+    let _peer = (mode == "native").then(|| noop_on_bridge_port(&lan));
+    let agent = start_edge_agent_with(&node, mode, &dir, &["--node-ip", "fd00::1"]);
+    let _near = bulk_echo_server(&pod, sa("[fd00:3::2]:8080"), 2);
+    let _far = bulk_echo_server(&worker, sa("[fd00:4::2]:8080"), 2);
+    let translated = |hook: &str| {
+        agent
+            .metrics()
+            .get(&format!(
+                "ingress_datapath_l4_events_total{{hook=\"{hook}\",event=\"l4_icmp6_translated\"}}"
+            ))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    for (port, hook) in [(30080, "tc_egress"), (30081, "xdp")] {
+        // Forget what an earlier round taught the client about the path.
+        sh(&["ip", "-6", "-n", &client, "route", "flush", "cache"]);
+        let before = translated(hook);
+        let done = bulk_round_trip(&client, sa(&format!("[fd00::1]:{port}")));
+        let m = agent.metrics();
+        let events: Vec<_> = m
+            .iter()
+            .filter(|(k, v)| k.contains("l4_events") && **v > 0.0)
+            .collect();
+        assert_eq!(
+            done,
+            Ok(()),
+            "{mode}: {BULK} bytes each way through port {port}: {events:?}"
+        );
+        assert!(
+            translated(hook) > before,
+            "{mode}, port {port}: a packet too big translated on {hook}: {events:?}"
+        );
+    }
+    let (status, log) = agent.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}: {log}");
+}
+
+/// The XDP mode (`ip -d link`'s `xdp.mode`: 1 native, 2 skb) on `iface`
+/// in `ns`, or `None` when no XDP program is attached.
+fn xdp_mode_of(ns: &str, iface: &str) -> Option<u64> {
+    let out = sh(&["ip", "-n", ns, "-j", "-d", "link", "show", "dev", iface]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j JSON");
+    v.get(0)?.get("xdp")?.get("mode")?.as_u64()
+}
+
+/// A pinned XDP link keeps the mode it was made in: an agent restarted with
+/// another `--xdp-mode` finds the mismatch, replaces the link with one in
+/// the mode asked for, and the flows stay (the connection table is in the
+/// pinned maps): a connection opened under the first agent goes on under
+/// the second, as a connection-table hit. Both ways: skb to native and
+/// back.
+#[test]
+fn a_restart_with_another_xdp_mode_replaces_the_link_and_keeps_the_flows() {
+    let (_ns, node, client, pod) = node_with_pods(&["198.18.3.2/24"]);
+    let dir = TempDir::new("xdpmode");
+    dir.write("web.yaml", MANIFESTS);
+    let pins = PinDir(xtask::testbed::agent::bpffs_test_dir());
+    let pins_s = pins.0.display().to_string();
+    let pin_args = ["--bpffs-dir", pins_s.as_str()];
+    tagged_echo_server(&pod, sa("198.18.3.2:8080"), "edge", 4);
+
+    let first = start_edge_agent_with(&node, "skb", &dir, &pin_args);
+    assert_eq!(xdp_mode_of(&node, "eth0"), Some(2), "skb mode");
+    let mut conn = in_netns(&client, || {
+        let s = TcpStream::connect_timeout(&sa("198.18.0.1:30080"), Duration::from_secs(3))
+            .expect("connecting to the NodePort");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
+    });
+    assert_eq!(exchange(&mut conn, "under skb"), Ok("edge".into()));
+    let (status, log) = first.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}: {log}");
+    assert_eq!(xdp_mode_of(&node, "eth0"), Some(2), "left attached on exit");
+
+    for (mode, code) in [("native", 1), ("skb", 2)] {
+        let agent = start_edge_agent_with(&node, mode, &dir, &pin_args);
+        assert_eq!(xdp_mode_of(&node, "eth0"), Some(code), "{mode} mode now");
+        let hits = |a: &support::Agent| {
+            a.metrics()
+                .get("ingress_datapath_l4_events_total{hook=\"xdp\",event=\"l4_flow_hit\"}")
+                .copied()
+                .unwrap_or(0.0)
+        };
+        let before = hits(&agent);
+        assert_eq!(
+            exchange(&mut conn, &format!("under {mode}")),
+            Ok("edge".into()),
+            "the connection goes on in {mode} mode"
+        );
+        assert!(
+            hits(&agent) > before,
+            "{mode}: the flow is known to the new link's program"
+        );
+        let (status, log) = agent.stop(libc::SIGTERM);
+        assert!(status.success(), "{status}: {log}");
+        assert!(
+            log.contains("the pinned XDP link is in another mode"),
+            "{mode}: {log}"
+        );
+        assert_eq!(
+            std::fs::read_dir(pins.0.join("v1/links"))
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("xdp@"))
+                .count(),
+            1,
+            "one pinned XDP link"
+        );
+    }
+    let (code, _, err) = bpf(&pins.0, &["detach"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(xdp_mode_of(&node, "eth0"), None);
+}

@@ -12,7 +12,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use ingress_common::{
     counters::Counter,
     l4::{self, FlowKey},
-    testing::{L4, PacketBuilder, icmp4_error, v6},
+    testing::{L4, PacketBuilder, icmp4_error, icmp6_error, v6},
 };
 use ingress_userspace::{
     datapath::{
@@ -971,6 +971,281 @@ fn ipv6_remote_backends_get_dnat_snat_and_their_replies_come_back() {
     });
 }
 
+/// The quote an ICMPv6 error carries of `packet`: its IPv6 header and the
+/// first `l4` bytes of its TCP or UDP header.
+fn quote6(packet: &PacketBuilder, l4: usize) -> Vec<u8> {
+    packet.build()[14..14 + 40 + l4].to_vec()
+}
+
+const ROUTER6: u16 = 0x901;
+const MTU_1280: [u8; 4] = [0, 0, 0x05, 0x00];
+
+/// The ICMPv6 checksum of a frame with a plain IPv6 header, recomputed
+/// from scratch over the pseudo-header: 0 when right.
+fn icmp6_checksum(frame: &[u8]) -> u16 {
+    let (src, dst): ([u8; 16], [u8; 16]) = (
+        frame[14 + 8..14 + 24].try_into().unwrap(),
+        frame[14 + 24..14 + 40].try_into().unwrap(),
+    );
+    let body = &frame[14 + 40..];
+    let pseudo = ingress_common::csum::pseudo_header_v6(&src, &dst, 58, body.len() as u32);
+    ingress_common::csum::checksum(pseudo, body)
+}
+
+/// Whether an ICMPv6 error quotes the whole packet (its payload length
+/// says no more than the quote holds), so the quoted L4 checksum can be
+/// checked.
+fn quote_is_whole(frame: &[u8]) -> bool {
+    let q = &frame[14 + 40 + 8..];
+    usize::from(u16::from_be_bytes([q[4], q[5]])) == q.len() - 40
+}
+
+/// The quoted TCP or UDP checksum of an ICMPv6 error whose quote holds the
+/// whole L4 header, recomputed from scratch: 0 when right.
+fn quoted_l4_checksum(frame: &[u8]) -> u16 {
+    let q = &frame[14 + 40 + 8..];
+    let (src, dst): ([u8; 16], [u8; 16]) =
+        (q[8..24].try_into().unwrap(), q[24..40].try_into().unwrap());
+    let l4 = &q[40..];
+    let pseudo = ingress_common::csum::pseudo_header_v6(&src, &dst, q[6], l4.len() as u32);
+    ingress_common::csum::checksum(pseudo, l4)
+}
+
+/// ICMPv6 errors go to the tail-called ICMPv6 programs: packet too big
+/// (and destination unreachable, time exceeded) about a flow to the local
+/// pod, from the client's side on XDP and from the pod on TC, with exact
+/// bytes; what is about no flow, cut short or no error passes untouched;
+/// an empty program-array slot passes and is counted.
+#[test]
+fn icmpv6_errors_about_a_local_flow_are_translated_both_ways() {
+    use aya::maps::ProgramArray;
+    use ingress_common::maps::{CALL_ICMP6, TC_CALLS, XDP_CALLS};
+
+    let mut h = Harness::new();
+    let (client, node, pod, router) = (v6(CLIENT6), v6(NODE6), v6(POD6), v6(ROUTER6));
+    h.run(
+        Hook::Xdp,
+        &PacketBuilder::tcp6(client, node, 40000, 30080).build(),
+    );
+    h.run(
+        Hook::Xdp,
+        &PacketBuilder::udp6(client, node, 5000, 30053).build(),
+    );
+    for (kind, code, rest) in [(2, 0, MTU_1280), (1, 4, [0; 4]), (3, 0, [0; 4])] {
+        // The client's side could not take our reply: the pod hears it,
+        // about what it sent.
+        for (reply, from_pod, l4) in [
+            (
+                PacketBuilder::tcp6(node, client, 30080, 40000),
+                PacketBuilder::tcp6(pod, client, 8080, 40000),
+                20,
+            ),
+            (
+                PacketBuilder::tcp6(node, client, 30080, 40000),
+                PacketBuilder::tcp6(pod, client, 8080, 40000),
+                8,
+            ),
+            (
+                PacketBuilder::udp6(node, client, 30053, 5000),
+                PacketBuilder::udp6(pod, client, 5353, 5000),
+                8,
+            ),
+        ] {
+            let error = icmp6_error(router, node, kind, code, rest, &quote6(&reply, l4)).build();
+            let (verdict, out, events) = h.run(Hook::Xdp, &error);
+            assert_eq!(verdict, XDP_PASS);
+            assert_eq!(
+                out,
+                icmp6_error(router, pod, kind, code, rest, &quote6(&from_pod, l4)).build(),
+                "type {kind}, {l4} quoted L4 bytes: outer destination and quoted source the pod"
+            );
+            assert_eq!(icmp6_checksum(&out), 0, "ICMPv6 checksum from scratch");
+            if quote_is_whole(&out) {
+                assert_eq!(quoted_l4_checksum(&out), 0, "quoted checksum from scratch");
+            }
+            assert_eq!(events, [(Counter::L4Icmp6Translated, 1)]);
+        }
+        // The pod's own error about the client's packet (the node's, when
+        // it is the pod's path that is too narrow) leaves from the
+        // frontend, quoting what the client sent.
+        let from_pod = icmp6_error(
+            pod,
+            client,
+            kind,
+            code,
+            rest,
+            &quote6(&PacketBuilder::tcp6(client, pod, 40000, 8080), 20),
+        )
+        .build();
+        let (verdict, out, events) = h.run(Hook::Tc, &from_pod);
+        assert_eq!(verdict, TC_ACT_PIPE);
+        let want = icmp6_error(
+            node,
+            client,
+            kind,
+            code,
+            rest,
+            &quote6(&PacketBuilder::tcp6(client, node, 40000, 30080), 20),
+        )
+        .build();
+        assert_eq!(out, want, "type {kind} on TC");
+        assert_eq!(icmp6_checksum(&out), 0);
+        assert!(quote_is_whole(&out));
+        assert_eq!(quoted_l4_checksum(&out), 0);
+        assert_eq!(events, [(Counter::L4Icmp6Translated, 1)]);
+    }
+
+    let reply = PacketBuilder::tcp6(node, client, 30080, 40000);
+    let untouched = [
+        // About a flow the tables do not know.
+        icmp6_error(
+            router,
+            node,
+            2,
+            0,
+            MTU_1280,
+            &quote6(&PacketBuilder::tcp6(node, client, 30080, 40999), 20),
+        )
+        .build(),
+        // A quote cut before the ports.
+        icmp6_error(router, node, 2, 0, MTU_1280, &quote6(&reply, 8)[..42]).build(),
+        // Echo request and reply.
+        icmp6_error(client, node, 128, 0, [0, 1, 0, 1], b"ping").build(),
+        icmp6_error(node, client, 129, 0, [0, 1, 0, 1], b"ping").build(),
+    ];
+    for frame in &untouched {
+        for hook in [Hook::Xdp, Hook::Tc] {
+            let (_, out, events) = h.run(hook, frame);
+            assert_eq!(&out, frame, "{hook:?}: untouched");
+            assert_eq!(events, [], "{hook:?}: no event");
+        }
+    }
+
+    // An empty slot: the main programs pass the error and count it.
+    let error = icmp6_error(router, node, 2, 0, MTU_1280, &quote6(&reply, 20)).build();
+    for name in [XDP_CALLS, TC_CALLS] {
+        let mut calls = ProgramArray::try_from(h.programs.ebpf.map_mut(name).unwrap()).unwrap();
+        calls.clear_index(&CALL_ICMP6).unwrap();
+    }
+    for hook in [Hook::Xdp, Hook::Tc] {
+        let (_, out, events) = h.run(hook, &error);
+        assert_eq!(out, error, "{hook:?}");
+        assert_eq!(events, [(Counter::L4Icmp6TailCallFailed, 1)], "{hook:?}");
+    }
+}
+
+/// Packet too big about a flow to a remote pod (DNAT + SNAT), in both
+/// directions, forwarded like the flow (the FIB has no answer in this
+/// namespace, so the stack forwards): exact bytes, hop limit decremented.
+#[test]
+fn icmpv6_packet_too_big_about_a_remote_flow_is_translated_both_ways() {
+    let ns = support::Namespaces::new(&["icmp6fib"]);
+    support::in_netns(ns.name("icmp6fib"), || {
+        let mut h = Harness::with(&LoadOptions {
+            snat_ipv6: Some(v6(NODE6).into()),
+            ..LoadOptions::default()
+        });
+        let (client, node, remote, router) = (v6(CLIENT6), v6(NODE6), v6(REMOTE_POD6), v6(ROUTER6));
+        let (_, out, _) = h.run(
+            Hook::Xdp,
+            &PacketBuilder::tcp6(client, node, 40000, 30090).build(),
+        );
+        let snat_port = ingress_common::parse::parse(&out[..]).src_port;
+        assert!((20_000..30_000).contains(&snat_port));
+        for l4 in [20, 8] {
+            // A router between the node and the remote pod: our translated
+            // packet was too big. The client hears it from the frontend,
+            // about what it sent.
+            let towards_pod = icmp6_error(
+                router,
+                node,
+                2,
+                0,
+                MTU_1280,
+                &quote6(&PacketBuilder::tcp6(node, remote, snat_port, 9090), l4),
+            )
+            .build();
+            let (verdict, out, events) = h.run(Hook::Xdp, &towards_pod);
+            assert_eq!(
+                verdict, XDP_PASS,
+                "no route in this namespace: the stack forwards"
+            );
+            assert_eq!(
+                out,
+                hop_limit(
+                    icmp6_error(
+                        node,
+                        client,
+                        2,
+                        0,
+                        MTU_1280,
+                        &quote6(&PacketBuilder::tcp6(client, node, 40000, 30090), l4),
+                    )
+                    .build(),
+                    63
+                ),
+                "{l4} quoted L4 bytes"
+            );
+            assert_eq!(icmp6_checksum(&out), 0);
+            if quote_is_whole(&out) {
+                assert_eq!(quoted_l4_checksum(&out), 0);
+            }
+            assert_eq!(
+                events,
+                [(Counter::L4FibPass, 1), (Counter::L4Icmp6Translated, 1)]
+            );
+            // The client's side could not take the reply: the remote pod
+            // hears it from the node, about what it sent to the SNAT port.
+            let towards_client = icmp6_error(
+                router,
+                node,
+                2,
+                0,
+                MTU_1280,
+                &quote6(&PacketBuilder::tcp6(node, client, 30090, 40000), l4),
+            )
+            .build();
+            let (verdict, out, events) = h.run(Hook::Xdp, &towards_client);
+            assert_eq!(verdict, XDP_PASS);
+            assert_eq!(
+                out,
+                hop_limit(
+                    icmp6_error(
+                        node,
+                        remote,
+                        2,
+                        0,
+                        MTU_1280,
+                        &quote6(&PacketBuilder::tcp6(remote, node, 9090, snat_port), l4),
+                    )
+                    .build(),
+                    63
+                )
+            );
+            assert_eq!(icmp6_checksum(&out), 0);
+            assert_eq!(
+                events,
+                [(Counter::L4FibPass, 1), (Counter::L4Icmp6Translated, 1)]
+            );
+        }
+        // Hop limit 1: left to the stack untranslated.
+        let last_hop = hop_limit(
+            icmp6_error(
+                router,
+                node,
+                2,
+                0,
+                MTU_1280,
+                &quote6(&PacketBuilder::tcp6(node, remote, snat_port, 9090), 20),
+            )
+            .build(),
+            1,
+        );
+        let (verdict, out, events) = h.run(Hook::Xdp, &last_hop);
+        assert_eq!((verdict, &out, events.len()), (XDP_PASS, &last_hop, 0));
+    });
+}
+
 /// The sizes and ranges of the command line reach the programs: a Maglev
 /// size other than the default (the userspace tables and the programs'
 /// `MAGLEV_SIZE` must agree, or services past the first land outside the
@@ -1010,12 +1285,51 @@ fn load_options_reach_the_programs() {
     });
 }
 
+/// The id of the program in slot `index` of the program array pinned at
+/// `path` (`BPF_MAP_LOOKUP_ELEM` on a program array answers the id), or
+/// `None` for an empty slot. aya's `ProgramArray` has no lookup.
+fn program_in_slot(path: &std::path::Path, index: u32) -> Option<u32> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let map = aya::maps::MapData::from_pin(path).expect("opening the pinned program array");
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let mut value = 0u32;
+    let attr = Attr {
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        _pad: 0,
+        key: &index as *const u32 as u64,
+        value: &mut value as *mut u32 as u64,
+        flags: 0,
+    };
+    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+    // SAFETY: the attribute names a live map fd and buffers that outlive
+    // the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_ELEM,
+            &attr as *const Attr,
+            size_of::<Attr>() as u32,
+        )
+    };
+    (rc == 0).then_some(value)
+}
+
 /// Pinned state maps: a second load adopts the connection table (a known
 /// flow stays a connection-table hit), config maps are published filled,
 /// and a pinned map of another size is replaced rather than adopted.
 #[test]
 fn pinned_state_maps_are_adopted_and_mismatched_ones_replaced() {
-    use ingress_common::l4::{L4_FLOWS, L4_SERVICES};
+    use ingress_common::{
+        l4::{L4_FLOWS, L4_SERVICES},
+        maps::{CALL_ICMP6, TC_CALLS, XDP_CALLS},
+    };
     use ingress_userspace::datapath::pin::{self, PinLayout};
 
     support::require_root();
@@ -1048,6 +1362,15 @@ fn pinned_state_maps_are_adopted_and_mismatched_ones_replaced() {
     let (_, to_pod, events) = first.run(Hook::Xdp, &syn);
     assert!(events.contains(&(Counter::L4NewFlow, 1)), "{events:?}");
     drop(first);
+    // Every fd of the first load is closed: the pins alone hold the
+    // program arrays, and a program array keeps its entries while a pin
+    // (a user reference) holds it, so the ICMPv6 programs stay reachable
+    // for the programs left attached (`--on-exit keep`).
+    let first_ids = [XDP_CALLS, TC_CALLS].map(|name| {
+        let id = program_in_slot(&layout.map(name), CALL_ICMP6);
+        assert!(id.is_some(), "{name} keeps its slot");
+        id
+    });
 
     let mut second = Harness::with(&opts);
     let (_, out, events) = second.run(Hook::Xdp, &ack);
@@ -1058,6 +1381,27 @@ fn pinned_state_maps_are_adopted_and_mismatched_ones_replaced() {
     // Same pod as before the reload.
     let pod = |b: &[u8]| ingress_common::parse::parse(b).dst_port;
     assert_eq!(pod(&out[..]), pod(&to_pod[..]));
+    // The adopting load wrote its own ICMPv6 programs into the slots.
+    let (client, node) = (v6(CLIENT6), v6(NODE6));
+    second.run(
+        Hook::Xdp,
+        &PacketBuilder::tcp6(client, node, 40000, 30080).build(),
+    );
+    let too_big = icmp6_error(
+        v6(ROUTER6),
+        node,
+        2,
+        0,
+        MTU_1280,
+        &quote6(&PacketBuilder::tcp6(node, client, 30080, 40000), 20),
+    )
+    .build();
+    let (_, _, events) = second.run(Hook::Xdp, &too_big);
+    assert_eq!(events, [(Counter::L4Icmp6Translated, 1)]);
+    for (name, old) in [XDP_CALLS, TC_CALLS].into_iter().zip(first_ids) {
+        let id = program_in_slot(&layout.map(name), CALL_ICMP6);
+        assert!(id.is_some() && id != old, "{name}: this load's program");
+    }
     drop(second);
 
     let mut third = Harness::with(&LoadOptions {

@@ -10,6 +10,7 @@ pub mod l4sync;
 pub mod object;
 pub mod pin;
 pub mod privileges;
+pub mod xdp_query;
 
 use std::{
     os::fd::AsRawFd,
@@ -22,7 +23,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray},
+    maps::{MapData, PerCpuArray, ProgramArray},
     programs::{
         ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
@@ -30,7 +31,10 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use ingress_common::maps::{TC_COUNTERS, TC_PROGRAM, XDP_COUNTERS, XDP_PROGRAM};
+use ingress_common::maps::{
+    CALL_ICMP6, TC_CALLS, TC_COUNTERS, TC_ICMP6_PROGRAM, TC_PROGRAM, XDP_CALLS, XDP_COUNTERS,
+    XDP_ICMP6_PROGRAM, XDP_PROGRAM,
+};
 use pin::PinLayout;
 use thiserror::Error;
 use tokio::io::{Interest, unix::AsyncFd};
@@ -276,6 +280,7 @@ impl LoadedPrograms {
                 name: TC_PROGRAM,
                 source,
             })?;
+        load_tail_calls(&mut ebpf)?;
         Ok(LoadedPrograms {
             ebpf,
             options: opts.clone(),
@@ -304,6 +309,52 @@ impl LoadedPrograms {
             .map_err(|source| DatapathError::Map { name, source })?;
         Ok(CounterMap::new(hook, array))
     }
+}
+
+/// Loads the ICMPv6 programs and writes them into the program arrays the
+/// main programs tail-call through. An adopted (pinned) array gets this
+/// load's programs: from here on the previous agent's main programs, still
+/// attached until the links are swapped, call them too, which is right:
+/// they read only the state maps the two loads share.
+fn load_tail_calls(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
+    let program_err = |name| move |source| DatapathError::LoadProgram { name, source };
+    let fd_err = |name: &'static str| {
+        move |e: std::io::Error| DatapathError::LoadProgram {
+            name,
+            source: ProgramError::IOError(e),
+        }
+    };
+    let xdp: &mut Xdp = ebpf
+        .program_mut(XDP_ICMP6_PROGRAM)
+        .ok_or(DatapathError::MissingProgram(XDP_ICMP6_PROGRAM))?
+        .try_into()
+        .map_err(program_err(XDP_ICMP6_PROGRAM))?;
+    xdp.load().map_err(program_err(XDP_ICMP6_PROGRAM))?;
+    let xdp_fd = xdp
+        .fd()
+        .map_err(program_err(XDP_ICMP6_PROGRAM))?
+        .try_clone()
+        .map_err(fd_err(XDP_ICMP6_PROGRAM))?;
+    let tc: &mut SchedClassifier = ebpf
+        .program_mut(TC_ICMP6_PROGRAM)
+        .ok_or(DatapathError::MissingProgram(TC_ICMP6_PROGRAM))?
+        .try_into()
+        .map_err(program_err(TC_ICMP6_PROGRAM))?;
+    tc.load().map_err(program_err(TC_ICMP6_PROGRAM))?;
+    let tc_fd = tc
+        .fd()
+        .map_err(program_err(TC_ICMP6_PROGRAM))?
+        .try_clone()
+        .map_err(fd_err(TC_ICMP6_PROGRAM))?;
+    for (name, fd) in [(XDP_CALLS, &xdp_fd), (TC_CALLS, &tc_fd)] {
+        let map = ebpf.map_mut(name).ok_or(DatapathError::MissingMap(name))?;
+        let mut calls =
+            ProgramArray::try_from(map).map_err(|source| DatapathError::Map { name, source })?;
+        calls
+            .set(CALL_ICMP6, fd, 0)
+            .map_err(|source| DatapathError::Map { name, source })?;
+    }
+    Ok(())
 }
 
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
@@ -507,7 +558,23 @@ impl Datapath {
             source,
         };
         let xdp = self.programs.xdp()?;
-        if let Some(old) = pin_path.and_then(adopt_pinned) {
+        let mut adopted = pin_path.and_then(adopt_pinned);
+        if adopted.is_some()
+            && let Some(found) = mode_mismatch(iface, mode)
+        {
+            // Native and generic XDP cannot be attached to one interface
+            // at once, and a link cannot change its mode: the old link
+            // goes, then a new one is made. Frames arriving in between
+            // meet no program; the flows stay in the pinned maps.
+            tracing::warn!(interface = %iface, from = found.name(), to = mode_name,
+                "the pinned XDP link is in another mode: replacing it with a new link");
+            if let Some(p) = pin_path {
+                pin::remove_file(p)?;
+            }
+            // Dropping the last reference to the old link detaches it.
+            drop(adopted.take());
+        }
+        if let Some(old) = adopted {
             let replaced = XdpLink::try_from(old)
                 .map_err(|e| e.to_string())
                 .and_then(|l| xdp.attach_to_link(l).map_err(|e| e.to_string()));
@@ -602,6 +669,32 @@ impl Datapath {
                 Ok(_) => tracing::info!(dir = %layout.root().display(), "removed the pins"),
                 Err(e) => tracing::warn!(error = %e, "removing the pins"),
             }
+        }
+    }
+}
+
+/// The mode XDP is attached in on `iface` when it is not `mode` (the
+/// kernel asked over rtnetlink); `None` when it matches, nothing is
+/// attached or the kernel cannot say (then the pinned link is tried as is).
+fn mode_mismatch(iface: &str, mode: XdpMode) -> Option<xdp_query::XdpAttached> {
+    use xdp_query::XdpAttached;
+    let c = std::ffi::CString::new(iface).ok()?;
+    // SAFETY: a valid NUL-terminated string.
+    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if ifindex == 0 {
+        return None;
+    }
+    let want = if mode == XdpMode::Skb {
+        XdpAttached::Generic
+    } else {
+        XdpAttached::Driver
+    };
+    match xdp_query::xdp_attached(ifindex) {
+        Ok(found @ (XdpAttached::Driver | XdpAttached::Generic)) if found != want => Some(found),
+        Ok(_) => None,
+        Err(error) => {
+            tracing::warn!(interface = %iface, %error, "cannot tell the attached XDP mode: keeping the pinned link's");
+            None
         }
     }
 }

@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! DIR/v1/maps/L4_FLOWS L4_REVNAT L4_AFFINITY XDP_COUNTERS TC_COUNTERS   state: adopted on restart
+//! DIR/v1/maps/XDP_CALLS TC_CALLS                                       program arrays: adopted, slots rewritten
 //! DIR/v1/maps/L4_SERVICES L4_BACKENDS L4_MAGLEV L4_PORTS L4_SOURCE_RANGES  config: rebuilt, then re-pinned
 //! DIR/v1/links/xdp@IFACE tc_egress@IFACE                                links: program replaced in place
 //! ```
@@ -26,7 +27,7 @@ use ingress_common::{
         AffinityKey, AffinityValue, FlowKey, FlowValue, L4_AFFINITY, L4_BACKENDS, L4_FLOWS,
         L4_MAGLEV, L4_PORTS, L4_REVNAT, L4_SERVICES, L4_SOURCE_RANGES, RevValue,
     },
-    maps::{TC_COUNTERS, XDP_COUNTERS},
+    maps::{CALL_SLOTS, TC_CALLS, TC_COUNTERS, XDP_CALLS, XDP_COUNTERS},
 };
 use thiserror::Error;
 
@@ -182,7 +183,13 @@ impl MapShape {
 }
 
 /// The maps a restarted agent adopts, with the shape the loader gives them.
-pub fn state_maps(max_flows: u32) -> [(&'static str, MapShape); 5] {
+///
+/// The program arrays are among them: a program array's entries are
+/// cleared when its last user reference (an fd held by a process, or a pin)
+/// goes, so pinning keeps the ICMPv6 programs reachable after the agent
+/// exits (`--on-exit keep`); each agent writes the slots again after it
+/// loads (its own programs).
+pub fn state_maps(max_flows: u32) -> [(&'static str, MapShape); 7] {
     [
         (
             L4_FLOWS,
@@ -203,6 +210,14 @@ pub fn state_maps(max_flows: u32) -> [(&'static str, MapShape); 5] {
         (
             TC_COUNTERS,
             MapShape::of::<u32, u64>(MapType::PerCpuArray, COUNTER_SLOTS),
+        ),
+        (
+            XDP_CALLS,
+            MapShape::of::<u32, u32>(MapType::ProgramArray, CALL_SLOTS),
+        ),
+        (
+            TC_CALLS,
+            MapShape::of::<u32, u32>(MapType::ProgramArray, CALL_SLOTS),
         ),
     ]
 }
