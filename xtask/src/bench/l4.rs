@@ -35,6 +35,9 @@ const TARGET_CONN_RATIO: f64 = 3.0;
 const TARGET_CT_HIT: f64 = 2.0;
 /// "Flat": within this fraction of the smallest round.
 const FLAT_TOLERANCE: f64 = 0.15;
+/// Seconds after its close that a SNAT port is free again (the program's
+/// `SNAT_REUSE_S`), for the reduced run's occupancy samples.
+const REUSE_S: u32 = 2;
 
 pub fn run() -> anyhow::Result<()> {
     if !cmd::is_root() {
@@ -82,6 +85,14 @@ pub fn run() -> anyhow::Result<()> {
         nginx: &tools[1],
     };
 
+    // The reduced run: the remote pod only, with diagnostics; no report.
+    if let Some(secs) = std::env::var("BENCH_L4_REMOTE_ONLY")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        println!("bench l4: remote pod only, {secs} s of new connections, with diagnostics");
+        return super::l4_diag::run(&net_tools, secs, REUSE_S);
+    }
     println!(
         "bench l4: through a NodePort in namespaces, the agent ({} XDP) then kube-proxy's iptables rules, at {:?} Services",
         l4_net::XDP_MODE,
