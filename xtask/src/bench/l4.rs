@@ -568,12 +568,12 @@ table hits, DNAT).\n\n{}",
         if exhausted > 0.0 {
             let _ = writeln!(
                 s,
-                "- **New connections, pod on a worker.** Here the agent is at {remote:.2}x iptables at {n1} Services. Its program counted `l4_snat_exhausted` {exhausted:.0} times over the rounds: a new flow to a pod on another node whose 32 SNAT port tries (spread over 20000-29999; a port whose flow closed more than 2 s ago counts as free) all found a live reverse entry is dropped, and the client resends its SYN after a second or more, which holds one of wrk's connections that long (it shows in the rate; wrk does not time connects). With a few thousand flows a second to one pod that should be rare, so the drops, and whether the remote path loses frames elsewhere under this churn (native `XDP_TX` between veths), are still to be explained. kube-proxy's MASQUERADE (conntrack) showed no such stall."
+                "- **New connections, pod on a worker.** Here the agent is at {remote:.2}x iptables at {n1} Services. Its program counted `l4_snat_exhausted` {exhausted:.0} times over the rounds: a new flow to a pod on another node whose 32 SNAT port tries (spread over 20000-29999; a port whose flow closed more than 2 s ago counts as free) all found a live reverse entry is dropped, and the client resends its SYN after a second or more, which holds one of wrk's connections that long (it shows in the rate; wrk does not time connects). Where these drops come from is not found yet (the reduced run, `BENCH_L4_REMOTE_ONLY=SECS`, did not show them)."
             );
         } else {
             let _ = writeln!(
                 s,
-                "- **New connections, pod on a worker.** The agent is at {remote:.2}x iptables at {n1} Services (DNAT + SNAT + `XDP_TX` against conntrack's DNAT + MASQUERADE)."
+                "- **New connections, pod on a worker.** The agent is at {remote:.2}x iptables at {n1} Services (DNAT + SNAT + `XDP_TX` against conntrack's DNAT + MASQUERADE). The SNAT port of a flow goes to another client only when no port the pod may still hold TIME_WAIT for is left (a pod refuses another client's SYN on such a tuple, PAWS, and the client resends it a second later); each round's runs (about 4 s of new connections on a fresh agent) stay within the 10,000-port range, so they meet no such reuse: a pod taking more than range / 60 s new connections a second for longer would (docs/l4.md)."
             );
         }
         let _ = writeln!(
