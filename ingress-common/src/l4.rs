@@ -46,9 +46,10 @@ pub const SNAT_PORT_SPAN_GLOBAL: &str = "SNAT_PORT_SPAN";
 pub const DEFAULT_SNAT_PORT_MIN: u16 = 20_000;
 pub const DEFAULT_SNAT_PORT_SPAN: u16 = 10_000;
 /// Seconds after which the SNAT port of a closed flow (FIN or RST seen) may
-/// go to a new flow to the same pod, before the sweep removes the old
-/// entries: the pod's side of the old connection is closed or in
-/// TIME_WAIT, which accepts a new SYN with a higher sequence number.
+/// go to another client's new flow to the same pod, when no better port is
+/// found ([`snat_probe`]): the pod may still hold TIME_WAIT for it, which
+/// refuses a SYN with older timestamps (PAWS), costing that client a SYN
+/// retransmission.
 pub const SNAT_REUSE_S: u32 = 2;
 
 /// Seconds a pod keeps a connection it closed first in TIME_WAIT (Linux's
