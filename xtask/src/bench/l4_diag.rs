@@ -240,6 +240,25 @@ pub fn run(tools: &Tools, secs: u64, reuse_s: u32) -> anyhow::Result<()> {
     }
     let _ = wrk.stop();
     let wrk_out = std::fs::read_to_string(&wrk_log).unwrap_or_default();
+    // Then a keep-alive run, as each bench round does after its new
+    // connections: the exhaustion count after it.
+    let exhausted = |node: &str| -> anyhow::Result<f64> {
+        Ok(l4_net::xdp_events(&l4_net::agent_metrics(node)?)
+            .get("l4_snat_exhausted")
+            .copied()
+            .unwrap_or(0.0))
+    };
+    let before_ka = exhausted(&node)?;
+    let keep_alive = Load {
+        close: false,
+        ..load
+    };
+    let ka = keep_alive.run_in(&client, 3, &url, &[], &log)?;
+    println!(
+        "--- keep-alive run: {:.0} requests/s, l4_snat_exhausted during it: {:.0}",
+        ka.requests_per_sec,
+        exhausted(&node)? - before_ka
+    );
     let after = snaps(&log);
     let ev_after = l4_net::xdp_events(&l4_net::agent_metrics(&node)?);
     println!("--- wrk\n{wrk_out}");
