@@ -5,8 +5,9 @@
 //! 30081: DNAT + SNAT + `XDP_TX`), sampling the reverse table's SNAT ports
 //! every second; then it prints the agent's counters, the client's and the
 //! worker's TCP counters (`nstat`), the veth counters (`ethtool -S`) of the
-//! node's uplink and its bridge port, and the occupancy samples. It writes
-//! nothing to the docs. The decoding of `bpftool` dumps is pure and tested
+//! node's uplink and its bridge port, and the occupancy samples; then 3 s of
+//! keep-alive requests (as each bench round runs) with the SNAT exhaustion
+//! counted during them. It writes nothing to the docs. The decoding of `bpftool` dumps is pure and tested
 //! below.
 
 use std::{
