@@ -46,10 +46,54 @@ pub const SNAT_PORT_SPAN_GLOBAL: &str = "SNAT_PORT_SPAN";
 pub const DEFAULT_SNAT_PORT_MIN: u16 = 20_000;
 pub const DEFAULT_SNAT_PORT_SPAN: u16 = 10_000;
 /// Seconds after which the SNAT port of a closed flow (FIN or RST seen) may
-/// go to a new flow to the same pod, before the sweep removes the old
-/// entries: the pod's side of the old connection is closed or in
-/// TIME_WAIT, which accepts a new SYN with a higher sequence number.
+/// go to another client's new flow to the same pod, when no better port is
+/// found ([`snat_probe`]): the pod may still hold TIME_WAIT for it, which
+/// refuses a SYN with older timestamps (PAWS), costing that client a SYN
+/// retransmission.
 pub const SNAT_REUSE_S: u32 = 2;
+
+/// Seconds a pod keeps a connection it closed first in TIME_WAIT (Linux's
+/// `TCP_TIMEWAIT_LEN`, fixed). A SYN from another client arriving on such a
+/// tuple (the same SNAT port, reused) carries unrelated timestamps: the
+/// pod's TIME_WAIT rejects it (PAWS) and answers with an ACK, the client
+/// resets and resends its SYN a second later. So the reverse entries of
+/// remote flows are kept this long after their close (the agent's sweep),
+/// and a closed SNAT port goes to another client only when no port without
+/// such a past is found, the longest closed first.
+pub const POD_TIME_WAIT_S: u32 = 60;
+
+/// What a SNAT port probe found, as [`snat_probe`] judges it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnatProbe {
+    /// Free with no pod-side TIME_WAIT to meet (no entry, or closed longer
+    /// than [`POD_TIME_WAIT_S`]), or last used by this very client tuple
+    /// (its timestamps go on, so the pod's TIME_WAIT takes the new SYN):
+    /// take it.
+    Take,
+    /// Closed at least [`SNAT_REUSE_S`] ago by another client: usable when
+    /// nothing better is found (the longest closed first).
+    Fallback,
+    /// Open, or closed too recently.
+    Taken,
+}
+
+/// Judges a SNAT port whose reverse entry is `closed_at` (0: open), last
+/// used by the same client tuple or not, at `now_s`. Pure; the program
+/// calls it for each probe (a missing entry is [`SnatProbe::Take`] there).
+#[inline(always)]
+pub fn snat_probe(closed_at: u32, same_client: bool, now_s: u32) -> SnatProbe {
+    if closed_at == 0 {
+        return SnatProbe::Taken;
+    }
+    let age = now_s.wrapping_sub(closed_at);
+    if same_client || age > POD_TIME_WAIT_S {
+        SnatProbe::Take
+    } else if age >= SNAT_REUSE_S {
+        SnatProbe::Fallback
+    } else {
+        SnatProbe::Taken
+    }
+}
 
 /// SNAT ports tried (spread over the range) for a new flow to a remote
 /// pod before it is dropped (`l4_snat_exhausted`): with the range a third
@@ -314,6 +358,32 @@ mod tests {
         other.proto = PROTO_UDP;
         assert_ne!(flow_hash(&other), h);
         assert_eq!(flow_hash(&k), h);
+    }
+
+    #[test]
+    fn snat_probes_prefer_ports_the_pod_holds_no_time_wait_for() {
+        // Open: never.
+        assert_eq!(snat_probe(0, false, 500), SnatProbe::Taken);
+        assert_eq!(snat_probe(0, true, 500), SnatProbe::Taken);
+        // Closed by this client tuple: at once (its timestamps go on).
+        assert_eq!(snat_probe(500, true, 500), SnatProbe::Take);
+        // Another client's: not before SNAT_REUSE_S, a fallback until the
+        // pod's TIME_WAIT is over, then free.
+        assert_eq!(snat_probe(500, false, 501), SnatProbe::Taken);
+        assert_eq!(
+            snat_probe(500, false, 500 + SNAT_REUSE_S),
+            SnatProbe::Fallback
+        );
+        assert_eq!(
+            snat_probe(500, false, 500 + POD_TIME_WAIT_S),
+            SnatProbe::Fallback
+        );
+        assert_eq!(
+            snat_probe(500, false, 501 + POD_TIME_WAIT_S),
+            SnatProbe::Take
+        );
+        // The seconds counter wrapping is still an age.
+        assert_eq!(snat_probe(u32::MAX - 1, false, 100), SnatProbe::Take);
     }
 
     #[test]

@@ -39,9 +39,9 @@ use ingress_common::{
         CLOSE_TIMEOUT_S, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES,
         DEFAULT_MAX_SOURCE_RANGES, DEFAULT_NEW_FLOW_RATE, DEFAULT_SNAT_PORT_MIN,
         DEFAULT_SNAT_PORT_SPAN, FlowKey, FlowValue, NO_BACKEND, PORT_BACKEND, PORT_FRONTEND,
-        RANGE_ID_BITS, REV_REMOTE, RangeKey, RevValue, SNAT_PROBES, SNAT_REUSE_S,
-        SVC_CLIENT_AFFINITY, SVC_SOURCE_RANGES, ServiceKey, ServiceValue, flow_hash, is_v4_mapped,
-        v4_mapped,
+        RANGE_ID_BITS, REV_REMOTE, RangeKey, RevValue, SNAT_PROBES, SVC_CLIENT_AFFINITY,
+        SVC_SOURCE_RANGES, ServiceKey, ServiceValue, SnatProbe, flow_hash, is_v4_mapped,
+        snat_probe, v4_mapped,
     },
     maglev::DEFAULT_TABLE_SIZE,
     nat::{
@@ -490,11 +490,15 @@ fn decide(flow: &FlowKey, tcp_flags: u8, counters: &PerCpuArray<u64>, out: &mut 
     // backend without the service lookup (the fast path: one hash lookup).
     // SAFETY: map values stay valid for the rest of the program run.
     if let Some(f) = unsafe { FLOWS.get(flow) } {
-        // A new connection on the tuple of one that closed a while ago
-        // chooses afresh (and overwrites the old entries) below.
-        let reused = f.closed_at != 0
-            && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-            && now_s().wrapping_sub(f.closed_at) > global(&CLOSE_TIMEOUT);
+        // A SYN on the tuple of a closed flow is a new connection (the
+        // client reused its source port): it chooses afresh and overwrites
+        // the old entries below. Kept on the old entries, it would go out
+        // from the old SNAT port, which is free again SNAT_REUSE_S after
+        // the close and may carry another client's flow by now (two
+        // connections on one tuple at the pod, replies to the wrong
+        // client), and it would stay marked closed: never marked again,
+        // swept while open.
+        let reused = f.closed_at != 0 && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
         if !reused {
             bump(counters, Counter::L4FlowHit);
             to_backend(f, counters, out);
@@ -814,12 +818,15 @@ fn start_flow(flow: &FlowKey, counters: &PerCpuArray<u64>, out: &mut Decision) -
         s.reply.dst = snat;
         s.rev.flags = REV_REMOTE;
         let mut chosen = 0u16;
+        let (mut fallback, mut fallback_closed) = (0u16, 0u32);
         // Probes spread over the range (a Weyl sequence over the flow's
         // hash), not consecutive ports: taken ports cluster, and a run of
-        // them would fail many new flows in a row. A port whose flow closed
-        // (FIN or RST) a little while ago is free again, as a TIME_WAIT
-        // socket's port is: otherwise a busy pod's closed connections would
-        // hold the whole range until the sweep.
+        // them would fail many new flows in a row. A port is taken at once
+        // when the pod can hold no TIME_WAIT for it (no entry, or closed
+        // longer ago than that lasts) or when this client tuple used it
+        // last; a port another client's flow closed SNAT_REUSE_S ago is
+        // only a fallback, the longest closed first (the pod's TIME_WAIT
+        // would refuse the new SYN as too old: PAWS).
         let now = now_s();
         for i in 0..SNAT_PROBES {
             let h = s
@@ -828,19 +835,36 @@ fn start_flow(flow: &FlowKey, counters: &PerCpuArray<u64>, out: &mut Decision) -
             let port = (min as u32 + ((h >> 32) as u32 % span as u32)) as u16;
             s.reply.dport = port.to_be();
             // SAFETY: the entry is read at once.
-            let free = match unsafe { REVNAT.get(&s.reply) } {
-                None => true,
-                Some(r) => r.closed_at != 0 && now.wrapping_sub(r.closed_at) >= SNAT_REUSE_S,
+            let probe = match unsafe { REVNAT.get(&s.reply) } {
+                None => SnatProbe::Take,
+                Some(r) => {
+                    let same = r.client_port == flow.sport
+                        && r.frontend_port == flow.dport
+                        && r.client == flow.src;
+                    let probe = snat_probe(r.closed_at, same, now);
+                    // The longest closed: its close is before the fallback's.
+                    if probe == SnatProbe::Fallback
+                        && (fallback == 0 || fallback_closed.wrapping_sub(r.closed_at) as i32 > 0)
+                    {
+                        fallback = port;
+                        fallback_closed = r.closed_at;
+                    }
+                    probe
+                }
             };
-            if free {
+            if probe == SnatProbe::Take {
                 chosen = port;
                 break;
             }
         }
         if chosen == 0 {
+            chosen = fallback;
+        }
+        if chosen == 0 {
             bump(counters, Counter::L4SnatExhausted);
             return Action::Drop as u32;
         }
+        s.reply.dport = chosen.to_be();
         s.flow.snat_port = chosen.to_be();
     }
     let _ = FLOWS.insert(flow, &s.flow, 0);

@@ -113,7 +113,8 @@ pub struct L4Opts {
     #[arg(long, default_value_t = ingress_common::l4::DEFAULT_NEW_FLOW_RATE)]
     pub l4_new_flow_rate: u32,
     /// How long a flow that saw a TCP FIN or RST keeps its entries (for the
-    /// last segments and retransmissions) before the sweep removes them.
+    /// last segments and retransmissions) before the sweep removes them; a
+    /// remote flow's reverse entry stays at least 60 s (the pod's TIME_WAIT).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub l4_close_timeout: Duration,
 }

@@ -594,9 +594,8 @@ fn a_closed_tuple_reused_after_the_close_timeout_starts_a_new_flow() {
     });
     h.run(Hook::Xdp, &tcp(CLIENT, NODE, 42100, 30080, 0x02));
     h.run(Hook::Xdp, &tcp(CLIENT, NODE, 42100, 30080, 0x04));
-    // Within the same second the entry still serves the old connection.
-    // After it (timeout 0: any later second), a SYN on the same tuple is a
-    // new flow whose entries are open again.
+    // A SYN on the closed tuple is a new flow whose entries are open
+    // again (at once; here after the sweep's timeout too).
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let (_, out, events) = h.run(Hook::Xdp, &tcp(CLIENT, NODE, 42100, 30080, 0x02));
     assert_eq!(out, tcp(CLIENT, POD, 42100, 8080, 0x02));
@@ -1453,5 +1452,145 @@ fn a_closed_flows_snat_port_goes_to_a_new_flow() {
         let (_, out, events) = h.run(Hook::Xdp, &tcp(CLIENT, NODE, 47002, 30090, 0x02));
         assert!(events.contains(&(Counter::L4NewFlow, 1)), "{events:?}");
         assert_eq!(ingress_common::parse::parse(&out[..]).src_port, 20_000);
+    });
+}
+
+/// The SNAT source port a translated frame left with.
+fn src_port(out: &[u8]) -> u16 {
+    ingress_common::parse::parse(out).src_port
+}
+
+/// A remote flow's reverse entry: (client port, closed_at).
+fn snat_owner(h: &Harness, snat_port: u16) -> Option<(u16, u32)> {
+    let (_, r) = entries(
+        h,
+        key(CLIENT, 1, NODE, 1),
+        key(REMOTE_POD, 9090, NODE, snat_port),
+    );
+    r.map(|r| (u16::from_be(r.client_port), r.closed_at))
+}
+
+#[test]
+fn a_syn_on_a_closed_remote_flow_never_reuses_a_snat_port_another_client_took() {
+    // One SNAT port. A's flow closes; 2 s later B's new flow gets the port.
+    // A's client then reuses its source port: its SYN must not go out from
+    // that port (B's connection at the pod, replies to B) but start a new
+    // flow, which finds no port.
+    let ns = support::Namespaces::new(&["snatsyn"]);
+    support::in_netns(ns.name("snatsyn"), || {
+        let mut h = Harness::with(&LoadOptions {
+            snat_ipv4: Some(NODE.into()),
+            snat_port_min: 20_000,
+            snat_port_span: 1,
+            ..LoadOptions::default()
+        });
+        let (_, out, _) = h.run(Hook::Xdp, &tcp(CLIENT, NODE, 47100, 30090, 0x02));
+        assert_eq!(src_port(&out), 20_000);
+        h.run(Hook::Xdp, &tcp(CLIENT, NODE, 47100, 30090, 0x14));
+        std::thread::sleep(std::time::Duration::from_millis(
+            u64::from(l4::SNAT_REUSE_S) * 1000 + 1100,
+        ));
+        let (_, out, events) = h.run(Hook::Xdp, &tcp(CLIENT, NODE, 47101, 30090, 0x02));
+        assert!(events.contains(&(Counter::L4NewFlow, 1)), "{events:?}");
+        assert_eq!(
+            out,
+            PacketBuilder::tcp4(NODE, REMOTE_POD, 20_000, 9090)
+                .with_ttl(63)
+                .build()
+        );
+        assert_eq!(snat_owner(&h, 20_000), Some((47101, 0)));
+        let (verdict, _, events) = h.run(Hook::Xdp, &tcp(CLIENT, NODE, 47100, 30090, 0x02));
+        assert_eq!(verdict, XDP_DROP);
+        assert!(
+            events.contains(&(Counter::L4SnatExhausted, 1))
+                && !events.contains(&(Counter::L4FlowHit, 1)),
+            "{events:?}"
+        );
+        assert_eq!(snat_owner(&h, 20_000), Some((47101, 0)), "B keeps its port");
+        // A segment of A's old connection (no SYN) still takes the old
+        // entry: late retransmissions are translated as before.
+        let (_, _, events) = h.run(Hook::Xdp, &tcp(CLIENT, NODE, 47100, 30090, 0x10));
+        assert!(events.contains(&(Counter::L4FlowHit, 1)), "{events:?}");
+    });
+}
+
+#[test]
+fn a_closed_snat_port_goes_back_to_its_own_client_at_once_and_to_others_longest_closed_first() {
+    // Two SNAT ports. The pod holds TIME_WAIT for a port whose connection
+    // it closed; a SYN from another client on it is refused (PAWS), one
+    // from the same client tuple is not.
+    let ns = support::Namespaces::new(&["snattw"]);
+    support::in_netns(ns.name("snattw"), || {
+        let mut h = Harness::with(&LoadOptions {
+            snat_ipv4: Some(NODE.into()),
+            snat_port_min: 20_000,
+            snat_port_span: 2,
+            ..LoadOptions::default()
+        });
+        let (_, out, _) = h.run(Hook::Xdp, &tcp(CLIENT, NODE, 47200, 30090, 0x02));
+        let a = src_port(&out);
+        let other = if a == 20_000 { 20_001 } else { 20_000 };
+        h.run(Hook::Xdp, &tcp(CLIENT, NODE, 47200, 30090, 0x14));
+        // The same client tuple again, at once: a new flow on its old port.
+        let (_, out, events) = h.run(Hook::Xdp, &tcp(CLIENT, NODE, 47200, 30090, 0x02));
+        assert!(events.contains(&(Counter::L4NewFlow, 1)), "{events:?}");
+        assert_eq!(src_port(&out), a);
+        assert_eq!(snat_owner(&h, a), Some((47200, 0)));
+        // Another client gets the other port.
+        let (_, out, _) = h.run(Hook::Xdp, &tcp(CLIENT, NODE, 47201, 30090, 0x02));
+        assert_eq!(src_port(&out), other);
+        // Both close, a second apart; once both are past SNAT_REUSE_S, a
+        // third client gets the one closed first.
+        h.run(Hook::Xdp, &tcp(CLIENT, NODE, 47200, 30090, 0x14));
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        h.run(Hook::Xdp, &tcp(CLIENT, NODE, 47201, 30090, 0x14));
+        std::thread::sleep(std::time::Duration::from_millis(
+            u64::from(l4::SNAT_REUSE_S) * 1000 + 100,
+        ));
+        let (_, out, events) = h.run(Hook::Xdp, &tcp(CLIENT, NODE, 47202, 30090, 0x02));
+        assert!(events.contains(&(Counter::L4NewFlow, 1)), "{events:?}");
+        assert_eq!(src_port(&out), a);
+        assert_eq!(snat_owner(&h, a), Some((47202, 0)));
+        let (_, closed_at) = snat_owner(&h, other).unwrap();
+        assert_ne!(closed_at, 0, "the other port stays closed");
+    });
+}
+
+#[test]
+fn the_sweep_keeps_a_remote_flows_reverse_entry_through_the_pods_time_wait() {
+    use ingress_userspace::datapath::flow_sweep::{FlowSweeper, Swept, monotonic_s};
+    let ns = support::Namespaces::new(&["snatsweep"]);
+    support::in_netns(ns.name("snatsweep"), || {
+        let mut h = Harness::with(&LoadOptions {
+            snat_ipv4: Some(NODE.into()),
+            snat_port_min: 20_000,
+            snat_port_span: 1,
+            close_timeout_s: 0,
+            ..LoadOptions::default()
+        });
+        h.run(Hook::Xdp, &tcp(CLIENT, NODE, 47300, 30090, 0x02));
+        h.run(Hook::Xdp, &tcp(CLIENT, NODE, 47300, 30090, 0x14));
+        let mut sweeper = FlowSweeper::take(&mut h.programs, 0).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        // The flow goes with the close timeout; the SNAT port's reverse
+        // entry stays until the pod's TIME_WAIT is over.
+        let now = monotonic_s();
+        assert_eq!(
+            sweeper.sweep(now),
+            Swept {
+                flows: 1,
+                reverse: 0
+            }
+        );
+        let rev = key(REMOTE_POD, 9090, NODE, 20_000);
+        assert!(sweeper.reverse(&rev).is_some());
+        assert_eq!(
+            sweeper.sweep(now + l4::POD_TIME_WAIT_S + 1),
+            Swept {
+                flows: 0,
+                reverse: 1
+            }
+        );
+        assert!(sweeper.reverse(&rev).is_none());
     });
 }

@@ -5,7 +5,9 @@
 //! keeps the room for live flows.
 
 use aya::maps::{HashMap, MapData};
-use ingress_common::l4::{FlowKey, FlowValue, L4_FLOWS, L4_REVNAT, RevValue};
+use ingress_common::l4::{
+    FlowKey, FlowValue, L4_FLOWS, L4_REVNAT, POD_TIME_WAIT_S, REV_REMOTE, RevValue,
+};
 
 use super::{DatapathError, LoadedPrograms};
 
@@ -13,6 +15,18 @@ use super::{DatapathError, LoadedPrograms};
 /// clock, 0 for an open flow) has outlived `timeout_s` at `now_s`.
 pub fn expired(closed_at: u32, now_s: u32, timeout_s: u32) -> bool {
     closed_at != 0 && now_s.wrapping_sub(closed_at) > timeout_s
+}
+
+/// How long a closed reverse entry with `flags` is kept: a remote flow's
+/// (its SNAT port) until the pod's TIME_WAIT for it is over, so the
+/// programs know the port's past and give it to another client last; any
+/// other for the close timeout.
+pub fn reverse_timeout(flags: u8, timeout_s: u32) -> u32 {
+    if flags & REV_REMOTE != 0 {
+        timeout_s.max(POD_TIME_WAIT_S)
+    } else {
+        timeout_s
+    }
 }
 
 /// The clock the programs stamp entries with (`bpf_ktime_get_ns`, which is
@@ -72,8 +86,15 @@ impl FlowSweeper {
     }
 
     /// Removes the entries closed longer than the timeout at `now_s`. An
-    /// entry that vanished meanwhile (LRU eviction, the programs reusing
-    /// the tuple) is no error.
+    /// entry that vanished meanwhile (LRU eviction) is no error.
+    ///
+    /// Each entry is read again just before it is removed: the programs
+    /// give a closed flow's tuple or SNAT port to a new flow (a client
+    /// reusing its source port; a SNAT port closed `SNAT_REUSE_S` ago)
+    /// while the sweep walks the table, and removing the new, open entry
+    /// found under an old key would leave that connection without its
+    /// translation (its pod's replies reach the node's stack, which resets
+    /// them, for as long as the client retries).
     pub fn sweep(&mut self, now_s: u32) -> Swept {
         let timeout = self.timeout_s;
         let old_flows: Vec<FlowKey> = self
@@ -87,17 +108,29 @@ impl FlowSweeper {
             .reverse
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, v)| expired(v.closed_at, now_s, timeout))
+            .filter(|(_, v)| expired(v.closed_at, now_s, reverse_timeout(v.flags, timeout)))
             .map(|(k, _)| k)
             .collect();
+        let still = |closed_at: Option<u32>, timeout: u32| {
+            closed_at.is_some_and(|c| expired(c, now_s, timeout))
+        };
         Swept {
             flows: old_flows
                 .iter()
-                .filter(|k| self.flows.remove(k).is_ok())
+                .filter(|k| {
+                    still(self.flows.get(k, 0).ok().map(|v| v.closed_at), timeout)
+                        && self.flows.remove(k).is_ok()
+                })
                 .count(),
             reverse: old_reverse
                 .iter()
-                .filter(|k| self.reverse.remove(k).is_ok())
+                .filter(|k| {
+                    let v = self.reverse.get(k, 0).ok();
+                    still(
+                        v.map(|v| v.closed_at),
+                        v.map_or(timeout, |v| reverse_timeout(v.flags, timeout)),
+                    ) && self.reverse.remove(k).is_ok()
+                })
                 .count(),
         }
     }
@@ -149,6 +182,13 @@ mod tests {
         assert!(expired(100, 101, 0));
         // The u32 seconds counter wrapping is still a difference.
         assert!(expired(u32::MAX - 5, 10, 10));
+    }
+
+    #[test]
+    fn remote_reverse_entries_outlive_the_pods_time_wait() {
+        assert_eq!(reverse_timeout(0, 10), 10);
+        assert_eq!(reverse_timeout(REV_REMOTE, 10), POD_TIME_WAIT_S);
+        assert_eq!(reverse_timeout(REV_REMOTE, 300), 300);
     }
 
     #[test]

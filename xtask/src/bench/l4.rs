@@ -35,6 +35,9 @@ const TARGET_CONN_RATIO: f64 = 3.0;
 const TARGET_CT_HIT: f64 = 2.0;
 /// "Flat": within this fraction of the smallest round.
 const FLAT_TOLERANCE: f64 = 0.15;
+/// Seconds after its close that a SNAT port is free again (the program's
+/// `SNAT_REUSE_S`), for the reduced run's occupancy samples.
+const REUSE_S: u32 = 2;
 
 pub fn run() -> anyhow::Result<()> {
     if !cmd::is_root() {
@@ -82,6 +85,14 @@ pub fn run() -> anyhow::Result<()> {
         nginx: &tools[1],
     };
 
+    // The reduced run: the remote pod only, with diagnostics; no report.
+    if let Some(secs) = std::env::var("BENCH_L4_REMOTE_ONLY")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        println!("bench l4: remote pod only, {secs} s of new connections, with diagnostics");
+        return super::l4_diag::run(&net_tools, secs, REUSE_S);
+    }
     println!(
         "bench l4: through a NodePort in namespaces, the agent ({} XDP) then kube-proxy's iptables rules, at {:?} Services",
         l4_net::XDP_MODE,
@@ -557,12 +568,12 @@ table hits, DNAT).\n\n{}",
         if exhausted > 0.0 {
             let _ = writeln!(
                 s,
-                "- **New connections, pod on a worker.** Here the agent is at {remote:.2}x iptables at {n1} Services. Its program counted `l4_snat_exhausted` {exhausted:.0} times over the rounds: a new flow to a pod on another node whose 32 SNAT port tries (spread over 20000-29999; a port whose flow closed more than 2 s ago counts as free) all found a live reverse entry is dropped, and the client resends its SYN after a second or more, which holds one of wrk's connections that long (it shows in the rate; wrk does not time connects). With a few thousand flows a second to one pod that should be rare, so the drops, and whether the remote path loses frames elsewhere under this churn (native `XDP_TX` between veths), are still to be explained. kube-proxy's MASQUERADE (conntrack) showed no such stall."
+                "- **New connections, pod on a worker.** Here the agent is at {remote:.2}x iptables at {n1} Services. Its program counted `l4_snat_exhausted` {exhausted:.0} times over the rounds: a new flow to a pod on another node whose 32 SNAT port tries (spread over 20000-29999; a port whose flow closed more than 2 s ago counts as free) all found a live reverse entry is dropped, and the client resends its SYN after a second or more, which holds one of wrk's connections that long (it shows in the rate; wrk does not time connects). They are the range's capacity: at a few thousand new connections a second to one pod the 10,000 ports are all used before the first closed ones are 2 s old, and in that gap every new SYN finds no port (all of wrk's connections at once); see docs/l4.md."
             );
         } else {
             let _ = writeln!(
                 s,
-                "- **New connections, pod on a worker.** The agent is at {remote:.2}x iptables at {n1} Services (DNAT + SNAT + `XDP_TX` against conntrack's DNAT + MASQUERADE)."
+                "- **New connections, pod on a worker.** The agent is at {remote:.2}x iptables at {n1} Services (DNAT + SNAT + `XDP_TX` against conntrack's DNAT + MASQUERADE). The SNAT port of a flow goes to another client only when no port the pod may still hold TIME_WAIT for is left (a pod refuses another client's SYN on such a tuple, PAWS, and the client resends it a second later); each round's runs (about 4 s of new connections on a fresh agent) stay within the 10,000-port range, so they meet no such reuse: a pod taking more than range / 60 s new connections a second for longer would (docs/l4.md)."
             );
         }
         let _ = writeln!(

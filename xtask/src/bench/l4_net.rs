@@ -128,14 +128,14 @@ pub struct Setup {
 
 /// The namespaces and what runs in them; processes stop before the
 /// namespaces go (fields drop in order).
-struct Bed {
-    pods: Vec<Proc>,
+pub(super) struct Bed {
+    pub(super) pods: Vec<Proc>,
     peer: Option<Proc>,
     ns: Namespaces,
 }
 
 impl Bed {
-    fn name(&self, role: &str) -> String {
+    pub(super) fn name(&self, role: &str) -> String {
         self.ns.name(role).to_string()
     }
 }
@@ -159,7 +159,7 @@ fn get_from(ns: &str, addr: SocketAddr) -> std::io::Result<(u16, String)> {
 }
 
 /// Polls `GET addr` from `ns` until 200, for at most `limit`.
-fn wait_200(ns: &str, addr: SocketAddr, limit: Duration) -> anyhow::Result<Duration> {
+pub(super) fn wait_200(ns: &str, addr: SocketAddr, limit: Duration) -> anyhow::Result<Duration> {
     let start = Instant::now();
     loop {
         let last = match get_from(ns, addr) {
@@ -203,7 +203,11 @@ fn noop_xdp(tmp: &TempDir, peer_bin: &Path, ns: &str, iface: &str) -> anyhow::Re
     Ok(peer)
 }
 
-fn build_topology(tmp: &TempDir, nginx_bin: &Path, peer_bin: &Path) -> anyhow::Result<Bed> {
+pub(super) fn build_topology(
+    tmp: &TempDir,
+    nginx_bin: &Path,
+    peer_bin: &Path,
+) -> anyhow::Result<Bed> {
     let ns = Namespaces::new(&["lan", "node", "client", "worker", "pod"]);
     ns.link("node", "eth0", &["198.18.0.1/24"], "lan", "p-node", &[]);
     ns.link("client", "eth0", &["198.18.0.2/24"], "lan", "p-client", &[]);
@@ -332,7 +336,7 @@ fn agent_args(manifests: &Path, max_services: &str) -> Vec<String> {
 }
 
 /// The agent's `/metrics` from inside the node.
-fn agent_metrics(node: &str) -> anyhow::Result<HashMap<String, f64>> {
+pub(super) fn agent_metrics(node: &str) -> anyhow::Result<HashMap<String, f64>> {
     let admin = sa(ADMIN);
     let (status, body) = in_netns(node, move || {
         crate::testbed::http::get(admin, "admin", "/metrics")
@@ -345,7 +349,7 @@ fn agent_metrics(node: &str) -> anyhow::Result<HashMap<String, f64>> {
 }
 
 /// The L4 events by name: `event` for XDP, `tc_egress:event` for TC.
-fn xdp_events(m: &HashMap<String, f64>) -> HashMap<String, f64> {
+pub(super) fn xdp_events(m: &HashMap<String, f64>) -> HashMap<String, f64> {
     m.iter()
         .filter_map(|(k, v)| {
             let rest = k.strip_prefix("ingress_datapath_l4_events_total{hook=\"")?;
@@ -427,6 +431,67 @@ fn measure(
     Ok(out)
 }
 
+/// Starts the agent in the node with `services` (`total` of them) and waits
+/// for its `/readyz`; returns it with its log's path.
+fn start_agent_with(
+    tmp: &TempDir,
+    tools: &Tools,
+    node: &str,
+    services: &[super::services::Svc],
+    total: usize,
+) -> anyhow::Result<(Proc, PathBuf)> {
+    let dir = tmp.subdir(&format!("manifests-{total}"))?;
+    std::fs::write(dir.join("services.yaml"), manifests(services))
+        .context("writing the manifests")?;
+    let args = agent_args(&dir, &(total + 16).to_string());
+    let agent_log = tmp.path().join(format!("agent-{total}.log"));
+    let started = Instant::now();
+    let mut agent = Proc::spawn(
+        "the agent",
+        Command::new("ip")
+            .args(["netns", "exec", node])
+            .arg(tools.agent)
+            .args(&args)
+            .env("RUST_LOG", "warn"),
+        &agent_log,
+    )?;
+    let ready_limit = Duration::from_secs(180);
+    loop {
+        agent.ensure_running()?;
+        let admin = sa(ADMIN);
+        let ready = in_netns(node, move || {
+            crate::testbed::http::get(admin, "admin", "/readyz")
+        });
+        if matches!(ready, Ok((200, _))) {
+            return Ok((agent, agent_log));
+        }
+        if started.elapsed() > ready_limit {
+            bail!(
+                "the agent not ready within {ready_limit:?}: {}",
+                agent.log_tail()
+            );
+        }
+        pause(Duration::from_millis(50))?;
+    }
+}
+
+/// The agent with the smallest round's Services (the two measured ones).
+pub(super) fn start_agent(tmp: &TempDir, tools: &Tools, node: &str) -> anyhow::Result<Proc> {
+    let services = bench_services(2, &measured());
+    Ok(start_agent_with(tmp, tools, node, &services, 2)?.0)
+}
+
+fn measured() -> Measured {
+    Measured {
+        node_port: NODE_PORT,
+        local_pod: Ipv4Addr::new(198, 18, 1, 2),
+        local_node: "edge-1".into(),
+        remote_pod: Ipv4Addr::new(198, 18, 0, 3),
+        remote_node: "worker-1".into(),
+        target_port: 8080,
+    }
+}
+
 pub struct Tools<'a> {
     pub agent: &'a Path,
     pub peer: &'a Path,
@@ -449,14 +514,7 @@ pub fn run(tools: &Tools) -> anyhow::Result<(Vec<Round>, Setup)> {
         // New connections are asked for per run, as an extra header.
         close: false,
     };
-    let measured = Measured {
-        node_port: NODE_PORT,
-        local_pod: Ipv4Addr::new(198, 18, 1, 2),
-        local_node: "edge-1".into(),
-        remote_pod: Ipv4Addr::new(198, 18, 0, 3),
-        remote_node: "worker-1".into(),
-        target_port: 8080,
-    };
+    let measured = measured();
     let nodeports =
         [Target::Local, Target::Remote].map(|t| (t, SocketAddr::from(([198, 18, 0, 1], t.port()))));
     let mut rounds = Vec::new();
@@ -479,39 +537,8 @@ pub fn run(tools: &Tools) -> anyhow::Result<(Vec<Round>, Setup)> {
         noop.stop()?;
 
         // (a) The agent: XDP on the uplink, TC egress, no rule anywhere.
-        let dir = tmp.subdir(&format!("manifests-{total}"))?;
-        std::fs::write(dir.join("services.yaml"), manifests(&services))
-            .context("writing the manifests")?;
-        let args = agent_args(&dir, &(total + 16).to_string());
-        let agent_log = tmp.path().join(format!("agent-{total}.log"));
         let started = Instant::now();
-        let mut agent = Proc::spawn(
-            "the agent",
-            Command::new("ip")
-                .args(["netns", "exec", &node])
-                .arg(tools.agent)
-                .args(&args)
-                .env("RUST_LOG", "warn"),
-            &agent_log,
-        )?;
-        let ready_limit = Duration::from_secs(180);
-        loop {
-            agent.ensure_running()?;
-            let admin = sa(ADMIN);
-            let ready = in_netns(&node, move || {
-                crate::testbed::http::get(admin, "admin", "/readyz")
-            });
-            if matches!(ready, Ok((200, _))) {
-                break;
-            }
-            if started.elapsed() > ready_limit {
-                bail!(
-                    "the agent not ready within {ready_limit:?}: {}",
-                    agent.log_tail()
-                );
-            }
-            pause(Duration::from_millis(50))?;
-        }
+        let (mut agent, agent_log) = start_agent_with(&tmp, tools, &node, &services, total)?;
         let agent_ready = started.elapsed();
         let before = xdp_events(&agent_metrics(&node)?);
         for (t, p) in measure(&load, &client, &log, "ingress", &nodeports)? {

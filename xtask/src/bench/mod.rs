@@ -6,6 +6,7 @@
 mod handshake;
 mod http;
 mod l4;
+mod l4_diag;
 mod l4_net;
 mod l7;
 mod nginx;
