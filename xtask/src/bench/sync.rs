@@ -43,6 +43,9 @@ const MOVES_BUDGET: Duration = Duration::from_secs(75);
 /// Ingress changes per scale (each a full compile), and their time bound.
 const INGRESS_MOVES: usize = 30;
 const INGRESS_BUDGET: Duration = Duration::from_secs(45);
+/// How often the client polls the measured host (as `bench l7` does): a
+/// tight loop would take a CPU from the agent on a 2-CPU machine.
+const POLL: Duration = Duration::from_micros(500);
 /// How long one move may take before the bench gives up.
 const MOVE_LIMIT: Duration = Duration::from_secs(10);
 /// The targets the project set for this path.
@@ -295,7 +298,7 @@ fn wait_control(dir: &Path, double: &mut Proc) -> anyhow::Result<SocketAddr> {
     }
 }
 
-/// Polls the measured host (new connection each, no pause) until the
+/// Polls the measured host (a new connection each, `POLL` apart) until the
 /// answer comes from `backend`.
 fn wait_backend(ours: SocketAddr, backend: &str, limit: Duration) -> anyhow::Result<()> {
     let t0 = Instant::now();
@@ -313,6 +316,7 @@ fn wait_backend(ours: SocketAddr, backend: &str, limit: Duration) -> anyhow::Res
         if tries.is_multiple_of(64) {
             process::check_interrupted()?;
         }
+        std::thread::sleep(POLL);
     }
 }
 
@@ -637,7 +641,8 @@ impl Report {
         )?;
         writeln!(
             s,
-            "- A move: the measured EndpointSlice is replaced through the double's control listener (its endpoint moved to the next live server; the write returns once the watch event is sent) and a client polls `GET http://{OURS}/` with `Host: {MEASURED_HOST}` (a new connection each, no pause, at most {} s) until the answer names the new server; the time from before the write to that answer. Then `ingress_snapshot_apply_seconds` is read and the next move follows 10-30 ms later. Up to {MOVES} moves per scale, within {} s.\n",
+            "- A move: the measured EndpointSlice is replaced through the double's control listener (its endpoint moved to the next live server; the write returns once the watch event is sent) and a client polls `GET http://{OURS}/` with `Host: {MEASURED_HOST}` (a new connection each, {} µs apart, at most {} s) until the answer names the new server; the time from before the write to that answer. Then `ingress_snapshot_apply_seconds` is read and the next move follows 10-30 ms later. Up to {MOVES} moves per scale, within {} s.\n",
+            POLL.as_micros(),
             MOVE_LIMIT.as_secs(),
             MOVES_BUDGET.as_secs()
         )?;
