@@ -340,7 +340,12 @@ async fn start_source(
                 tx: view_tx,
                 publish_service,
             }),
-            move |state, diags, started| applier.apply(state, diags, started),
+            move |update, diags, started| match update {
+                cluster::Update::Full(state) => Some(applier.apply(state, diags, started)),
+                cluster::Update::Endpoints { services, current } => {
+                    applier.apply_endpoints(&services, &current, started)
+                }
+            },
         );
         let source_task = tokio::spawn(async move {
             // Aborting this task aborts the watchers and the status and Events
@@ -472,6 +477,39 @@ impl Applier {
             "configuration applied"
         );
         served
+    }
+}
+
+impl Applier {
+    /// Swaps in the previous snapshot with the endpoints of `services`
+    /// resolved again from `current` (which holds those Services and their
+    /// EndpointSlices), when only EndpointSlices changed since it was
+    /// applied. None when that needs a full compile.
+    fn apply_endpoints(
+        &mut self,
+        services: &std::collections::BTreeSet<crate::model::ObjectKey>,
+        current: &ClusterState,
+        started: Instant,
+    ) -> Option<Vec<crate::model::ObjectKey>> {
+        let previous = self.proxy.snapshot();
+        let snapshot = crate::model::refresh::refresh_endpoints(&previous, current, services)?;
+        drop(previous);
+        self.generation += 1;
+        let served = snapshot.served.iter().map(|s| s.key.clone()).collect();
+        let backends = snapshot.backends.len();
+        self.proxy.apply(snapshot);
+        let m = &self.proxy.metrics;
+        m.snapshot_generation.set(self.generation);
+        m.snapshot_apply_seconds
+            .set(started.elapsed().as_secs_f64());
+        tracing::info!(
+            generation = self.generation,
+            services = services.len(),
+            backends,
+            apply_ms = started.elapsed().as_secs_f64() * 1e3,
+            "endpoints applied"
+        );
+        Some(served)
     }
 }
 

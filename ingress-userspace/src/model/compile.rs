@@ -557,12 +557,7 @@ impl Compiler<'_> {
     /// The usable endpoints of a Service port: ready ones, or serving ones
     /// (terminating pods still draining) when none is ready.
     fn endpoints_of(&self, key: &ObjectKey, sp: &ServicePort) -> Vec<Endpoint> {
-        let all = endpoints::of_service_port(&self.slices, key, sp);
-        if all.iter().any(|e| e.ready) {
-            all.into_iter().filter(|e| e.ready).collect()
-        } else {
-            all
-        }
+        endpoints::usable(endpoints::of_service_port(&self.slices, key, sp))
     }
 }
 

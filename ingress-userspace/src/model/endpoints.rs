@@ -53,6 +53,16 @@ impl<'a> SliceIndex<'a> {
     }
 }
 
+/// The endpoints a backend uses of `all`: the ready ones, or the serving
+/// ones (terminating pods still draining) when none is ready.
+pub fn usable(all: Vec<Endpoint>) -> Vec<Endpoint> {
+    if all.iter().any(|e| e.ready) {
+        all.into_iter().filter(|e| e.ready).collect()
+    } else {
+        all
+    }
+}
+
 /// Every endpoint of Service `key`'s port `sp` that is ready or at least
 /// serving, once per address, sorted. The port is the slice port named like
 /// the Service port; a slice without ports uses a numeric `targetPort` (or

@@ -89,6 +89,18 @@ pub fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
     (len <= max).then_some((ip, len))
 }
 
+/// Whether `svc` has L4 frontends: a NodePort or LoadBalancer Service, or
+/// one with externalIPs (what [`compile_l4`] reads its endpoints for).
+pub fn has_frontends(svc: &Service) -> bool {
+    svc.spec.as_ref().is_some_and(|spec| {
+        matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"))
+            || spec
+                .external_ips
+                .as_ref()
+                .is_some_and(|ips| !ips.is_empty())
+    })
+}
+
 pub fn compile_l4(state: &ClusterState, opts: &L4Options, diags: &mut Vec<Diagnostic>) -> L4Table {
     let mut table = L4Table::default();
     let slices = endpoints::SliceIndex::new(state);

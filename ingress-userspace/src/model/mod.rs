@@ -8,6 +8,7 @@ pub mod compile;
 pub mod diagnostics;
 pub mod endpoints;
 pub mod l4;
+pub mod refresh;
 pub mod router;
 pub mod snapshot;
 pub mod state;

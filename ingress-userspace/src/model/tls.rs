@@ -178,7 +178,7 @@ fn parse_pair(
 }
 
 /// Which certificate answers which SNI name.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct TlsTable {
     /// Exact host -> certificate.
     exact: HashMap<String, Arc<ServedCert>>,

@@ -15,7 +15,7 @@
 //! `cluster::access` (get/list/watch on these six resources).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     path::Path,
     sync::{Arc, Mutex},
@@ -44,7 +44,7 @@ use tokio::sync::Notify;
 
 use crate::{
     cluster::{addresses, status::View},
-    model::{ClusterState, Diagnostic, ObjectKey, state::key_of},
+    model::{ClusterState, Diagnostic, ObjectKey, refresh, state::key_of},
 };
 
 /// How long a burst of watch events settles before one compile.
@@ -93,10 +93,16 @@ pub trait Watched:
     const BIT: u8;
     fn key(meta: &ObjectMeta) -> Self::Key;
     fn store(state: &mut ClusterState) -> &mut BTreeMap<Self::Key, Self>;
+    /// When a change from `old` to `new` (either absent) can only change
+    /// endpoints: the Services whose endpoints it touches. None for every
+    /// other change (which needs a full compile).
+    fn endpoints_of(_old: Option<&Self>, _new: Option<&Self>) -> Option<BTreeSet<ObjectKey>> {
+        None
+    }
 }
 
 macro_rules! namespaced {
-    ($t:ty, $field:ident, $bit:expr) => {
+    ($t:ty, $field:ident, $bit:expr $(, $extra:item)*) => {
         impl Watched for $t {
             type Key = ObjectKey;
             const NAMESPACED: bool = true;
@@ -107,6 +113,7 @@ macro_rules! namespaced {
             fn store(state: &mut ClusterState) -> &mut BTreeMap<ObjectKey, Self> {
                 &mut state.$field
             }
+            $($extra)*
         }
     };
 }
@@ -130,7 +137,14 @@ macro_rules! cluster_scoped {
 cluster_scoped!(IngressClass, ingress_classes, 1 << 0);
 namespaced!(Ingress, ingresses, 1 << 1);
 namespaced!(Service, services, 1 << 2);
-namespaced!(EndpointSlice, endpoint_slices, 1 << 3);
+namespaced!(
+    EndpointSlice,
+    endpoint_slices,
+    1 << 3,
+    fn endpoints_of(old: Option<&Self>, new: Option<&Self>) -> Option<BTreeSet<ObjectKey>> {
+        Some(refresh::services_of_slices(old.into_iter().chain(new)))
+    }
+);
 namespaced!(Secret, secrets, 1 << 4);
 cluster_scoped!(Node, nodes, 1 << 5);
 
@@ -188,6 +202,35 @@ pub struct Stores {
     pub synced: u8,
     /// When the first change not yet applied arrived.
     pub first_change: Option<Instant>,
+    /// What changed since the last apply.
+    pub pending: Pending,
+}
+
+/// What changed in the stores since the last apply.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Pending {
+    /// Nothing.
+    None,
+    /// Only EndpointSlices, of these Services.
+    Endpoints(BTreeSet<ObjectKey>),
+    /// Anything else (or a list): everything is compiled again.
+    #[default]
+    All,
+}
+
+impl Pending {
+    /// Adds a change: endpoints of `services`, or (None) any other.
+    fn add(&mut self, services: Option<BTreeSet<ObjectKey>>) {
+        let Some(s) = services else {
+            *self = Pending::All;
+            return;
+        };
+        match self {
+            Pending::All => {}
+            Pending::None => *self = Pending::Endpoints(s),
+            Pending::Endpoints(have) => have.extend(s),
+        }
+    }
 }
 
 impl Stores {
@@ -261,6 +304,7 @@ impl<K: Watched> KindStore<K> {
                 s.bad
                     .extend(bad.into_iter().map(|(k, why)| ((K::KIND, k), why)));
                 s.synced |= K::BIT;
+                s.pending.add(None);
                 true
             }
             watcher::Event::Apply(obj) => {
@@ -269,13 +313,17 @@ impl<K: Watched> KindStore<K> {
                 let mut s = lock(stores);
                 match decoded {
                     Ok(o) => {
-                        s.bad.remove(&(K::KIND, key.to_string()));
+                        let was_bad = s.bad.remove(&(K::KIND, key.to_string())).is_some();
+                        let touched = K::endpoints_of(K::store(&mut s.state).get(&key), Some(&o))
+                            .filter(|_| !was_bad);
+                        s.pending.add(touched);
                         K::store(&mut s.state).insert(key, o);
                     }
                     Err(why) => {
                         // The last good version, if any, keeps serving.
                         tracing::error!(kind = K::KIND, object = %key, "{why}; skipped");
                         s.bad.insert((K::KIND, key.to_string()), why);
+                        s.pending.add(None);
                     }
                 }
                 true
@@ -283,8 +331,10 @@ impl<K: Watched> KindStore<K> {
             watcher::Event::Delete(obj) => {
                 let key = K::key(&obj.metadata);
                 let mut s = lock(stores);
-                s.bad.remove(&(K::KIND, key.to_string()));
-                K::store(&mut s.state).remove(&key);
+                let was_bad = s.bad.remove(&(K::KIND, key.to_string())).is_some();
+                let old = K::store(&mut s.state).remove(&key);
+                let touched = K::endpoints_of(old.as_ref(), None).filter(|_| !was_bad);
+                s.pending.add(touched);
                 true
             }
         }
@@ -366,13 +416,37 @@ impl StatusFeed {
     }
 }
 
+/// Of a full update, with a status feed: the view for the status writer
+/// (an endpoints-only update changes neither what is served nor status).
+fn view_of(status: &Option<StatusFeed>, update: &Update) -> Option<View> {
+    match (status, update) {
+        (Some(feed), Update::Full(state)) => Some(feed.view(state)),
+        _ => None,
+    }
+}
+
+/// What the apply callback is given.
+pub enum Update {
+    /// The whole state, to compile.
+    Full(ClusterState),
+    /// Only EndpointSlices changed since the last apply, those of
+    /// `services`; `current` holds these Services and all their slices
+    /// (`refresh::slices_of`), for `refresh::refresh_endpoints`.
+    Endpoints {
+        services: BTreeSet<ObjectKey>,
+        current: ClusterState,
+    },
+}
+
 /// Starts the watchers and the apply loop; `apply` is called with whole
-/// states once every kind is listed, then after each settled burst.
+/// states once every kind is listed, then after each settled burst (with
+/// only the Services concerned when only EndpointSlices changed).
 /// `latency` observes, per apply, the time from the first watch event it
 /// carries to the end of the apply.
-/// `apply` returns the Ingresses served; with `status`, a view of every
-/// Ingress (served or not, with its current load balancer status) and of
-/// the addresses is sent there for the status writer.
+/// `apply` returns the Ingresses served, or None when it could not apply
+/// an `Update::Endpoints` (the whole state follows at once); with `status`,
+/// a view of every Ingress (served or not, with its current load balancer
+/// status) and of the addresses is sent there for the status writer.
 pub fn start<F>(
     client: Client,
     namespace: Option<String>,
@@ -381,7 +455,7 @@ pub fn start<F>(
     mut apply: F,
 ) -> tokio::task::JoinHandle<()>
 where
-    F: FnMut(ClusterState, Vec<Diagnostic>, Instant) -> Vec<ObjectKey> + Send + 'static,
+    F: FnMut(Update, Vec<Diagnostic>, Instant) -> Option<Vec<ObjectKey>> + Send + 'static,
 {
     let stores = Arc::new(Mutex::new(Stores::default()));
     let changed = Arc::new(Notify::new());
@@ -411,25 +485,55 @@ where
             tokio::time::sleep(DEBOUNCE).await;
             let taken = {
                 let mut s = lock(&stores);
-                if s.all_synced() {
-                    let first = s.first_change.take().unwrap_or(started);
-                    Some((s.state.clone(), s.diagnostics(), first))
-                } else {
-                    None
+                match (
+                    s.all_synced(),
+                    std::mem::replace(&mut s.pending, Pending::None),
+                ) {
+                    (false, pending) => {
+                        s.pending = pending;
+                        None
+                    }
+                    // Already applied with an earlier wake-up.
+                    (true, Pending::None) => {
+                        s.first_change = None;
+                        None
+                    }
+                    (true, Pending::Endpoints(services)) => {
+                        let first = s.first_change.take().unwrap_or(started);
+                        let current = refresh::slices_of(&s.state, &services);
+                        Some((Update::Endpoints { services, current }, Vec::new(), first))
+                    }
+                    (true, Pending::All) => {
+                        let first = s.first_change.take().unwrap_or(started);
+                        Some((Update::Full(s.state.clone()), s.diagnostics(), first))
+                    }
                 }
             };
-            if let Some((state, diags, first)) = taken {
-                let view = status.as_ref().map(|f| f.view(&state));
-                let served = tokio::task::block_in_place(|| apply(state, diags, started));
-                latency.observe(first.elapsed().as_secs_f64());
-                if let (Some(feed), Some(mut view)) = (&status, view) {
-                    for k in served {
-                        if let Some(entry) = view.ingresses.get_mut(&k) {
-                            entry.0 = true;
-                        }
+            let Some((update, diags, first)) = taken else {
+                continue;
+            };
+            let mut view = view_of(&status, &update);
+            let mut served = tokio::task::block_in_place(|| apply(update, diags, started));
+            if served.is_none() {
+                // Not appliable incrementally: the whole state, now.
+                let update = {
+                    let s = lock(&stores);
+                    Update::Full(s.state.clone())
+                };
+                let diags = lock(&stores).diagnostics();
+                view = view_of(&status, &update);
+                served = tokio::task::block_in_place(|| apply(update, diags, started));
+            }
+            latency.observe(first.elapsed().as_secs_f64());
+            // After an endpoints-only change (no view) neither the
+            // Ingresses served nor their status changed.
+            if let (Some(feed), Some(served), Some(mut view)) = (&status, served, view) {
+                for k in served {
+                    if let Some(entry) = view.ingresses.get_mut(&k) {
+                        entry.0 = true;
                     }
-                    feed.tx.send_replace(view);
                 }
+                feed.tx.send_replace(view);
             }
         }
     })
@@ -524,6 +628,89 @@ mod tests {
         assert!(lock(&stores).diagnostics().is_empty());
         k.handle(watcher::Event::Delete(svc("a", 82)), &stores);
         assert!(names(&stores).is_empty());
+    }
+
+    fn slice(name: &str, service: &str, ip: &str) -> DynamicObject {
+        obj(serde_json::json!({
+            "metadata": {"name": name, "namespace": "default", "resourceVersion": "1",
+                         "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [ip]}],
+        }))
+    }
+
+    #[test]
+    fn slice_changes_are_pending_as_endpoints_of_their_services() {
+        let stores = Mutex::new(Stores::default());
+        let mut slices = KindStore::<EndpointSlice>::default();
+        let mut services = KindStore::<Service>::default();
+        slices.handle(watcher::Event::Init, &stores);
+        slices.handle(
+            watcher::Event::InitApply(slice("a-1", "a", "198.18.0.1")),
+            &stores,
+        );
+        slices.handle(watcher::Event::InitDone, &stores);
+        assert_eq!(
+            lock(&stores).pending,
+            Pending::All,
+            "a list is compiled whole"
+        );
+        lock(&stores).pending = Pending::None;
+
+        slices.handle(
+            watcher::Event::Apply(slice("a-1", "a", "198.18.0.2")),
+            &stores,
+        );
+        slices.handle(
+            watcher::Event::Apply(slice("b-1", "b", "198.18.0.3")),
+            &stores,
+        );
+        let keys = |names: &[&str]| -> BTreeSet<ObjectKey> {
+            names
+                .iter()
+                .map(|n| ObjectKey::new("default", *n))
+                .collect()
+        };
+        assert_eq!(lock(&stores).pending, Pending::Endpoints(keys(&["a", "b"])));
+        lock(&stores).pending = Pending::None;
+
+        // Relabelled: both Services' endpoints change.
+        slices.handle(
+            watcher::Event::Apply(slice("a-1", "c", "198.18.0.2")),
+            &stores,
+        );
+        assert_eq!(lock(&stores).pending, Pending::Endpoints(keys(&["a", "c"])));
+        lock(&stores).pending = Pending::None;
+        slices.handle(
+            watcher::Event::Delete(slice("b-1", "b", "198.18.0.3")),
+            &stores,
+        );
+        assert_eq!(lock(&stores).pending, Pending::Endpoints(keys(&["b"])));
+
+        // Any other kind needs everything compiled again.
+        services.handle(watcher::Event::Apply(svc("a", 80)), &stores);
+        assert_eq!(lock(&stores).pending, Pending::All);
+        slices.handle(
+            watcher::Event::Apply(slice("a-1", "a", "198.18.0.4")),
+            &stores,
+        );
+        assert_eq!(lock(&stores).pending, Pending::All);
+
+        // A slice the decoder rejects changes the diagnostics: everything.
+        lock(&stores).pending = Pending::None;
+        let bad = obj(serde_json::json!({
+            "metadata": {"name": "a-1", "namespace": "default"},
+            "endpoints": "not a list",
+        }));
+        slices.handle(watcher::Event::Apply(bad), &stores);
+        assert_eq!(lock(&stores).pending, Pending::All);
+        // And so does its fix.
+        lock(&stores).pending = Pending::None;
+        slices.handle(
+            watcher::Event::Apply(slice("a-1", "a", "198.18.0.5")),
+            &stores,
+        );
+        assert_eq!(lock(&stores).pending, Pending::All);
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod l7;
 mod nginx;
 mod process;
 mod services;
+mod sync;
 mod wrk;
 
 use std::{path::Path, process::Command};
@@ -32,12 +33,17 @@ pub enum What {
     /// per-packet cost (BPF_PROG_TEST_RUN) against a do-nothing XDP
     /// program, at 1 (2), 1,000 and 10,000 Services.
     L4,
+    /// Cluster mode at 1, 1,000 and 10,000 Ingresses (50,000 endpoints)
+    /// against the API server double: EndpointSlice change to traffic
+    /// (p50/p99), cold start and memory.
+    Sync,
 }
 
 pub fn run(what: What) -> anyhow::Result<()> {
     match what {
         What::L7 => l7::run(),
         What::L4 => l4::run(),
+        What::Sync => sync::run(),
     }
 }
 
