@@ -41,10 +41,14 @@ pub const SNAT_IPV4_GLOBAL: &str = "SNAT_IPV4";
 pub const SNAT_IPV6_GLOBAL: &str = "SNAT_IPV6";
 pub const SNAT_PORT_MIN_GLOBAL: &str = "SNAT_PORT_MIN";
 pub const SNAT_PORT_SPAN_GLOBAL: &str = "SNAT_PORT_SPAN";
-/// Default SNAT ports: below the NodePort range and the kernel's ephemeral
-/// ports, so a translated flow never collides with a local socket.
-pub const DEFAULT_SNAT_PORT_MIN: u16 = 20_000;
-pub const DEFAULT_SNAT_PORT_SPAN: u16 = 10_000;
+/// Default SNAT ports, 1024-29999: every unprivileged port below the
+/// NodePort range (30000-32767) and the kernel's ephemeral ports (32768
+/// up), so a translated flow never collides with a local socket's
+/// connection. As wide as that allows: a pod keeps TIME_WAIT for a minute
+/// on each port (see [`POD_TIME_WAIT_S`]), so the span bounds the new
+/// connections a second one pod takes without any port reuse.
+pub const DEFAULT_SNAT_PORT_MIN: u16 = 1024;
+pub const DEFAULT_SNAT_PORT_SPAN: u16 = 28_976;
 /// Seconds after which the SNAT port of a closed flow (FIN or RST seen) may
 /// go to another client's new flow to the same pod, when no better port is
 /// found ([`snat_probe`]): the pod may still hold TIME_WAIT for it, which

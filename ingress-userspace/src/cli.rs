@@ -105,7 +105,7 @@ pub struct L4Opts {
     pub maglev_table_size: u32,
     /// Source ports for flows SNATed to pods on other nodes, `MIN-MAX`
     /// (keep it clear of the NodePort range and local ephemeral ports).
-    #[arg(long, default_value = "20000-29999", value_parser = parse_port_range, value_name = "MIN-MAX")]
+    #[arg(long, default_value = "1024-29999", value_parser = parse_port_range, value_name = "MIN-MAX")]
     pub snat_port_range: PortRange,
     /// New flows one CPU records per second; past it new flows are refused
     /// (counted as `l4_new_flow_refused`), so a SYN flood cannot push the
@@ -560,11 +560,15 @@ mod tests {
         assert_eq!(
             o.l4.snat_port_range,
             PortRange {
-                min: 20000,
+                min: 1024,
                 max: 29999
             }
         );
-        assert_eq!(o.l4.snat_port_range.span(), 10000);
+        assert_eq!(o.l4.snat_port_range.span(), 28976);
+        assert_eq!(
+            o.l4.snat_port_range.span(),
+            ingress_common::l4::DEFAULT_SNAT_PORT_SPAN
+        );
         assert_eq!(o.l4.l4_new_flow_rate, 100_000);
         assert_eq!(o.l4.l4_close_timeout, Duration::from_secs(10));
         assert_eq!(o.bpffs.bpffs_dir, PathBuf::from("/sys/fs/bpf/ingress-ebpf"));

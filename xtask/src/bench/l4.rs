@@ -568,7 +568,7 @@ table hits, DNAT).\n\n{}",
         if exhausted > 0.0 {
             let _ = writeln!(
                 s,
-                "- **New connections, pod on a worker.** Here the agent is at {remote:.2}x iptables at {n1} Services. Its program counted `l4_snat_exhausted` {exhausted:.0} times over the rounds: a new flow to a pod on another node whose 32 SNAT port tries (spread over 20000-29999; a port whose flow closed more than 2 s ago counts as free) all found a live reverse entry is dropped, and the client resends its SYN after a second or more, which holds one of wrk's connections that long (it shows in the rate; wrk does not time connects). They are the range's capacity: at a few thousand new connections a second to one pod the 10,000 ports are all used before the first closed ones are 2 s old, and in that gap every new SYN finds no port (all of wrk's connections at once); see docs/l4.md."
+                "- **New connections, pod on a worker.** Here the agent is at {remote:.2}x iptables at {n1} Services. Its program counted `l4_snat_exhausted` {exhausted:.0} times over the rounds: a new flow to a pod on another node whose 32 SNAT port tries (spread over the default `--snat-port-range`, 1024-29999; see docs/l4.md for which ports count as free) all found no free port is dropped, and the client resends its SYN after a second or more, which holds one of wrk's connections that long (it shows in the rate; wrk does not time connects). They are the range's capacity: at thousands of new connections a second to one pod the range's ports are all used before the first closed ones are 2 s old, and in that gap every new SYN finds no port (all of wrk's connections at once); see docs/l4.md."
             );
         } else {
             let _ = writeln!(
