@@ -452,6 +452,17 @@ fn merge(target: &mut Value, patch: &Value) {
     }
 }
 
+/// Records a write request (method and path) and reads its body whole.
+async fn record_and_read(req: Request<hyper::body::Incoming>, inner: &Inner) -> Bytes {
+    let line = format!("{} {}?", req.method(), req.uri().path());
+    inner.db.lock().unwrap().requests.push(line);
+    req.into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default()
+}
+
 /// Writes: Leases (get, list by label, create, update with a
 /// resourceVersion check) and Ingress status (merge patch), each write
 /// recorded with its token; everything else is `handle`.
@@ -475,18 +486,7 @@ async fn route(req: Request<hyper::body::Incoming>, inner: Arc<Inner>) -> Respon
     }
     let token = bearer(&req);
     let label_selector = query(&req).get("labelSelector").cloned();
-    inner
-        .db
-        .lock()
-        .unwrap()
-        .requests
-        .push(format!("{method} {path}?"));
-    let bytes = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let bytes = record_and_read(req, &inner).await;
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let mut db = inner.db.lock().unwrap();
     let conflict = |m: &str| json_response(StatusCode::CONFLICT, &status(409, "Conflict", m));
@@ -799,19 +799,7 @@ async fn event_route(
     name: Option<String>,
 ) -> Response<Body> {
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    inner
-        .db
-        .lock()
-        .unwrap()
-        .requests
-        .push(format!("{method} {path}?"));
-    let bytes = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let bytes = record_and_read(req, &inner).await;
     let Ok(body) = serde_json::from_slice::<Value>(&bytes) else {
         return json_response(
             StatusCode::BAD_REQUEST,
