@@ -833,6 +833,11 @@ fn start_flow(flow: &FlowKey, counters: &PerCpuArray<u64>, out: &mut Decision) -
                 .hash
                 .wrapping_add((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             let port = (min as u32 + ((h >> 32) as u32 % span as u32)) as u16;
+            // Never a port some frontend listens on: the pod's reply to it
+            // would be taken for a new flow to that frontend.
+            if port_flags(port) & PORT_FRONTEND != 0 {
+                continue;
+            }
             s.reply.dport = port.to_be();
             // SAFETY: the entry is read at once.
             let probe = match unsafe { REVNAT.get(&s.reply) } {

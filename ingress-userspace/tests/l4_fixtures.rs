@@ -1452,6 +1452,32 @@ fn a_closed_flows_snat_port_goes_to_a_new_flow() {
     });
 }
 
+/// A port a frontend listens on is never a SNAT port, even inside the
+/// range: the pod's reply to it would be taken for a new flow to that
+/// frontend. With the range 30090-30091 and a NodePort on 30090, the first
+/// flow gets 30091 and the second finds no port.
+#[test]
+fn a_frontend_port_is_never_a_snat_port() {
+    let ns = support::Namespaces::new(&["snatfront"]);
+    support::in_netns(ns.name("snatfront"), || {
+        let mut h = Harness::with(&LoadOptions {
+            snat_ipv4: Some(NODE.into()),
+            snat_port_min: 30_090,
+            snat_port_span: 2,
+            ..LoadOptions::default()
+        });
+        let (verdict, out, _) = h.run(Hook::Xdp, &tcp(CLIENT, NODE, 47000, 30090, 0x02));
+        assert_ne!(verdict, XDP_DROP);
+        assert_eq!(src_port(&out), 30_091);
+        let (verdict, _, events) = h.run(Hook::Xdp, &tcp(CLIENT, NODE, 47001, 30090, 0x02));
+        assert_eq!(verdict, XDP_DROP);
+        assert!(
+            events.contains(&(Counter::L4SnatExhausted, 1)),
+            "{events:?}"
+        );
+    });
+}
+
 /// The SNAT source port a translated frame left with.
 fn src_port(out: &[u8]) -> u16 {
     ingress_common::parse::parse(out).src_port
