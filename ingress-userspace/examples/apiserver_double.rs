@@ -47,7 +47,10 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("building the runtime")?;
     let api = ApiServer::start(&rt);
-    api.kubeconfig(&dir);
+    // The double names it after the token; the bench reads DIR/kubeconfig.
+    let written = api.kubeconfig(&dir);
+    std::fs::rename(&written, dir.join("kubeconfig"))
+        .with_context(|| format!("renaming {}", written.display()))?;
     if let Some(seed) = &seed {
         let n = load(&api, seed)?;
         println!("seeded {n} objects from {}", seed.display());

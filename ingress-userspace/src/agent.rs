@@ -284,7 +284,7 @@ async fn start_source(
                     "no --manifests or --kubeconfig given and not in a cluster \
                      (KUBERNETES_SERVICE_HOST unset): serving an empty configuration"
                 );
-                applier.apply(ClusterState::default(), Vec::new(), Instant::now());
+                applier.apply(&ClusterState::default(), Vec::new(), Instant::now());
                 return Ok((tokio::spawn(async {}), None));
             }
         };
@@ -341,7 +341,7 @@ async fn start_source(
                 publish_service,
             }),
             move |update, diags, started| match update {
-                cluster::Update::Full(state) => Some(applier.apply(state, diags, started)),
+                cluster::Update::Full(state) => Some(applier.apply(&state, diags, started)),
                 cluster::Update::Endpoints { services, current } => {
                     applier.apply_endpoints(&services, &current, started)
                 }
@@ -368,7 +368,7 @@ async fn start_source(
     let started = Instant::now();
     let mut cache = files::ManifestCache::default();
     let (state, diags) = cache.load(&paths);
-    applier.apply(state, diags, started);
+    applier.apply(&state, diags, started);
     let task = tokio::spawn(async move {
         let _watcher = watcher;
         while events.recv().await.is_some() {
@@ -385,7 +385,7 @@ async fn start_source(
             match loaded {
                 Ok((c, (state, diags))) => {
                     cache = c;
-                    applier.apply(state, diags, started);
+                    applier.apply(&state, diags, started);
                 }
                 Err(e) => tracing::error!(error = %e, "reloading manifests"),
             }
@@ -415,7 +415,7 @@ impl Applier {
     /// Returns the Ingresses the applied snapshot serves.
     fn apply(
         &mut self,
-        state: ClusterState,
+        state: &ClusterState,
         source_diags: Vec<Diagnostic>,
         started: Instant,
     ) -> Vec<crate::model::ObjectKey> {
@@ -423,15 +423,17 @@ impl Applier {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         let previous = self.proxy.snapshot();
-        let mut snapshot = compile_at(&state, &self.compile_options, Some(&previous), now);
+        let mut snapshot = compile_at(state, &self.compile_options, Some(&previous), now);
         drop(previous);
-        let mut diags = source_diags;
-        diags.append(&mut snapshot.diagnostics);
-        snapshot.diagnostics = diags;
-        if let Some(tx) = &self.problems {
-            tx.send_replace(events::problems(&state, &snapshot.diagnostics));
+        if !source_diags.is_empty() {
+            let mut diags = source_diags;
+            diags.extend(snapshot.diagnostics.iter().cloned());
+            snapshot.diagnostics = Arc::new(diags);
         }
-        for d in &snapshot.diagnostics {
+        if let Some(tx) = &self.problems {
+            tx.send_replace(events::problems(state, &snapshot.diagnostics));
+        }
+        for d in snapshot.diagnostics.iter() {
             match d.severity {
                 Severity::Error => {
                     tracing::error!(object = %d.object, field = %d.field, "{}", d.message)
@@ -495,7 +497,9 @@ impl Applier {
         let snapshot = crate::model::refresh::refresh_endpoints(&previous, current, services)?;
         drop(previous);
         self.generation += 1;
-        let served = snapshot.served.iter().map(|s| s.key.clone()).collect();
+        // What is served did not change (and the caller only needs it after
+        // a full update): no copy of 10,000 keys per endpoint move.
+        let served = Vec::new();
         let backends = snapshot.backends.len();
         self.proxy.apply(snapshot);
         let m = &self.proxy.metrics;

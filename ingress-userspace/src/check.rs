@@ -15,8 +15,8 @@ pub fn run(opts: &CheckOpts) -> anyhow::Result<bool> {
     }
     let (state, mut diags) = files::load(&opts.config.manifests);
     let mut snap = compile(&state, &opts.config.compile_options());
-    diags.append(&mut snap.diagnostics);
-    snap.diagnostics = diags;
+    diags.extend(snap.diagnostics.iter().cloned());
+    snap.diagnostics = std::sync::Arc::new(diags);
     print!("{}", render(&snap));
     Ok(!snap
         .diagnostics
@@ -130,7 +130,7 @@ pub fn render(snap: &Snapshot) -> String {
         let _ = writeln!(out, "\nno problems found");
     } else {
         let _ = writeln!(out, "\n{} problem(s):", snap.diagnostics.len());
-        for d in &snap.diagnostics {
+        for d in snap.diagnostics.iter() {
             let _ = writeln!(out, "  {d}");
         }
     }

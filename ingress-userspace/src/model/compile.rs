@@ -102,7 +102,7 @@ pub fn compile_at(
         &ours,
         &tls::TlsInputs {
             default_certificate: opts.default_certificate.as_ref(),
-            previous: previous.map(|p| &p.tls),
+            previous: previous.map(|p| &*p.tls),
             now,
         },
         &mut c.diagnostics,
@@ -245,13 +245,13 @@ pub fn compile_at(
         .map(|h| (h.clone(), Arc::from(h.as_str())))
         .collect();
     Snapshot {
-        router,
-        host_labels,
-        l4,
-        tls,
-        backends: c.backends,
-        served,
-        diagnostics: c.diagnostics,
+        router: Arc::new(router),
+        host_labels: Arc::new(host_labels),
+        l4: Arc::new(l4),
+        tls: Arc::new(tls),
+        backends: c.backends.into_iter().map(Arc::new).collect(),
+        served: Arc::new(served),
+        diagnostics: Arc::new(c.diagnostics),
         node_name: opts.node_name.clone(),
     }
 }

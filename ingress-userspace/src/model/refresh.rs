@@ -7,7 +7,9 @@
 //!
 //! With 10,000 Ingresses a full compile costs hundreds of milliseconds; a
 //! pod coming or going (the most frequent change in a cluster) costs this
-//! instead: a copy of the routing table and one lookup per backend.
+//! instead: the unchanged parts are shared (`Arc`s, see [`Snapshot`]), the
+//! list of backends is a copy of pointers, and only the backends of the
+//! Services concerned are built again.
 
 use std::{
     collections::BTreeSet,
@@ -39,30 +41,33 @@ pub fn refresh_endpoints(
         return None;
     }
     let slices = endpoints::SliceIndex::new(current);
-    let mut backends = Vec::with_capacity(previous.backends.len());
-    for b in &previous.backends {
-        let endpoints = if b.problem.is_none() && services.contains(&b.service) {
-            // Unchanged Service, so the port that resolved before still does.
-            let sp = current
-                .services
-                .get(&b.service)?
-                .spec
-                .as_ref()?
-                .ports
-                .iter()
-                .flatten()
-                .find(|p| p.port.to_string() == b.port)?;
-            Arc::from(endpoints::usable(endpoints::of_service_port(
-                &slices, &b.service, sp,
-            )))
-        } else {
-            b.endpoints.clone()
-        };
-        backends.push(Backend {
+    let mut backends = previous.backends.clone();
+    for b in &mut backends {
+        if b.problem.is_some() || !services.contains(&b.service) {
+            continue;
+        }
+        // Unchanged Service, so the port that resolved before still does.
+        let sp = current
+            .services
+            .get(&b.service)?
+            .spec
+            .as_ref()?
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.port.to_string() == b.port)?;
+        let endpoints: Arc<[_]> = Arc::from(endpoints::usable(endpoints::of_service_port(
+            &slices, &b.service, sp,
+        )));
+        if endpoints == b.endpoints {
+            // The same endpoints: the same backend (and Arc) goes on.
+            continue;
+        }
+        *b = Arc::new(Backend {
             service: b.service.clone(),
             port: b.port.clone(),
             endpoints,
-            problem: b.problem.clone(),
+            problem: None,
             // Round robin goes on where it was.
             cursor: b.cursor.load(Ordering::Relaxed).into(),
             label: b.label.clone(),
@@ -111,11 +116,25 @@ pub fn slices_of(state: &ClusterState, services: &BTreeSet<ObjectKey>) -> Cluste
             out.services.insert(k.clone(), s.clone());
         }
     }
+    // Every slice is looked at: no allocation per slice.
+    let wanted = |ns: &str, name: &str| {
+        if services.len() <= 8 {
+            services.iter().any(|k| k.namespace == ns && k.name == name)
+        } else {
+            services.contains(&ObjectKey::new(ns, name))
+        }
+    };
     for (k, s) in &state.endpoint_slices {
-        if services_of_slices([s])
-            .iter()
-            .any(|svc| services.contains(svc))
-        {
+        let Some(name) = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(super::compile::SERVICE_NAME_LABEL))
+        else {
+            continue;
+        };
+        let ns = s.metadata.namespace.as_deref().unwrap_or("default");
+        if wanted(ns, name) {
             out.endpoint_slices.insert(k.clone(), s.clone());
         }
     }
@@ -320,5 +339,44 @@ endpoints:
                 .iter()
                 .all(|b| b.cursor.load(Ordering::Relaxed) == 7)
         );
+        // Also when the endpoints did change.
+        let moved = state(&format!(
+            "{BASE}{}",
+            slice("api-1", "api", &[("198.18.0.9", true)])
+        ));
+        let after = refresh_endpoints(&before, &slices_of(&moved, &services), &services).unwrap();
+        let api: Vec<_> = after
+            .backends
+            .iter()
+            .filter(|b| b.service.name == "api")
+            .collect();
+        assert!(!api.is_empty());
+        assert!(api.iter().all(|b| b.cursor.load(Ordering::Relaxed) == 7));
+        assert_eq!(api[0].endpoints[0].addr.ip().to_string(), "198.18.0.9");
+    }
+
+    #[test]
+    fn what_did_not_change_is_shared_not_copied() {
+        let s0 = state(&format!(
+            "{BASE}{}{}",
+            slice("web-1", "web", &[("198.18.0.1", true)]),
+            slice("api-1", "api", &[("198.18.0.2", true)])
+        ));
+        let s1 = state(&format!(
+            "{BASE}{}{}",
+            slice("web-1", "web", &[("198.18.0.1", true)]),
+            slice("api-1", "api", &[("198.18.0.3", true)])
+        ));
+        let before = compile(&s0);
+        let services: BTreeSet<_> = [ObjectKey::new("default", "api")].into();
+        let after = refresh_endpoints(&before, &slices_of(&s1, &services), &services).unwrap();
+        assert!(Arc::ptr_eq(&before.router, &after.router));
+        assert!(Arc::ptr_eq(&before.served, &after.served));
+        assert!(Arc::ptr_eq(&before.host_labels, &after.host_labels));
+        assert!(Arc::ptr_eq(&before.tls, &after.tls));
+        assert_eq!(before.backends.len(), after.backends.len());
+        for (b, a) in before.backends.iter().zip(&after.backends) {
+            assert_eq!(Arc::ptr_eq(b, a), b.service.name != "api", "{}", b.label);
+        }
     }
 }

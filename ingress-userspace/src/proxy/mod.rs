@@ -139,14 +139,121 @@ impl Proxy {
 
     /// Swaps in a whole new snapshot; pools forget endpoints it no longer has.
     pub fn apply(&self, snapshot: Snapshot) {
-        let live: HashSet<SocketAddr> = snapshot
-            .backends
-            .iter()
-            .flat_map(|b| b.endpoints.iter().map(|e| e.addr))
-            .collect();
-        self.snapshot.store(Arc::new(snapshot));
-        for pool in self.pools.read().unwrap_or_else(|p| p.into_inner()).iter() {
-            pool.retain(&live);
+        let new = Arc::new(snapshot);
+        let old = self.snapshot.swap(new.clone());
+        let pools = self.pools.read().unwrap_or_else(|p| p.into_inner());
+        let gone = gone_endpoints(&old, &new, |a| pools.iter().any(|p| p.holds(a)));
+        if gone.is_empty() {
+            return;
         }
+        for pool in pools.iter() {
+            pool.forget(&gone);
+        }
+    }
+}
+
+/// The endpoints of `old` that are in no backend of `new` and for which
+/// `held` is true (the pools keep state for them). A backend `new` shares
+/// with `old` (the same `Arc` at the same index, as after an endpoints-only
+/// refresh) has the same endpoints, so only the others are compared; the
+/// whole of `new` is looked through only when a held endpoint may have
+/// gone. An endpoint moving thus costs the endpoints of the backends it
+/// touched, not the 50,000 of a large cluster.
+fn gone_endpoints(
+    old: &Snapshot,
+    new: &Snapshot,
+    held: impl Fn(SocketAddr) -> bool,
+) -> HashSet<SocketAddr> {
+    let shared = |i: usize| matches!((old.backends.get(i), new.backends.get(i)), (Some(o), Some(n)) if Arc::ptr_eq(o, n));
+    let mut gone: HashSet<SocketAddr> = old
+        .backends
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !shared(*i))
+        .flat_map(|(_, b)| b.endpoints.iter().map(|e| e.addr))
+        .collect();
+    for (_, b) in new.backends.iter().enumerate().filter(|(i, _)| !shared(*i)) {
+        for e in b.endpoints.iter() {
+            gone.remove(&e.addr);
+        }
+    }
+    gone.retain(|a| held(*a));
+    if gone.is_empty() {
+        return gone;
+    }
+    // The same address may be an endpoint of an unchanged backend too.
+    for b in &new.backends {
+        for e in b.endpoints.iter() {
+            gone.remove(&e.addr);
+        }
+    }
+    gone
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Backend, Endpoint, ObjectKey};
+
+    fn backend(service: &str, ips: &[u8]) -> Arc<Backend> {
+        Arc::new(Backend {
+            label: Arc::from(format!("ns/{service}:80")),
+            service: ObjectKey::new("ns", service),
+            port: "80".into(),
+            endpoints: ips
+                .iter()
+                .map(|i| Endpoint {
+                    addr: SocketAddr::from(([127, 0, 0, *i], 80)),
+                    node_name: None,
+                    ready: true,
+                })
+                .collect(),
+            problem: None,
+            cursor: Default::default(),
+            policy: Default::default(),
+            protocol: Default::default(),
+        })
+    }
+
+    fn addr(i: u8) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, i], 80))
+    }
+
+    #[test]
+    fn gone_endpoints_are_those_no_backend_has_any_more() {
+        let (a, b) = (backend("a", &[1, 2]), backend("b", &[3, 4]));
+        let old = Snapshot {
+            backends: vec![a.clone(), b.clone()],
+            ..Default::default()
+        };
+        // Backend a moves from 1,2 to 2,5; b is shared; a new backend c
+        // has 4, which b has too.
+        let new = Snapshot {
+            backends: vec![backend("a", &[2, 5]), b.clone(), backend("c", &[4])],
+            ..Default::default()
+        };
+        let all = |_| true;
+        assert_eq!(gone_endpoints(&old, &new, all), HashSet::from([addr(1)]));
+        // Only what the pools hold is reported.
+        assert!(gone_endpoints(&old, &new, |a| a != addr(1)).is_empty());
+        // An endpoint still in a shared backend has not gone.
+        let new = Snapshot {
+            backends: vec![backend("a", &[5]), b.clone()],
+            ..Default::default()
+        };
+        let old = Snapshot {
+            backends: vec![backend("a", &[3, 1]), b],
+            ..Default::default()
+        };
+        assert_eq!(gone_endpoints(&old, &new, all), HashSet::from([addr(1)]));
+        // A full compile: nothing shared.
+        let fresh = Snapshot {
+            backends: vec![backend("x", &[9])],
+            ..Default::default()
+        };
+        assert_eq!(
+            gone_endpoints(&new, &fresh, all),
+            HashSet::from([addr(3), addr(4), addr(5)])
+        );
     }
 }

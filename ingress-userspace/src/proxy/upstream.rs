@@ -151,13 +151,21 @@ impl Upstreams {
             .clone()
     }
 
+    /// Whether state (a pool, latency figures) is kept for `addr`.
+    pub fn holds(&self, addr: SocketAddr) -> bool {
+        self.endpoints
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&addr)
+    }
+
     /// Forgets endpoints that are in no backend any more (their idle
     /// connections close as they drop).
-    pub fn retain(&self, live: &std::collections::HashSet<SocketAddr>) {
+    pub fn forget(&self, gone: &std::collections::HashSet<SocketAddr>) {
         self.endpoints
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|a, _| live.contains(a));
+            .retain(|a, _| !gone.contains(a));
     }
 
     /// A ready pooled connection to `addr` if there is one, else a new one.

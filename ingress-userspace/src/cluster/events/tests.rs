@@ -65,7 +65,7 @@ fn reasons(ps: &[Problem]) -> Vec<&'static str> {
 fn problems_are_the_ingress_diagnostics_with_a_reason_once_each() {
     let s = state(YAML);
     let snap = compile(&s, &CompileOptions::default());
-    let mut diags = snap.diagnostics.clone();
+    let mut diags = snap.diagnostics.to_vec();
     // Not about an Ingress, or without a reason: no Event.
     diags.push(Diagnostic::error("Secret web/x", "data", "bad").with_reason("X"));
     diags.push(Diagnostic::warning("Ingress web/i", "f", "no reason"));
