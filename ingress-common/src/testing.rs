@@ -313,6 +313,16 @@ pub fn arp_request() -> Vec<u8> {
     f
 }
 
+/// An ICMP (v4 or v6) message with a zero checksum: type, code, the 4
+/// bytes after the checksum, then the quote.
+fn icmp_message(kind: u8, code: u8, rest: [u8; 4], quote: &[u8]) -> Vec<u8> {
+    let mut icmp = Vec::with_capacity(8 + quote.len());
+    icmp.extend_from_slice(&[kind, code, 0, 0]);
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(quote);
+    icmp
+}
+
 /// An ICMPv4 error (`kind`, `code`, the 4 bytes after the checksum) from
 /// `src` to `dst` quoting `quote` (an IP header and what follows), with its
 /// checksum computed from scratch.
@@ -324,10 +334,7 @@ pub fn icmp4_error(
     rest: [u8; 4],
     quote: &[u8],
 ) -> PacketBuilder {
-    let mut icmp = Vec::new();
-    icmp.extend_from_slice(&[kind, code, 0, 0]);
-    icmp.extend_from_slice(&rest);
-    icmp.extend_from_slice(quote);
+    let mut icmp = icmp_message(kind, code, rest, quote);
     let c = csum::checksum(0, &icmp);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
     let mut b = PacketBuilder::tcp4(src, dst, 0, 0);
@@ -349,10 +356,7 @@ pub fn icmp6_error(
     rest: [u8; 4],
     quote: &[u8],
 ) -> PacketBuilder {
-    let mut icmp = Vec::new();
-    icmp.extend_from_slice(&[kind, code, 0, 0]);
-    icmp.extend_from_slice(&rest);
-    icmp.extend_from_slice(quote);
+    let mut icmp = icmp_message(kind, code, rest, quote);
     let pseudo =
         csum::pseudo_header_v6(&src, &dst, crate::parse::IPPROTO_ICMPV6, icmp.len() as u32);
     let c = csum::checksum(pseudo, &icmp);

@@ -14,6 +14,7 @@
 //! whichever agent's main program calls them, they see the same flows.
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::xdp_action,
     macros::map,
     maps::{PerCpuArray, ProgramArray},
@@ -41,11 +42,11 @@ use crate::{
 /// The XDP programs the main XDP program tail-calls (slot
 /// [`CALL_ICMP6`]: the ICMPv6 program); the agent fills it after loading.
 #[map(name = "XDP_CALLS")]
-static XDP_CALLS: ProgramArray = ProgramArray::with_max_entries(CALL_SLOTS, 0);
+pub static XDP_CALLS: ProgramArray = ProgramArray::with_max_entries(CALL_SLOTS, 0);
 
 /// The same for TC egress (a program array serves one program type).
 #[map(name = "TC_CALLS")]
-static TC_CALLS: ProgramArray = ProgramArray::with_max_entries(CALL_SLOTS, 0);
+pub static TC_CALLS: ProgramArray = ProgramArray::with_max_entries(CALL_SLOTS, 0);
 
 /// An ICMPv6 error of a type that may be about a translated flow.
 #[inline(always)]
@@ -59,13 +60,15 @@ fn is_icmp6_error<F: FrameMut>(frame: &F, p: &Parsed) -> bool {
     )
 }
 
-/// Main XDP program: an ICMPv6 error goes to the ICMPv6 program, which
-/// never returns here. Returns false when the frame is no such error;
-/// true when it is and the tail call failed (an empty slot: counted, and
-/// the caller passes the frame).
+/// The main XDP or TC program (`ctx`, its program array `calls`): an
+/// ICMPv6 error goes to the ICMPv6 program in `calls`, which never returns
+/// here. Returns false when the frame is no such error; true when it is
+/// and the tail call failed (an empty slot: counted, and the caller passes
+/// the frame).
 #[inline(always)]
-pub fn xdp_tail_call<F: FrameMut>(
-    ctx: &XdpContext,
+pub fn tail_call<C: EbpfContext, F: FrameMut>(
+    ctx: &C,
+    calls: &ProgramArray,
     frame: &F,
     p: &Parsed,
     counters: &PerCpuArray<u64>,
@@ -74,24 +77,7 @@ pub fn xdp_tail_call<F: FrameMut>(
         return false;
     }
     // SAFETY: on success control goes to the ICMPv6 program for good.
-    unsafe { XDP_CALLS.tail_call(ctx, CALL_ICMP6) };
-    bump(counters, Counter::L4Icmp6TailCallFailed);
-    true
-}
-
-/// Main TC program: the same for a local pod's (or the node's) error.
-#[inline(always)]
-pub fn tc_tail_call<F: FrameMut>(
-    ctx: &TcContext,
-    frame: &F,
-    p: &Parsed,
-    counters: &PerCpuArray<u64>,
-) -> bool {
-    if !is_icmp6_error(frame, p) {
-        return false;
-    }
-    // SAFETY: as above.
-    unsafe { TC_CALLS.tail_call(ctx, CALL_ICMP6) };
+    unsafe { calls.tail_call(ctx, CALL_ICMP6) };
     bump(counters, Counter::L4Icmp6TailCallFailed);
     true
 }

@@ -28,7 +28,13 @@ pub fn ingress_xdp(ctx: XdpContext) -> u32 {
     let parsed = observe::frame(&ctx, &frame, &stats::XDP_COUNTERS);
     // ICMPv6 errors go to a program of their own (a tail call from this
     // entry function: see icmp6.rs); back here only when it failed.
-    if icmp6::xdp_tail_call(&ctx, &frame, &parsed, &stats::XDP_COUNTERS) {
+    if icmp6::tail_call(
+        &ctx,
+        &icmp6::XDP_CALLS,
+        &frame,
+        &parsed,
+        &stats::XDP_COUNTERS,
+    ) {
         return aya_ebpf::bindings::xdp_action::XDP_PASS;
     }
     lb::ingress(&ctx, &mut frame, &parsed, &stats::XDP_COUNTERS)
@@ -79,7 +85,7 @@ pub fn ingress_tc_egress(ctx: TcContext) -> i32 {
         lb::icmp_tc(&ctx, &stats::TC_COUNTERS);
     } else {
         // ICMPv6 errors: a tail call that returns only when it failed.
-        icmp6::tc_tail_call(&ctx, &frame, &parsed, &stats::TC_COUNTERS);
+        icmp6::tail_call(&ctx, &icmp6::TC_CALLS, &frame, &parsed, &stats::TC_COUNTERS);
     }
     TC_ACT_PIPE
 }

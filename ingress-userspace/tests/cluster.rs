@@ -4,14 +4,11 @@
 
 mod support;
 
-use std::{
-    net::SocketAddr,
-    thread,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, thread, time::Duration};
 
 use support::{
     Agent, TempDir, apiserver::ApiServer, backend::Backend, free_port, get, ingress_bin, manifests,
+    wait_until,
 };
 
 fn rt() -> tokio::runtime::Runtime {
@@ -54,18 +51,14 @@ fn pod(http: SocketAddr, host: &str) -> (u16, String) {
 
 /// Waits (bounded) until `host` answers `want`; panics with the last answer.
 fn wait_for(http: SocketAddr, host: &str, want: (u16, &str)) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
         let got = pod(http, host);
         if got.0 == want.0 && got.1 == want.1 {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{host}: wanted {want:?}, still {got:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{host}: wanted {want:?}, still {got:?}"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    });
 }
 
 fn metric(agent: &Agent, name: &str) -> f64 {
@@ -166,13 +159,14 @@ fn traffic_follows_the_api_and_survives_its_outage_and_relist() {
     api.apply_yaml(&manifests::ingress("c", "c.test", "/", "svc-a"));
     assert!(api.delete("Ingress", "default", "broken"));
     api.restart(1000);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while pod(http, "c.test").0 != 200 {
+    wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
+        if pod(http, "c.test").0 == 200 {
+            return Ok(());
+        }
         assert_eq!(pod(http, "a.test"), (200, "a".to_string()));
         assert_eq!(agent.get("/readyz").unwrap().0, 200);
-        assert!(Instant::now() < deadline, "no relist within 60 s");
-        thread::sleep(Duration::from_millis(100));
-    }
+        Err("no relist".to_string())
+    });
     assert_eq!(pod(http, "c.test"), (200, "a".to_string()));
     assert_eq!(pod(http, "b2.test"), (200, "a".to_string()));
     // The old watches were expired and every kind was listed again.
@@ -257,14 +251,9 @@ fn an_unreachable_api_server_leaves_the_agent_unready() {
         .spawn()
         .unwrap();
     // Alive (healthz) but never ready while nothing was listed.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let health = loop {
-        if let Ok(r) = support::http_get(admin, "/healthz") {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "admin listener never came up");
-        thread::sleep(Duration::from_millis(50));
-    };
+    let health = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
+        support::http_get(admin, "/healthz").map_err(|e| format!("admin listener not up: {e}"))
+    });
     assert_eq!(health.0, 200);
     for _ in 0..10 {
         assert_eq!(support::http_get(admin, "/readyz").unwrap().0, 503);
@@ -272,14 +261,14 @@ fn an_unreachable_api_server_leaves_the_agent_unready() {
     }
     // Once it is back, the agent lists and becomes ready.
     api.restart(10);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while support::http_get(admin, "/readyz").unwrap().0 != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "not ready within 60 s of the API server's return"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || match support::http_get(admin, "/readyz").unwrap().0 {
+            200 => Ok(()),
+            code => Err(format!("/readyz {code} after the API server's return")),
+        },
+    );
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -344,15 +333,14 @@ fn tls_secrets_come_from_the_api_and_only_of_the_tls_type() {
     // A rotated certificate arrives through the watch.
     let (crt2, key2, der2) = made("s.test");
     api.apply_yaml(&secret("s-tls", "kubernetes.io/tls", &crt2, &key2));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
         let (_, seen) = rt.block_on(client.connect(https, Some("s.test"))).unwrap();
         if seen == der2 {
-            break;
+            Ok(())
+        } else {
+            Err("rotated certificate not served".to_string())
         }
-        assert!(Instant::now() < deadline, "rotated certificate not served");
-        thread::sleep(Duration::from_millis(50));
-    }
+    });
 }
 
 #[test]
@@ -390,15 +378,14 @@ fn published(api: &ApiServer, name: &str) -> Option<String> {
 }
 
 fn wait_published(api: &ApiServer, name: &str, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while published(api, name).as_deref() != Some(want) {
-        assert!(
-            Instant::now() < deadline,
-            "{name}: status {:?}, wanted {want}",
-            published(api, name)
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || match published(api, name) {
+            Some(p) if p == want => Ok(()),
+            other => Err(format!("{name}: status {other:?}, wanted {want}")),
+        },
+    );
 }
 
 #[test]
@@ -511,20 +498,18 @@ fn wait_event_writes(
     reason: &str,
     count: usize,
 ) -> Vec<support::apiserver::EventWrite> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    wait_until(Duration::from_secs(60), Duration::from_millis(50), || {
         let w = event_writes(api, name, reason);
         if w.len() >= count {
-            return w;
+            Ok(w)
+        } else {
+            Err(format!(
+                "{name}: {} {reason} Event writes, wanted {count}; all: {:?}",
+                w.len(),
+                api.event_writes()
+            ))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{name}: {} {reason} Event writes, wanted {count}; all: {:?}",
-            w.len(),
-            api.event_writes()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    })
 }
 
 #[test]
@@ -630,15 +615,16 @@ fn config_problems_become_warning_events_once_each() {
     // Counted by reason (once the write's answer is back); nothing
     // dropped at this pace.
     let writes = api.event_writes().len() as f64;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(&agent, "ingress_cluster_events_total") != writes {
-        assert!(
-            Instant::now() < deadline,
-            "ingress_cluster_events_total {} for {writes} writes",
-            metric(&agent, "ingress_cluster_events_total")
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || match metric(&agent, "ingress_cluster_events_total") {
+            n if n == writes => Ok(()),
+            n => Err(format!(
+                "ingress_cluster_events_total {n} for {writes} writes"
+            )),
+        },
+    );
     assert!(
         agent
             .metrics()
@@ -668,15 +654,14 @@ fn shown(api: &ApiServer, name: &str) -> Vec<String> {
 
 /// Waits (bounded) until Ingress `name` shows exactly `want`.
 fn wait_shown(api: &ApiServer, name: &str, want: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while shown(api, name) != want {
-        assert!(
-            Instant::now() < deadline,
-            "{name}: status {:?}, wanted {want:?}",
-            shown(api, name)
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
+        let got = shown(api, name);
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("{name}: status {got:?}, wanted {want:?}"))
+        }
+    });
 }
 
 /// A Node with `addresses` as (type, address).

@@ -211,3 +211,24 @@ pub fn pin_to_one_cpu() {
         );
     }
 }
+
+/// Polls `poll` every `every` until it returns `Ok` (whose value is
+/// returned); once `limit` has passed, the test fails with the last `Err`,
+/// which says what was wanted and what was seen.
+pub fn wait_until<T>(
+    limit: Duration,
+    every: Duration,
+    mut poll: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match poll() {
+            Ok(v) => return v,
+            Err(why) => assert!(
+                std::time::Instant::now() < deadline,
+                "not within {limit:?}: {why}"
+            ),
+        }
+        std::thread::sleep(every);
+    }
+}
