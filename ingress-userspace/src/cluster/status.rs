@@ -56,24 +56,35 @@ fn same(a: &[Entry], b: &[Entry]) -> bool {
 }
 
 /// What the status writer remembers between views: the status each served
-/// Ingress showed while served, and the Ingresses no longer served that
-/// still show it (to be cleared). Every agent keeps it, leader or not, so
-/// that a new leader clears what the old one published.
+/// Ingress showed while served, the status this agent last published on
+/// it, and the Ingresses no longer served that still show one of those
+/// (to be cleared). Every agent keeps it, leader or not, so that a new
+/// leader clears what the old one published.
+///
+/// The published status matters when our own write and the change that
+/// takes the Ingress away reach the watch together: no view then showed
+/// the Ingress served with the status we wrote.
 #[derive(Debug, Default)]
 pub struct Tracker {
     served: BTreeMap<ObjectKey, Vec<Entry>>,
+    published: BTreeMap<ObjectKey, Vec<Entry>>,
     leaving: BTreeMap<ObjectKey, Vec<Entry>>,
 }
 
 impl Tracker {
     /// Folds a view in.
     pub fn observe(&mut self, view: &View) {
-        for (key, status) in std::mem::take(&mut self.served) {
-            let served_now = matches!(view.ingresses.get(&key), Some((true, _)));
-            if !served_now && !status.is_empty() {
-                self.leaving.insert(key, status);
+        for (key, seen) in std::mem::take(&mut self.served) {
+            let Some((false, now)) = view.ingresses.get(&key) else {
+                continue;
+            };
+            let ours = same(now, &seen) || self.published.get(&key).is_some_and(|p| same(now, p));
+            if ours && !now.is_empty() {
+                self.leaving.insert(key, now.clone());
             }
         }
+        self.published
+            .retain(|key, _| matches!(view.ingresses.get(key), Some((true, _))));
         // Only while nobody changed it since (another controller writing
         // its own address takes the Ingress out of our hands), and while
         // it exists and is still not ours.
@@ -111,6 +122,11 @@ impl Tracker {
     /// A clear was written: nothing left to do for `key`.
     pub fn cleared(&mut self, key: &ObjectKey) {
         self.leaving.remove(key);
+    }
+
+    /// `status` was written on served Ingress `key`.
+    pub fn published(&mut self, key: &ObjectKey, status: &[Entry]) {
+        self.published.insert(key.clone(), status.to_vec());
     }
 }
 
@@ -158,7 +174,10 @@ impl Writer {
                     self.tracker.cleared(&w.key);
                     tracing::info!(ingress = %w.key, "status cleared (no longer served)");
                 }
-                Ok(_) => tracing::info!(ingress = %w.key, addresses = ?want, "status published"),
+                Ok(_) => {
+                    self.tracker.published(&w.key, &want);
+                    tracing::info!(ingress = %w.key, addresses = ?want, "status published");
+                }
                 Err(e) => tracing::warn!(ingress = %w.key, error = %e, "writing status"),
             }
         }
@@ -276,6 +295,25 @@ mod tests {
         let back = view(&[("moved", true, &["198.18.0.1"])]);
         t.observe(&back);
         assert!(t.plan(&back, &want).is_empty());
+    }
+
+    #[test]
+    fn our_write_and_the_move_seen_together_still_clear() {
+        // The view before the move still shows the status from before our
+        // write: the write's own watch event came with the move.
+        let want = vec![entry("198.18.0.1"), entry("198.18.0.2")];
+        let mut t = Tracker::default();
+        let before = view(&[("moved", true, &["198.18.0.1"]), ("other", true, &[])]);
+        t.observe(&before);
+        t.published(&ObjectKey::new("a", "moved"), &want);
+        t.published(&ObjectKey::new("a", "other"), &want);
+        let after = view(&[
+            ("moved", false, &["198.18.0.2", "198.18.0.1"]),
+            ("other", false, &["198.18.0.9"]),
+        ]);
+        t.observe(&after);
+        // Another controller's address on "other" is not ours to clear.
+        assert_eq!(keys(&t.plan(&after, &want)), ["clear a/moved"]);
     }
 
     #[tokio::test]
