@@ -63,11 +63,14 @@ fn same(a: &[Entry], b: &[Entry]) -> bool {
 ///
 /// The published status matters when our own write and the change that
 /// takes the Ingress away reach the watch together: no view then showed
-/// the Ingress served with the status we wrote.
+/// the Ingress served with the status we wrote. With it goes the status
+/// shown when we wrote: a view that still shows that is older than our
+/// write, and writing again would only repeat it.
 #[derive(Debug, Default)]
 pub struct Tracker {
     served: BTreeMap<ObjectKey, Vec<Entry>>,
-    published: BTreeMap<ObjectKey, Vec<Entry>>,
+    /// Ingress -> (what we wrote, what it showed then).
+    published: BTreeMap<ObjectKey, (Vec<Entry>, Vec<Entry>)>,
     leaving: BTreeMap<ObjectKey, Vec<Entry>>,
 }
 
@@ -78,13 +81,16 @@ impl Tracker {
             let Some((false, now)) = view.ingresses.get(&key) else {
                 continue;
             };
-            let ours = same(now, &seen) || self.published.get(&key).is_some_and(|p| same(now, p));
+            let ours =
+                same(now, &seen) || self.published.get(&key).is_some_and(|(p, _)| same(now, p));
             if ours && !now.is_empty() {
                 self.leaving.insert(key, now.clone());
             }
         }
-        self.published
-            .retain(|key, _| matches!(view.ingresses.get(key), Some((true, _))));
+        // Kept while served and until a view shows what we wrote.
+        self.published.retain(|key, (wrote, _)| {
+            matches!(view.ingresses.get(key), Some((true, now)) if !same(now, wrote))
+        });
         // Only while nobody changed it since (another controller writing
         // its own address takes the Ingress out of our hands), and while
         // it exists and is still not ours.
@@ -100,12 +106,17 @@ impl Tracker {
     }
 
     /// The writes that bring `view` to `want`: served Ingresses whose
-    /// status differs, and Ingresses to clear.
+    /// status differs (unless the view predates our write of `want`), and
+    /// Ingresses to clear.
     pub fn plan(&self, view: &View, want: &[Entry]) -> Vec<Write> {
         let set = view
             .ingresses
             .iter()
             .filter(|(_, (served, now))| *served && !same(now, want))
+            .filter(|(key, (_, now))| {
+                !matches!(self.published.get(*key),
+                          Some((wrote, before)) if same(wrote, want) && same(before, now))
+            })
             .map(|(key, _)| Write {
                 key: key.clone(),
                 clear: false,
@@ -124,9 +135,10 @@ impl Tracker {
         self.leaving.remove(key);
     }
 
-    /// `status` was written on served Ingress `key`.
-    pub fn published(&mut self, key: &ObjectKey, status: &[Entry]) {
-        self.published.insert(key.clone(), status.to_vec());
+    /// `status` was written on served Ingress `key`, which showed `before`.
+    pub fn published(&mut self, key: &ObjectKey, status: &[Entry], before: &[Entry]) {
+        self.published
+            .insert(key.clone(), (status.to_vec(), before.to_vec()));
     }
 }
 
@@ -155,8 +167,10 @@ impl Writer {
         let want = addresses::desired(&self.source, &view.known, nodes);
         // The leader runs on an ingress node itself: no node listed means
         // the presence Leases could not be listed yet, not that there is
-        // no address. Only clears go out then.
-        let unknown = self.source == Source::Nodes && nodes.is_empty();
+        // no address. And no address known (nodes without addresses, a
+        // Service without a load balancer yet) is no reason to wipe what
+        // the Ingresses show. Only clears go out then.
+        let unknown = (self.source == Source::Nodes && nodes.is_empty()) || want.is_empty();
         for w in self.tracker.plan(view, &want) {
             if unknown && !w.clear {
                 continue;
@@ -175,7 +189,9 @@ impl Writer {
                     tracing::info!(ingress = %w.key, "status cleared (no longer served)");
                 }
                 Ok(_) => {
-                    self.tracker.published(&w.key, &want);
+                    let before = view.ingresses.get(&w.key).map(|(_, s)| s.as_slice());
+                    self.tracker
+                        .published(&w.key, &want, before.unwrap_or_default());
                     tracing::info!(ingress = %w.key, addresses = ?want, "status published");
                 }
                 Err(e) => tracing::warn!(ingress = %w.key, error = %e, "writing status"),
@@ -305,8 +321,8 @@ mod tests {
         let mut t = Tracker::default();
         let before = view(&[("moved", true, &["198.18.0.1"]), ("other", true, &[])]);
         t.observe(&before);
-        t.published(&ObjectKey::new("a", "moved"), &want);
-        t.published(&ObjectKey::new("a", "other"), &want);
+        t.published(&ObjectKey::new("a", "moved"), &want, &[entry("198.18.0.1")]);
+        t.published(&ObjectKey::new("a", "other"), &want, &[]);
         let after = view(&[
             ("moved", false, &["198.18.0.2", "198.18.0.1"]),
             ("other", false, &["198.18.0.9"]),
@@ -314,6 +330,26 @@ mod tests {
         t.observe(&after);
         // Another controller's address on "other" is not ours to clear.
         assert_eq!(keys(&t.plan(&after, &want)), ["clear a/moved"]);
+    }
+
+    #[test]
+    fn a_view_older_than_our_write_is_not_written_again() {
+        let want = vec![entry("198.18.0.1")];
+        let mut t = Tracker::default();
+        let old = view(&[("web", true, &["198.18.0.9"])]);
+        t.observe(&old);
+        assert_eq!(keys(&t.plan(&old, &want)), ["a/web"]);
+        t.published(&ObjectKey::new("a", "web"), &want, &[entry("198.18.0.9")]);
+        // The same (stale) view again, or with only something else new.
+        t.observe(&old);
+        assert!(t.plan(&old, &want).is_empty());
+        // Someone else wrote another status since: ours again.
+        let changed = view(&[("web", true, &["198.18.0.7"])]);
+        t.observe(&changed);
+        assert_eq!(keys(&t.plan(&changed, &want)), ["a/web"]);
+        // The addresses we want changed: written again.
+        let more = vec![entry("198.18.0.1"), entry("198.18.0.2")];
+        assert_eq!(keys(&t.plan(&old, &more)), ["a/web"]);
     }
 
     #[tokio::test]

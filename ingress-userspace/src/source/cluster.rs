@@ -91,14 +91,46 @@ pub trait Watched:
     const NAMESPACED: bool;
     /// The bit of this kind in the synced mask.
     const BIT: u8;
+    /// Whether the compiled snapshot reads this kind at all (Nodes are
+    /// only read for the status addresses).
+    const COMPILED: bool = true;
     fn key(meta: &ObjectMeta) -> Self::Key;
     fn store(state: &mut ClusterState) -> &mut BTreeMap<Self::Key, Self>;
-    /// When a change from `old` to `new` (either absent) can only change
-    /// endpoints: the Services whose endpoints it touches. None for every
-    /// other change (which needs a full compile).
-    fn endpoints_of(_old: Option<&Self>, _new: Option<&Self>) -> Option<BTreeSet<ObjectKey>> {
-        None
+    /// What a change from `old` to `new` (either absent) needs.
+    fn change(_old: Option<&Self>, _new: Option<&Self>) -> Change {
+        if Self::COMPILED {
+            Change::Compile
+        } else {
+            Change::Status
+        }
     }
+}
+
+/// What one watch event needs before it reaches traffic and status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A full compile of the whole state.
+    Compile,
+    /// Only the endpoints of these Services are re-resolved.
+    Endpoints(BTreeSet<ObjectKey>),
+    /// Nothing served changes; only the status writer's view (an Ingress's
+    /// own status, a Node's addresses).
+    Status,
+}
+
+/// Whether `old` and `new` differ only in what the agent itself writes
+/// (`status`) and in the bookkeeping every write changes (resourceVersion,
+/// managedFields): the leader's status writes must not recompile 10,000
+/// Ingresses on every agent.
+fn ingress_status_only(old: &Ingress, new: &Ingress) -> bool {
+    fn bare(i: &Ingress) -> Ingress {
+        let mut i = i.clone();
+        i.status = None;
+        i.metadata.resource_version = None;
+        i.metadata.managed_fields = None;
+        i
+    }
+    old.status != new.status && bare(old) == bare(new)
 }
 
 macro_rules! namespaced {
@@ -119,7 +151,7 @@ macro_rules! namespaced {
 }
 
 macro_rules! cluster_scoped {
-    ($t:ty, $field:ident, $bit:expr) => {
+    ($t:ty, $field:ident, $bit:expr $(, $extra:item)*) => {
         impl Watched for $t {
             type Key = String;
             const NAMESPACED: bool = false;
@@ -130,23 +162,34 @@ macro_rules! cluster_scoped {
             fn store(state: &mut ClusterState) -> &mut BTreeMap<String, Self> {
                 &mut state.$field
             }
+            $($extra)*
         }
     };
 }
 
 cluster_scoped!(IngressClass, ingress_classes, 1 << 0);
-namespaced!(Ingress, ingresses, 1 << 1);
+namespaced!(
+    Ingress,
+    ingresses,
+    1 << 1,
+    fn change(old: Option<&Self>, new: Option<&Self>) -> Change {
+        match (old, new) {
+            (Some(old), Some(new)) if ingress_status_only(old, new) => Change::Status,
+            _ => Change::Compile,
+        }
+    }
+);
 namespaced!(Service, services, 1 << 2);
 namespaced!(
     EndpointSlice,
     endpoint_slices,
     1 << 3,
-    fn endpoints_of(old: Option<&Self>, new: Option<&Self>) -> Option<BTreeSet<ObjectKey>> {
-        Some(refresh::services_of_slices(old.into_iter().chain(new)))
+    fn change(old: Option<&Self>, new: Option<&Self>) -> Change {
+        Change::Endpoints(refresh::services_of_slices(old.into_iter().chain(new)))
     }
 );
 namespaced!(Secret, secrets, 1 << 4);
-cluster_scoped!(Node, nodes, 1 << 5);
+cluster_scoped!(Node, nodes, 1 << 5, const COMPILED: bool = false;);
 
 /// Every kind's bit: applying waits until all are set.
 const ALL_SYNCED: u8 = (1 << 6) - 1;
@@ -221,6 +264,9 @@ pub struct Stores {
     pub first_change: Option<Instant>,
     /// What changed since the last apply.
     pub pending: Pending,
+    /// Something only the status writer's view shows changed (an
+    /// Ingress's status, a Node) since the last view was sent.
+    pub view_stale: bool,
 }
 
 /// What changed in the stores since the last apply.
@@ -236,7 +282,8 @@ pub enum Pending {
 }
 
 impl Pending {
-    /// Adds a change: endpoints of `services`, or (None) any other.
+    /// Adds a change that needs a compile: endpoints of `services`, or
+    /// (None) any other.
     fn add(&mut self, services: Option<BTreeSet<ObjectKey>>) {
         let Some(s) = services else {
             *self = Pending::All;
@@ -246,6 +293,19 @@ impl Pending {
             Pending::All => {}
             Pending::None => *self = Pending::Endpoints(s),
             Pending::Endpoints(have) => have.extend(s),
+        }
+    }
+}
+
+impl Stores {
+    /// Records a change. An object that failed to decode before needs a
+    /// full compile whatever changed (its diagnostic goes).
+    fn record(&mut self, change: Change, was_bad: bool) {
+        match change {
+            _ if was_bad => self.pending.add(None),
+            Change::Compile => self.pending.add(None),
+            Change::Endpoints(services) => self.pending.add(Some(services)),
+            Change::Status => self.view_stale = true,
         }
     }
 }
@@ -321,7 +381,12 @@ impl<K: Watched> KindStore<K> {
                 s.bad
                     .extend(bad.into_iter().map(|(k, why)| ((K::KIND, k), why)));
                 s.synced |= K::BIT;
-                s.pending.add(None);
+                let relisted = if K::COMPILED {
+                    Change::Compile
+                } else {
+                    Change::Status
+                };
+                s.record(relisted, false);
                 true
             }
             watcher::Event::Apply(obj) => {
@@ -331,12 +396,9 @@ impl<K: Watched> KindStore<K> {
                 match decoded {
                     Ok(o) => {
                         let was_bad = s.bad.remove(&(K::KIND, key.to_string())).is_some();
-                        let touched = K::endpoints_of(
-                            K::store(Arc::make_mut(&mut s.state)).get(&key),
-                            Some(&o),
-                        )
-                        .filter(|_| !was_bad);
-                        s.pending.add(touched);
+                        let change =
+                            K::change(K::store(Arc::make_mut(&mut s.state)).get(&key), Some(&o));
+                        s.record(change, was_bad);
                         K::store(Arc::make_mut(&mut s.state)).insert(key, o);
                     }
                     Err(why) => {
@@ -353,8 +415,8 @@ impl<K: Watched> KindStore<K> {
                 let mut s = lock(stores);
                 let was_bad = s.bad.remove(&(K::KIND, key.to_string())).is_some();
                 let old = K::store(Arc::make_mut(&mut s.state)).remove(&key);
-                let touched = K::endpoints_of(old.as_ref(), None).filter(|_| !was_bad);
-                s.pending.add(touched);
+                let change = K::change(old.as_ref(), None);
+                s.record(change, was_bad);
                 true
             }
         }
@@ -499,64 +561,74 @@ where
     tokio::spawn(async move {
         // Owned here: aborting this task drops (and aborts) the watchers.
         let _tasks = tasks;
+        // The Ingresses the applied snapshot serves, for views sent
+        // without a compile.
+        let mut served_now: Option<Vec<ObjectKey>> = None;
         loop {
             changed.notified().await;
             let started = Instant::now();
             tokio::time::sleep(DEBOUNCE).await;
-            let taken = {
+            let (taken, view_state) = {
                 let mut s = lock(&stores);
-                match (
-                    s.all_synced(),
-                    std::mem::replace(&mut s.pending, Pending::None),
-                ) {
-                    (false, pending) => {
-                        s.pending = pending;
-                        None
-                    }
-                    // Already applied with an earlier wake-up.
-                    (true, Pending::None) => {
-                        s.first_change = None;
-                        None
-                    }
-                    (true, Pending::Endpoints(services)) => {
+                if !s.all_synced() {
+                    continue;
+                }
+                let view_stale = std::mem::take(&mut s.view_stale);
+                let taken = match std::mem::replace(&mut s.pending, Pending::None) {
+                    Pending::None => None,
+                    Pending::Endpoints(services) => {
                         let first = s.first_change.take().unwrap_or(started);
                         let current = refresh::slices_of(&s.state, &services);
                         Some((Update::Endpoints { services, current }, Vec::new(), first))
                     }
-                    (true, Pending::All) => {
+                    Pending::All => {
                         let first = s.first_change.take().unwrap_or(started);
                         Some((Update::Full(s.state.clone()), s.diagnostics(), first))
                     }
-                }
-            };
-            let Some((update, diags, first)) = taken else {
-                continue;
-            };
-            let mut view = view_of(&status, &update);
-            let mut served = tokio::task::block_in_place(|| apply(update, diags, started));
-            if served.is_none() {
-                // Not appliable incrementally: the whole state, now.
-                let update = {
-                    let s = lock(&stores);
-                    Update::Full(s.state.clone())
                 };
-                let diags = lock(&stores).diagnostics();
-                view = view_of(&status, &update);
-                served = tokio::task::block_in_place(|| apply(update, diags, started));
-            }
-            latency.observe(first.elapsed().as_secs_f64());
-            // After an endpoints-only change (no view) neither the
-            // Ingresses served nor their status changed.
-            if let (Some(feed), Some(served), Some(mut view)) = (&status, served, view) {
-                for k in served {
-                    if let Some(entry) = view.ingresses.get_mut(&k) {
-                        entry.0 = true;
-                    }
+                if taken.is_none() {
+                    s.first_change = None;
                 }
-                feed.tx.send_replace(view);
+                // A full update carries its own view.
+                let full = matches!(taken, Some((Update::Full(_), _, _)));
+                (taken, (view_stale && !full).then(|| s.state.clone()))
+            };
+            if let Some((update, diags, first)) = taken {
+                let mut view = view_of(&status, &update);
+                let mut served = tokio::task::block_in_place(|| apply(update, diags, started));
+                if served.is_none() {
+                    // Not appliable incrementally: the whole state, now.
+                    let update = {
+                        let s = lock(&stores);
+                        Update::Full(s.state.clone())
+                    };
+                    let diags = lock(&stores).diagnostics();
+                    view = view_of(&status, &update);
+                    served = tokio::task::block_in_place(|| apply(update, diags, started));
+                }
+                latency.observe(first.elapsed().as_secs_f64());
+                // After an endpoints-only change (no view) neither the
+                // Ingresses served nor their status changed.
+                if let (Some(feed), Some(served), Some(view)) = (&status, served, view) {
+                    feed.tx.send_replace(mark_served(view, &served));
+                    served_now = Some(served);
+                }
+            }
+            if let (Some(feed), Some(state), Some(served)) = (&status, view_state, &served_now) {
+                feed.tx.send_replace(mark_served(feed.view(&state), served));
             }
         }
     })
+}
+
+/// `view` with the Ingresses in `served` marked served.
+fn mark_served(mut view: View, served: &[ObjectKey]) -> View {
+    for k in served {
+        if let Some(entry) = view.ingresses.get_mut(k) {
+            entry.0 = true;
+        }
+    }
+    view
 }
 
 #[cfg(test)]
@@ -728,6 +800,78 @@ mod tests {
         lock(&stores).pending = Pending::None;
         slices.handle(
             watcher::Event::Apply(slice("a-1", "a", "198.18.0.5")),
+            &stores,
+        );
+        assert_eq!(lock(&stores).pending, Pending::All);
+    }
+
+    #[test]
+    fn status_writes_and_nodes_refresh_the_view_without_a_compile() {
+        let stores = Mutex::new(Stores::default());
+        let mut ingresses = KindStore::<Ingress>::default();
+        let mut nodes = KindStore::<Node>::default();
+        let ingress = |rv: &str, host: &str, ip: Option<&str>| {
+            let mut v = serde_json::json!({
+                "metadata": {"name": "web", "namespace": "default", "resourceVersion": rv,
+                             "managedFields": [{"manager": rv}]},
+                "spec": {"rules": [{"host": host}]},
+            });
+            if let Some(ip) = ip {
+                v["status"] = serde_json::json!({"loadBalancer": {"ingress": [{"ip": ip}]}});
+            }
+            obj(v)
+        };
+        let settled = |s: &Mutex<Stores>| {
+            let mut s = lock(s);
+            s.pending = Pending::None;
+            s.view_stale = false;
+        };
+        // A list of Nodes changes no snapshot.
+        settled(&stores);
+        nodes.handle(watcher::Event::Init, &stores);
+        nodes.handle(watcher::Event::InitDone, &stores);
+        assert_eq!(lock(&stores).pending, Pending::None);
+        assert!(lock(&stores).view_stale);
+        settled(&stores);
+
+        ingresses.handle(watcher::Event::Apply(ingress("1", "a.test", None)), &stores);
+        assert_eq!(lock(&stores).pending, Pending::All, "a new Ingress");
+        settled(&stores);
+        // Our status write: a new resourceVersion and managedFields too.
+        ingresses.handle(
+            watcher::Event::Apply(ingress("2", "a.test", Some("198.18.0.1"))),
+            &stores,
+        );
+        assert_eq!(lock(&stores).pending, Pending::None);
+        assert!(lock(&stores).view_stale);
+        assert!(
+            lock(&stores).state.ingresses[&ObjectKey::new("default", "web")]
+                .status
+                .is_some(),
+            "the store holds the new status"
+        );
+        settled(&stores);
+        // A spec change with it compiles.
+        ingresses.handle(
+            watcher::Event::Apply(ingress("3", "b.test", Some("198.18.0.2"))),
+            &stores,
+        );
+        assert_eq!(lock(&stores).pending, Pending::All);
+        settled(&stores);
+        // A Node's addresses, its removal: the view only.
+        nodes.handle(
+            watcher::Event::Apply(obj(serde_json::json!({"metadata": {"name": "n1"}}))),
+            &stores,
+        );
+        nodes.handle(
+            watcher::Event::Delete(obj(serde_json::json!({"metadata": {"name": "n1"}}))),
+            &stores,
+        );
+        assert_eq!(lock(&stores).pending, Pending::None);
+        assert!(lock(&stores).view_stale);
+        // Deleting an Ingress compiles.
+        ingresses.handle(
+            watcher::Event::Delete(ingress("4", "b.test", None)),
             &stores,
         );
         assert_eq!(lock(&stores).pending, Pending::All);

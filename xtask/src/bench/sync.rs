@@ -31,6 +31,9 @@ const OURS: &str = "127.0.0.1:18180";
 const ADMIN: &str = "127.0.0.1:19180";
 const MEASURED_HOST: &str = "measured.sync.bench";
 const CLASS: &str = "ingress-ebpf";
+/// The agent's node: the Node the seed holds, whose address every
+/// Ingress's status already shows.
+const NODE: &str = "node-1";
 /// Endpoints in all at the 1,000 and 10,000 scales.
 const ENDPOINTS: usize = 50_000;
 /// The scales: Ingresses (each with its own Service and EndpointSlice).
@@ -126,6 +129,9 @@ struct Round {
     /// `ingress_cluster_event_to_apply_seconds` over the moves: count, sum,
     /// and the count under 50 ms.
     event_to_apply: (f64, f64, f64),
+    /// From the agent's log over the whole round: full compiles applied,
+    /// endpoint-only applies, status writes.
+    agent_work: (usize, usize, usize),
 }
 
 impl Round {
@@ -175,6 +181,7 @@ fn scale(
             .args(["--http-listen", OURS, "--admin-listen", ADMIN])
             .args(["--https-listen", "off", "--xdp-mode", "off"])
             .args(["--drain-timeout", "1s", "--ingress-class", CLASS])
+            .args(["--node-name", NODE])
             .env("RUST_LOG", "info"),
         &dir.join("agent.log"),
     )?;
@@ -255,6 +262,13 @@ fn scale(
             - h(&before, &format!("{name}_bucket{{le=\"0.05\"}}")),
     );
     let rss_after = mem(agent.pid())?;
+    let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+    let logged = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    let agent_work = (
+        logged("configuration applied"),
+        logged("endpoints applied"),
+        logged("status published"),
+    );
     agent.ensure_running()?;
     agent.stop()?;
     double.stop()?;
@@ -271,6 +285,7 @@ fn scale(
         ingress_moves,
         ingress_applies,
         event_to_apply,
+        agent_work,
     })
 }
 
@@ -385,8 +400,8 @@ fn filler(j: usize) -> SocketAddr {
 }
 
 fn ingress_json(i: usize, service: &str) -> String {
-    // The status the agent would publish (its HTTP listener's address),
-    // so that the status writer finds nothing to write.
+    // The status the agent would publish (the address of its Node), so
+    // that the status writer finds nothing to write.
     format!(
         r#"{{"apiVersion":"networking.k8s.io/v1","kind":"Ingress","metadata":{{"name":"i{i}","namespace":"default","creationTimestamp":"2026-01-01T00:00:00Z"}},"spec":{{"ingressClassName":"{CLASS}","rules":[{{"host":"{h}","http":{{"paths":[{{"path":"/","pathType":"Prefix","backend":{{"service":{{"name":"{s}","port":{{"number":80}}}}}}}}]}}}}]}},"status":{{"loadBalancer":{{"ingress":[{{"ip":"127.0.0.1"}}]}}}}}}"#,
         h = host(i),
@@ -429,7 +444,9 @@ fn seed_lines(n: usize, endpoints: usize, live: &[SocketAddr]) -> Vec<String> {
         format!(
             r#"{{"apiVersion":"networking.k8s.io/v1","kind":"IngressClass","metadata":{{"name":"{CLASS}"}},"spec":{{"controller":"ingress-ebpf.dev/controller"}}}}"#
         ),
-        r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"node-1"}}"#.to_string(),
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{NODE}"}},"status":{{"addresses":[{{"type":"InternalIP","address":"127.0.0.1"}}]}}}}"#
+        ),
     ];
     for (k, addr) in live.iter().enumerate() {
         let name = format!("live-{k}");
@@ -628,7 +645,7 @@ impl Report {
         writeln!(s, "### Setup\n")?;
         writeln!(
             s,
-            "- API server: the cluster tests' double (`ingress-userspace/tests/support/apiserver.rs`) run as the `apiserver_double` example on loopback, seeded from JSON lines before the agent starts: an IngressClass `{CLASS}`, a Node, and per Ingress (host `hN.sync.bench`, `/` Prefix) its own Service and one EndpointSlice. The Ingresses already carry the status the agent would publish, so its status writer (it holds the Lease) has nothing to write. The double answers lists whole (no pages) and streams watch events as chunked JSON, like the real server's watch."
+            "- API server: the cluster tests' double (`ingress-userspace/tests/support/apiserver.rs`) run as the `apiserver_double` example on loopback, seeded from JSON lines before the agent starts: an IngressClass `{CLASS}`, the Node `{NODE}` (InternalIP 127.0.0.1), and per Ingress (host `hN.sync.bench`, `/` Prefix) its own Service and one EndpointSlice. The Ingresses already carry the status the agent would publish, so its status writer (it holds the Lease) has nothing to write. The double answers lists whole (no pages) and streams watch events as chunked JSON, like the real server's watch."
         )?;
         writeln!(
             s,
@@ -637,7 +654,7 @@ impl Report {
         )?;
         writeln!(
             s,
-            "- Agent: `target/release/ingress run --kubeconfig KUBECONFIG --http-listen {OURS} --admin-listen {ADMIN} --https-listen off --xdp-mode off --drain-timeout 1s --ingress-class {CLASS}` with `RUST_LOG=info`, not pinned."
+            "- Agent: `target/release/ingress run --kubeconfig KUBECONFIG --http-listen {OURS} --admin-listen {ADMIN} --https-listen off --xdp-mode off --drain-timeout 1s --ingress-class {CLASS} --node-name {NODE}` with `RUST_LOG=info`, not pinned."
         )?;
         writeln!(
             s,
@@ -698,6 +715,24 @@ impl Report {
             )?;
         }
         writeln!(s)?;
+        writeln!(
+            s,
+            "**What the agent did** over each round (counted in its log: the first snapshot, the moves, the Ingress changes). A settled cluster's status needs no write, and an EndpointSlice change needs no full compile:\n"
+        )?;
+        writeln!(
+            s,
+            "| Ingresses | full compiles applied | endpoint-only applies | status writes |"
+        )?;
+        writeln!(s, "|---:|---:|---:|---:|")?;
+        for r in &self.rounds {
+            let (full, endpoints, status) = r.agent_work;
+            writeln!(
+                s,
+                "| {} | {full} | {endpoints} | {status} |",
+                thousands(r.ingresses)
+            )?;
+        }
+        writeln!(s)?;
         writeln!(s, "### Cold start and memory\n")?;
         writeln!(
             s,
@@ -753,13 +788,17 @@ mod tests {
         for (n, eps) in [(1, 3), (10, 95), (1000, 50_000)] {
             let lines = seed_lines(n, eps, &live);
             assert_eq!(lines.len(), 2 + 2 * live.len() + 3 * n);
-            let count: usize = lines
+            let slices: Vec<&String> = lines
+                .iter()
+                .filter(|l| l.contains("\"EndpointSlice\""))
+                .collect();
+            let count: usize = slices
                 .iter()
                 .map(|l| l.matches("\"addresses\"").count())
                 .sum();
             assert_eq!(count, eps, "{n} Ingresses");
             // Every filler address is distinct.
-            let mut addrs: Vec<&str> = lines
+            let mut addrs: Vec<&str> = slices
                 .iter()
                 .flat_map(|l| l.split("\"addresses\":[\"").skip(1))
                 .map(|a| a.split('"').next().unwrap())
