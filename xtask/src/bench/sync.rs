@@ -262,6 +262,9 @@ fn scale(
             - h(&before, &format!("{name}_bucket{{le=\"0.05\"}}")),
     );
     let rss_after = mem(agent.pid())?;
+    agent.ensure_running()?;
+    agent.stop()?;
+    // Read once it stopped: traffic may see an apply before its log line.
     let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
     let logged = |what: &str| log.lines().filter(|l| l.contains(what)).count();
     let agent_work = (
@@ -269,8 +272,6 @@ fn scale(
         logged("endpoints applied"),
         logged("status published"),
     );
-    agent.ensure_running()?;
-    agent.stop()?;
     double.stop()?;
     Ok(Round {
         ingresses: n,
