@@ -207,7 +207,8 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
     tracing::info!(signal = which, "shutting down: not ready, draining");
     state.set_ready(false);
     // Also tells the Lease loop to stop leading and release its Leases
-    // (within lease::RELEASE_TIMEOUT), while the proxy drains.
+    // (within lease::RELEASE_TIMEOUT; the last agent of the class first
+    // clears the status it published), while the proxy drains.
     let _ = stop_tx.send(true);
     let _ = tokio::task::spawn_blocking(move || {
         for t in worker_threads {
@@ -217,7 +218,8 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
     .await;
     if let Some(lease_task) = lease_task {
         // Bounded inside; this bound only guards against a stuck task.
-        let _ = tokio::time::timeout(lease::RELEASE_TIMEOUT * 2, lease_task).await;
+        let bound = status::SHUTDOWN_CLEAR_TIMEOUT + lease::RELEASE_TIMEOUT * 2;
+        let _ = tokio::time::timeout(bound, lease_task).await;
     }
     source_task.abort();
     let _ = admin_task.await;
@@ -299,8 +301,6 @@ async fn start_source(
             addresses::Source::Service(key) => Some(key.clone()),
             _ => None,
         };
-        // Presence Leases only matter when status shows the nodes.
-        let presence = (status == addresses::Source::Nodes).then_some(node.as_str());
         tracing::info!(
             lease = %lease::election_name(&config.ingress_class),
             namespace = %namespace,
@@ -313,9 +313,15 @@ async fn start_source(
             &namespace,
             &config.ingress_class,
             &identity,
-            presence,
+            Some(node.as_str()),
         );
-        let lease_task = tokio::spawn(lease::run(elector, leader_tx, stop));
+        let (shutdown_tx, shutdown_rx) = tokio::sync::mpsc::channel(1);
+        let lease_task = tokio::spawn(lease::run(
+            elector,
+            leader_tx,
+            stop,
+            config.update_status_on_shutdown.then_some(shutdown_tx),
+        ));
         let (problems_tx, problems_rx) = watch::channel(Vec::new());
         applier.problems = Some(problems_tx);
         let events_writer = tokio::spawn(events::run(
@@ -331,6 +337,7 @@ async fn start_source(
             status::Writer::new(client.clone(), status),
             view_rx,
             leader_rx,
+            shutdown_rx,
         ));
         let watchers = cluster::start(
             client,

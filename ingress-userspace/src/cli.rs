@@ -206,6 +206,20 @@ pub struct ConfigOpts {
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
 
+    /// Cluster mode, as ingress-nginx's flag: when the last agent of the
+    /// class stops (SIGTERM) while holding the status Lease, it clears the
+    /// status it published from the Ingresses it served. `false` leaves
+    /// the last addresses shown.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub update_status_on_shutdown: bool,
+
     /// An address of this node that NodePorts answer on. Repeat for
     /// several (IPv4 and IPv6).
     #[arg(long = "node-ip", value_name = "IP")]
@@ -548,6 +562,17 @@ mod tests {
         assert!(run_opts(&["--publish-status-address", "a,,b"]).is_err());
         let e = run_opts(&["--publish-service", "a/b", "--manifests", "/m"]).unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn update_status_on_shutdown_is_on_unless_false() {
+        let on = |args: &[&str]| run_opts(args).map(|o| o.config.update_status_on_shutdown);
+        assert!(on(&[]).unwrap());
+        assert!(on(&["--update-status-on-shutdown"]).unwrap());
+        assert!(on(&["--update-status-on-shutdown=true"]).unwrap());
+        assert!(!on(&["--update-status-on-shutdown=false"]).unwrap());
+        assert!(!on(&["--update-status-on-shutdown", "false"]).unwrap());
+        assert!(on(&["--update-status-on-shutdown=maybe"]).is_err());
     }
 
     #[test]

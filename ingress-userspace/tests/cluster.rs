@@ -762,10 +762,17 @@ fn one_agent_writes_the_ingress_nodes_addresses_and_hands_over_on_sigterm() {
     }
 
     // SIGTERM: the leader releases the election Lease and its presence
-    // Lease on the way out.
+    // Lease on the way out. Another agent runs: it clears no status.
+    let before_stop = api.writes().len();
     let (status, log) = first.stop(libc::SIGTERM);
     assert!(status.success(), "{log}");
     let writes = api.writes();
+    assert!(
+        !writes[before_stop..]
+            .iter()
+            .any(|w| w.token == "agent-1" && w.resource == "ingresses/status"),
+        "status written on the way out while another agent runs"
+    );
     let exited = writes.len();
     let last_of_first = writes
         .iter()
@@ -804,6 +811,56 @@ fn one_agent_writes_the_ingress_nodes_addresses_and_hands_over_on_sigterm() {
 }
 
 #[test]
+fn the_last_agent_clears_the_status_it_published_on_sigterm_unless_told_not_to() {
+    let rt = rt();
+    let a = backend(&rt, "a");
+    let api = ApiServer::start(&rt);
+    api.apply_yaml(&manifests::class());
+    api.apply_yaml(&manifests::service("svc-a", &[a.addr]));
+    api.apply_yaml(&manifests::ingress("web", "web.test", "/", "svc-a"));
+    api.apply(node("n1", &[("InternalIP", "198.18.0.1")]));
+    let dir = TempDir::new("cluster-shutdown-status");
+
+    // --update-status-on-shutdown=false: the addresses stay.
+    let kc = api.kubeconfig_with_token(dir.path(), "agent-1");
+    let (kept, _) = start_agent(
+        &kc,
+        &["--node-name", "n1", "--update-status-on-shutdown=false"],
+    );
+    wait_shown(&api, "web", &["198.18.0.1"]);
+    let (status, log) = kept.stop(libc::SIGTERM);
+    assert!(status.success(), "{log}");
+    assert_eq!(shown(&api, "web"), ["198.18.0.1"]);
+
+    // A stale status, so that the next agent's write shows it leads with
+    // its node listed.
+    let mut web = api.get("ingresses", "default", "web").unwrap();
+    web["status"] = serde_json::json!({"loadBalancer": {"ingress": [{"ip": "198.18.9.9"}]}});
+    api.apply(web);
+    let last = start_agent_as(&api, &dir, "agent-2", "n1");
+    wait_shown(&api, "web", &["198.18.0.1"]);
+    // By default the last agent of the class clears what it published; an
+    // Ingress of another class keeps its status.
+    let mut foreign: serde_json::Value = serde_yaml::from_str(
+        &manifests::ingress("foreign", "foreign.test", "/", "svc-a")
+            .replace("spec:\n", "spec:\n  ingressClassName: someone-else\n"),
+    )
+    .unwrap();
+    foreign["status"] = serde_json::json!({"loadBalancer": {"ingress": [{"ip": "198.18.0.1"}]}});
+    api.apply(foreign);
+    let (status, log) = last.stop(libc::SIGTERM);
+    assert!(status.success(), "{log}");
+    assert!(shown(&api, "web").is_empty(), "{log}");
+    assert!(
+        log.contains("status cleared on shutdown") && log.contains("cleared=1"),
+        "{log}"
+    );
+    assert_eq!(shown(&api, "foreign"), ["198.18.0.1"]);
+    let election = api.lease("default", "ingress-ebpf-status").unwrap();
+    assert_eq!(election["spec"]["holderIdentity"], "", "{election}");
+}
+
+#[test]
 fn publish_service_follows_the_services_load_balancer_addresses() {
     let rt = rt();
     let a = backend(&rt, "a");
@@ -836,6 +893,7 @@ fn publish_service_follows_the_services_load_balancer_addresses() {
         serde_json::json!([{"ip": "198.18.8.2"}, {"hostname": "edge.test"}]),
     ));
     wait_shown(&api, "web", &["198.18.8.2", "edge.test"]);
-    // No presence Lease: the nodes are not what status shows.
-    assert!(api.lease("default", "ingress-ebpf-node-n1").is_none());
+    // The presence Lease is kept all the same (the last agent of the
+    // class clears status on its way out), but status never shows n1.
+    assert!(api.lease("default", "ingress-ebpf-node-n1").is_some());
 }

@@ -6,11 +6,13 @@
 //!   409 Conflict and follows). On shutdown the holder releases it as
 //!   client-go's `ReleaseOnCancel` does (holder cleared, duration 1 s), so
 //!   another agent takes it at its next look instead of after expiry.
-//! - Presence (when status shows the ingress nodes' addresses): each agent
-//!   holds `<class>-node-<node name>`, labelled `ingress.ebpf.io/class`, and
-//!   the leader lists those (label selector) to know on which nodes an agent
-//!   of the class runs now. Released on shutdown like the election Lease;
-//!   one an agent killed outright leaves expires after its duration.
+//! - Presence: each agent holds `<class>-node-<node name>`, labelled
+//!   `ingress.ebpf.io/class`, and the leader lists those (label selector)
+//!   to know on which nodes an agent of the class runs now: for status
+//!   that shows the ingress nodes' addresses, and to know whether it is the
+//!   last agent of the class when it stops. Released on shutdown like the
+//!   election Lease; one an agent killed outright leaves expires after its
+//!   duration.
 //!
 //! Calls `get`, `list`, `create` and `update` on `leases` (the Namespaced
 //! row of `access`).
@@ -26,7 +28,9 @@ use kube::{
     Api, Client,
     api::{ListParams, PostParams},
 };
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::cluster::status::{SHUTDOWN_CLEAR_TIMEOUT, ShutdownRequest};
 
 /// How long a Lease is held without renewal.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
@@ -328,13 +332,28 @@ impl Elector {
     }
 }
 
+impl Elector {
+    /// Whether `nodes`, the ingress nodes last listed, hold no agent of the
+    /// class but this one (and were listed at all).
+    pub fn alone(&self, nodes: &[String]) -> bool {
+        !nodes.is_empty()
+            && nodes
+                .iter()
+                .all(|n| self.presence.as_deref() == Some(presence_name(&self.class, n).as_str()))
+    }
+}
+
 /// Runs the election until `stop` turns true (or its sender goes), then
 /// stops leading (`leader` to None) and releases the Leases within
-/// `RELEASE_TIMEOUT`.
+/// `RELEASE_TIMEOUT`. With `clear_on_shutdown` (`--update-status-on-shutdown`),
+/// a leader that is the last agent of its class first asks the status
+/// writer there to clear what it published, and waits for it at most
+/// `status::SHUTDOWN_CLEAR_TIMEOUT`.
 pub async fn run(
     mut elector: Elector,
     leader: watch::Sender<Leadership>,
     mut stop: watch::Receiver<bool>,
+    clear_on_shutdown: Option<mpsc::Sender<ShutdownRequest>>,
 ) {
     // The first round's result is always announced (following included):
     // the Events writer waits for it to know what it may report.
@@ -353,6 +372,17 @@ pub async fn run(
         tokio::select! {
             _ = tokio::time::sleep(RETRY) => {}
             _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    let last = leader.borrow().as_ref().is_some_and(|n| elector.alone(n));
+    if let (true, Some(writer)) = (last, clear_on_shutdown) {
+        let (done, answered) = oneshot::channel();
+        let cleared = tokio::time::timeout(SHUTDOWN_CLEAR_TIMEOUT, async {
+            writer.send(done).await.is_ok() && answered.await.is_ok()
+        })
+        .await;
+        if cleared.is_err() {
+            tracing::warn!("clearing status took over {SHUTDOWN_CLEAR_TIMEOUT:?}; some stays");
         }
     }
     leader.send_replace(None);
@@ -460,6 +490,18 @@ mod tests {
         v["metadata"]["resourceVersion"] = json!(rv);
         v["metadata"]["name"] = json!("c-status");
         v
+    }
+
+    #[tokio::test]
+    async fn the_last_agent_is_the_only_node_listed() {
+        let (client, _h) = mock::client();
+        let e = Elector::new(client, "ns", "c", "me", Some("n1"));
+        let nodes = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(e.alone(&nodes(&["n1"])));
+        assert!(!e.alone(&nodes(&["n1", "n2"])));
+        assert!(!e.alone(&nodes(&["n2"])));
+        // Never listed: not known to be alone.
+        assert!(!e.alone(&[]));
     }
 
     #[tokio::test]

@@ -8,12 +8,14 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use futures_util::StreamExt;
+
 use k8s_openapi::api::networking::v1::{Ingress, IngressLoadBalancerIngress};
 use kube::{
     Api, Client,
     api::{Patch, PatchParams},
 };
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     cluster::{
@@ -130,6 +132,29 @@ impl Tracker {
         set.chain(clear).collect()
     }
 
+    /// `--update-status-on-shutdown`: the last agent of the class is
+    /// leaving, so every served Ingress that shows what we publish (`want`,
+    /// or what we last wrote on it, or still what it showed before that
+    /// write when the view has not caught up with it) is cleared.
+    pub fn plan_shutdown(&self, view: &View, want: &[Entry]) -> Vec<Write> {
+        view.ingresses
+            .iter()
+            .filter(|(key, (served, now))| {
+                let ours = (!now.is_empty() && same(now, want))
+                    || self
+                        .published
+                        .get(*key)
+                        .is_some_and(|(wrote, before)| same(now, wrote) || same(now, before));
+                *served && ours
+            })
+            .map(|(key, _)| Write {
+                key: key.clone(),
+                clear: true,
+                patch: serde_json::json!({"status": {"loadBalancer": {"ingress": null}}}),
+            })
+            .collect()
+    }
+
     /// A clear was written: nothing left to do for `key`.
     pub fn cleared(&mut self, key: &ObjectKey) {
         self.leaving.remove(key);
@@ -200,12 +225,60 @@ impl Writer {
     }
 }
 
+/// How long the last agent of a class may spend clearing status on its
+/// way out (`--update-status-on-shutdown`).
+pub const SHUTDOWN_CLEAR_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many status patches are in flight at once while clearing.
+const SHUTDOWN_CLEAR_PARALLEL: usize = 16;
+
+impl Writer {
+    /// Clears the status of every served Ingress that shows ours, when
+    /// leading; returns how many were cleared.
+    pub async fn clear_on_shutdown(&mut self, view: &View, leadership: &Leadership) -> usize {
+        let Some(nodes) = leadership else {
+            return 0;
+        };
+        let want = addresses::desired(&self.source, &view.known, nodes);
+        let writes = self.tracker.plan_shutdown(view, &want);
+        let client = self.client.clone();
+        futures_util::stream::iter(writes)
+            .map(|w| {
+                let api: Api<Ingress> = Api::namespaced(client.clone(), &w.key.namespace);
+                async move {
+                    let r = api
+                        .patch_status(
+                            &w.key.name,
+                            &PatchParams::default(),
+                            &Patch::Merge(&w.patch),
+                        )
+                        .await;
+                    if let Err(e) = &r {
+                        tracing::warn!(ingress = %w.key, error = %e, "clearing status on shutdown");
+                    }
+                    r.is_ok()
+                }
+            })
+            .buffer_unordered(SHUTDOWN_CLEAR_PARALLEL)
+            .filter(|ok| std::future::ready(*ok))
+            .count()
+            .await
+    }
+}
+
+/// Asks the status writer to clear what it published, and to stop; the
+/// sender gets an answer once it is done.
+pub type ShutdownRequest = oneshot::Sender<()>;
+
 /// Writes status after every change of `view` or of `leader` (and every
-/// few seconds, to retry failed writes), until either sender goes.
+/// few seconds, to retry failed writes), until either sender goes or a
+/// request comes on `shutdown`: then, with the leadership still held, it
+/// clears what it published, answers and stops.
 pub async fn run(
     mut writer: Writer,
     mut view: watch::Receiver<View>,
     mut leader: watch::Receiver<Leadership>,
+    mut shutdown: mpsc::Receiver<ShutdownRequest>,
 ) {
     loop {
         let v = view.borrow_and_update().clone();
@@ -214,6 +287,14 @@ pub async fn run(
         tokio::select! {
             r = view.changed() => if r.is_err() { return },
             r = leader.changed() => if r.is_err() { return },
+            Some(done) = shutdown.recv() => {
+                let v = view.borrow().clone();
+                let l = leader.borrow().clone();
+                let cleared = writer.clear_on_shutdown(&v, &l).await;
+                tracing::info!(cleared, "status cleared on shutdown (last agent of the class)");
+                let _ = done.send(());
+                return;
+            }
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
@@ -350,6 +431,33 @@ mod tests {
         // The addresses we want changed: written again.
         let more = vec![entry("198.18.0.1"), entry("198.18.0.2")];
         assert_eq!(keys(&t.plan(&old, &more)), ["a/web"]);
+    }
+
+    #[test]
+    fn on_shutdown_only_our_status_on_served_ingresses_is_cleared() {
+        let want = vec![entry("198.18.0.1")];
+        let mut t = Tracker::default();
+        let v = view(&[
+            ("ours", true, &["198.18.0.1"]),
+            ("written", true, &["198.18.0.5"]),
+            ("another", true, &["198.18.0.7"]),
+            ("empty", true, &[]),
+            ("foreign", false, &["198.18.0.1"]),
+        ]);
+        t.observe(&v);
+        // What we wrote on "written" before the addresses changed; "empty"
+        // got our write, which the view has not caught up with.
+        t.published(&ObjectKey::new("a", "written"), &[entry("198.18.0.5")], &[]);
+        t.published(&ObjectKey::new("a", "empty"), &want, &[]);
+        let p = t.plan_shutdown(&v, &want);
+        assert_eq!(
+            keys(&p),
+            ["clear a/empty", "clear a/ours", "clear a/written"]
+        );
+        assert_eq!(
+            p[0].patch,
+            json!({"status": {"loadBalancer": {"ingress": null}}})
+        );
     }
 
     #[tokio::test]
