@@ -300,13 +300,18 @@ impl Pending {
 impl Stores {
     /// Records a change. An object that failed to decode before needs a
     /// full compile whatever changed (its diagnostic goes).
+    /// Only changes that reach traffic start the clock of
+    /// `ingress_cluster_event_to_apply_seconds`.
     fn record(&mut self, change: Change, was_bad: bool) {
         match change {
-            _ if was_bad => self.pending.add(None),
-            Change::Compile => self.pending.add(None),
-            Change::Endpoints(services) => self.pending.add(Some(services)),
-            Change::Status => self.view_stale = true,
+            Change::Status if !was_bad => {
+                self.view_stale = true;
+                return;
+            }
+            Change::Endpoints(services) if !was_bad => self.pending.add(Some(services)),
+            _ => self.pending.add(None),
         }
+        self.first_change.get_or_insert_with(Instant::now);
     }
 }
 
@@ -405,7 +410,7 @@ impl<K: Watched> KindStore<K> {
                         // The last good version, if any, keeps serving.
                         tracing::error!(kind = K::KIND, object = %key, "{why}; skipped");
                         s.bad.insert((K::KIND, key.to_string()), why);
-                        s.pending.add(None);
+                        s.record(Change::Compile, false);
                     }
                 }
                 true
@@ -450,7 +455,6 @@ async fn watch_kind<K: Watched>(
         match event {
             Ok(e) => {
                 if store.handle(e, &stores) {
-                    lock(&stores).first_change.get_or_insert_with(Instant::now);
                     changed.notify_one();
                 }
             }
@@ -825,6 +829,7 @@ mod tests {
             let mut s = lock(s);
             s.pending = Pending::None;
             s.view_stale = false;
+            s.first_change = None;
         };
         // A list of Nodes changes no snapshot.
         settled(&stores);
@@ -844,6 +849,10 @@ mod tests {
         );
         assert_eq!(lock(&stores).pending, Pending::None);
         assert!(lock(&stores).view_stale);
+        assert!(
+            lock(&stores).first_change.is_none(),
+            "no change to traffic: no latency to observe"
+        );
         assert!(
             lock(&stores).state.ingresses[&ObjectKey::new("default", "web")]
                 .status
