@@ -118,7 +118,7 @@ pub enum Change {
     Status,
 }
 
-/// Whether `old` and `new` differ only in what the agent itself writes
+/// Whether `old` and `new` differ at most in what the agent itself writes
 /// (`status`) and in the bookkeeping every write changes (resourceVersion,
 /// managedFields): the leader's status writes must not recompile 10,000
 /// Ingresses on every agent.
@@ -130,7 +130,7 @@ fn ingress_status_only(old: &Ingress, new: &Ingress) -> bool {
         i.metadata.managed_fields = None;
         i
     }
-    old.status != new.status && bare(old) == bare(new)
+    bare(old) == bare(new)
 }
 
 macro_rules! namespaced {
@@ -313,9 +313,7 @@ impl Stores {
         }
         self.first_change.get_or_insert_with(Instant::now);
     }
-}
 
-impl Stores {
     pub fn all_synced(&self) -> bool {
         self.synced == ALL_SYNCED
     }
