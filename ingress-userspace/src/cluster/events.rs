@@ -14,8 +14,13 @@
 //!   election round after start reports what is wrong at that moment.
 //! - A token bucket (burst [`BURST`], refilled at [`REFILL_PER_SECOND`])
 //!   caps the writes overall; what it refuses is dropped and counted in
-//!   `ingress_cluster_events_dropped_total`, what is written in
-//!   `ingress_cluster_events_total{reason}`.
+//!   `ingress_cluster_events_dropped_total` (as client-go's spam filter
+//!   drops), what is written in `ingress_cluster_events_total{reason}`.
+//! - A write the API server refuses or does not answer is counted in
+//!   `ingress_cluster_events_failed_total` and tried again every
+//!   [`RETRY_AFTER`], at most [`MAX_TRIES`] times in all (client-go's
+//!   broadcaster does the same), while the problem is still there and the
+//!   agent still leads.
 //! - Written by kube-runtime's `Recorder` (`events.k8s.io/v1`, in the
 //!   Ingress's namespace): `create`, and `patch` for a series when the same
 //!   problem comes back within its cache time. Those two verbs are the
@@ -56,6 +61,11 @@ const RECORDER_IDLE: Duration = Duration::from_secs(10 * 60);
 /// How long one write may take before it counts as failed, so that an
 /// unreachable API server does not hold up the next snapshot's problems.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a failed write waits before it is tried again.
+pub const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// How many times one Event is tried at most.
+pub const MAX_TRIES: u32 = 12;
 
 /// What identifies a reported problem.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -247,6 +257,18 @@ pub struct Writer {
     recorders: HashMap<Key, (Recorder, Instant)>,
     bucket: TokenBucket,
     metrics: EventMetrics,
+    /// [`RETRY_AFTER`], shorter in tests.
+    retry_after: Duration,
+}
+
+/// What became of one write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Written,
+    /// Refused by the token bucket: not sent, not tried again.
+    Dropped,
+    /// Refused by the API server, or no answer: tried again later.
+    Failed,
 }
 
 impl Writer {
@@ -261,16 +283,17 @@ impl Writer {
             recorders: HashMap::new(),
             bucket: TokenBucket::new(BURST, REFILL_PER_SECOND),
             metrics,
+            retry_after: RETRY_AFTER,
         }
     }
 
     /// Writes the Event of `p` if the bucket allows it.
-    pub async fn write(&mut self, p: &Problem) {
+    pub async fn write(&mut self, p: &Problem) -> Outcome {
         let now = Instant::now();
         if !self.bucket.take(now) {
             self.metrics.dropped.inc();
             tracing::debug!(ingress = %p.key.ingress, reason = p.key.reason, "event dropped by the rate limit");
-            return;
+            return Outcome::Dropped;
         }
         self.recorders
             .retain(|_, (_, used)| now.saturating_duration_since(*used) < RECORDER_IDLE);
@@ -295,10 +318,12 @@ impl Writer {
                     })
                     .inc();
                 tracing::info!(ingress = %p.key.ingress, reason = p.key.reason, "event written");
+                Outcome::Written
             }
             Err(e) => {
                 self.metrics.failed.inc();
                 tracing::warn!(ingress = %p.key.ingress, reason = p.key.reason, error = %e, "writing an event");
+                Outcome::Failed
             }
         }
     }
@@ -316,15 +341,53 @@ pub async fn run(
         return;
     }
     let mut tracker = Tracker::default();
+    // Failed writes, with how many times each was tried.
+    let mut failed: Vec<(Problem, u32)> = Vec::new();
+    // When they are tried again: not put off by other wake-ups.
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut retry_due = false;
     loop {
         let is_leader = leader.borrow_and_update().is_some();
         let current = problems.borrow_and_update().clone();
-        for p in tracker.update(&current, is_leader) {
-            writer.write(&p).await;
+        let mut again = Vec::new();
+        if std::mem::take(&mut retry_due) && is_leader {
+            // Only what is still wrong now.
+            for (p, tries) in std::mem::take(&mut failed) {
+                if current.iter().any(|c| c.key == p.key) {
+                    again.push((p, tries));
+                }
+            }
         }
+        let new = tracker
+            .update(&current, is_leader)
+            .into_iter()
+            .map(|p| (p, 0));
+        for (p, tries) in again.into_iter().chain(new) {
+            if writer.write(&p).await != Outcome::Failed {
+                continue;
+            }
+            if tries + 1 < MAX_TRIES {
+                failed.push((p, tries + 1));
+            } else {
+                tracing::warn!(ingress = %p.key.ingress, reason = p.key.reason, "event given up after {MAX_TRIES} tries");
+            }
+        }
+        if !is_leader {
+            failed.clear();
+        }
+        if failed.is_empty() {
+            retry_at = None;
+        } else if retry_at.is_none() {
+            retry_at = Some(tokio::time::Instant::now() + writer.retry_after);
+        }
+        let due = retry_at.unwrap_or_else(tokio::time::Instant::now);
         tokio::select! {
             r = problems.changed() => if r.is_err() { return },
             r = leader.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep_until(due), if retry_at.is_some() => {
+                retry_at = None;
+                retry_due = true;
+            }
         }
     }
 }

@@ -194,6 +194,33 @@ fn mock_client(n: usize) -> (Client, tokio::task::JoinHandle<Vec<Seen>>) {
     (Client::new(service, "default"), server)
 }
 
+/// Like `mock_client`, answering with `statuses` in turn (the request's
+/// body sent back, or a Status for an error).
+fn mock_client_answering(statuses: Vec<u16>) -> (Client, tokio::task::JoinHandle<Vec<Seen>>) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        for code in statuses {
+            let (req, send) = handle.next_request().await.expect("no request sent");
+            let method = req.method().to_string();
+            let uri = req.uri().to_string();
+            let body = req.into_body().collect_bytes().await.unwrap();
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            let answer = if code < 300 {
+                body.to_vec()
+            } else {
+                serde_json::to_vec(&crate::cluster::mock::status(code, "InternalError")).unwrap()
+            };
+            let mut r = Response::new(Body::from(answer));
+            *r.status_mut() = hyper::StatusCode::from_u16(code).unwrap();
+            send.send_response(r);
+            seen.push((method, uri, v));
+        }
+        seen
+    });
+    (Client::new(service, "default"), server)
+}
+
 fn written(m: &EventMetrics, reason: &'static str) -> u64 {
     m.written.get_or_create(&ReasonLabels { reason }).get()
 }
@@ -335,4 +362,62 @@ async fn run_writes_only_as_leader_and_only_new_problems() {
         .map(|(_, _, v)| v["regarding"]["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["b", "a"]);
+}
+
+#[tokio::test]
+async fn a_refused_write_is_tried_again_while_the_problem_stays() {
+    let (client, server) = mock_client_answering(vec![500, 201]);
+    let metrics = EventMetrics::default();
+    let mut w = Writer::new(client, "node-a".into(), metrics.clone());
+    w.retry_after = Duration::from_millis(50);
+    let (ptx, prx) = watch::channel(Vec::new());
+    let (ltx, lrx) = watch::channel(None);
+    let task = tokio::spawn(run(w, prx, lrx));
+    let a = problem("a", reason::SERVICE_NOT_FOUND, "m");
+    ltx.send_replace(Some(Vec::new()));
+    ptx.send_replace(vec![a.clone()]);
+    let seen = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the refused Event was not tried again")
+        .unwrap();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].0, "POST");
+    assert_eq!(seen[1].0, "POST");
+    assert_eq!(seen[0].2["note"], seen[1].2["note"]);
+    assert_eq!(metrics.failed.get(), 1);
+    let until_written = async {
+        while written(&metrics, reason::SERVICE_NOT_FOUND) < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), until_written)
+        .await
+        .expect("not counted as written");
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_failed_write_is_not_tried_again_once_fixed() {
+    // One answer only: a second request would find the mock gone and fail,
+    // counted in `failed` (checked below).
+    let (client, server) = mock_client_answering(vec![500]);
+    let metrics = EventMetrics::default();
+    let mut w = Writer::new(client, "node-a".into(), metrics.clone());
+    w.retry_after = Duration::from_millis(20);
+    let (ptx, prx) = watch::channel(Vec::new());
+    let (ltx, lrx) = watch::channel(None);
+    let task = tokio::spawn(run(w, prx, lrx));
+    ltx.send_replace(Some(Vec::new()));
+    ptx.send_replace(vec![problem("a", reason::SERVICE_NOT_FOUND, "m")]);
+    let seen = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("not written")
+        .unwrap();
+    assert_eq!(seen.len(), 1);
+    // Fixed before the retry is due: nothing more is sent.
+    ptx.send_replace(Vec::new());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(metrics.failed.get(), 1);
+    assert!(!task.is_finished());
+    task.abort();
 }
