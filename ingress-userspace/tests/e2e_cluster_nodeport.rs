@@ -60,8 +60,10 @@ const WORKER_B: Pod = Pod {
     name: "worker-b",
 };
 
-/// The pods listen on this port.
+/// The pods listen on this port (port `http` of the Service)...
 const POD_PORT: u16 = 8080;
+/// ... and on this one (port `alt`), answering with their name and `-alt`.
+const ALT_PORT: u16 = 8081;
 /// The agent's proxy, on the node's uplink address.
 const PROXY: &str = "198.18.0.1:80";
 /// The Ingress's host.
@@ -96,16 +98,27 @@ spec:
 /// The NodePort Service `shop/web` (port 80 to the pods' 8080) on
 /// `node_port`.
 fn service(node_port: u16) -> String {
+    service_of("NodePort", &[http_port(Some(node_port))])
+}
+
+/// Port `http` of the Service (80 to the pods' 8080), with `node_port`.
+fn http_port(node_port: Option<u16>) -> String {
+    let node_port = node_port.map_or(String::new(), |p| format!(", nodePort: {p}"));
+    format!("{{name: http, port: 80, targetPort: {POD_PORT}{node_port}}}")
+}
+
+/// The Service `shop/web` of type `kind` with `ports` (YAML flow mappings).
+fn service_of(kind: &str, ports: &[String]) -> String {
+    let ports: String = ports.iter().map(|p| format!("  - {p}\n")).collect();
     format!(
         r#"
 apiVersion: v1
 kind: Service
 metadata: {{name: web, namespace: shop}}
 spec:
-  type: NodePort
+  type: {kind}
   ports:
-  - {{name: http, port: 80, targetPort: {POD_PORT}, nodePort: {node_port}}}
-"#
+{ports}"#
     )
 }
 
@@ -126,14 +139,16 @@ apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {{name: web-1, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}
 addressType: IPv4
-ports: [{{name: http, port: {POD_PORT}, protocol: TCP}}]
+ports: [{{name: http, port: {POD_PORT}, protocol: TCP}}, {{name: alt, port: {ALT_PORT}, protocol: TCP}}]
 endpoints:
 {endpoints}"#
     )
 }
 
-fn names(pods: &[Pod]) -> BTreeSet<String> {
-    pods.iter().map(|p| p.name.to_string()).collect()
+/// The names `pods` answer with on `POD_PORT` (`suffix` ""), or on
+/// `ALT_PORT` (`suffix` "-alt").
+fn names(pods: &[Pod], suffix: &str) -> BTreeSet<String> {
+    pods.iter().map(|p| format!("{}{suffix}", p.name)).collect()
 }
 
 /// Fresh connections from the client for each look at who answers: enough
@@ -165,7 +180,11 @@ fn answers(client: &str, addr: SocketAddr, tries: usize) -> Result<BTreeSet<Stri
 /// answered by exactly `want`; then checks that another round goes only
 /// to `want` (no connection to a pod that left, none failing).
 fn wait_for_pods(client: &str, addr: SocketAddr, want: &[Pod], step: &str) {
-    let want = names(want);
+    wait_for_names(client, addr, names(want, ""), step);
+}
+
+/// `wait_for_pods` by the names the pods answer with.
+fn wait_for_names(client: &str, addr: SocketAddr, want: BTreeSet<String>, step: &str) {
     wait_until(
         Duration::from_secs(30),
         Duration::from_millis(100),
@@ -283,12 +302,16 @@ fn follow_the_api(mode: &str) {
         (&worker, WORKER_B),
     ]
     .map(|(ns, p)| {
-        http_echo_server(
-            ns,
-            SocketAddr::new(p.ip.parse().unwrap(), POD_PORT),
-            p.name,
-            lifetime,
-        )
+        let ip = p.ip.parse().unwrap();
+        [
+            http_echo_server(ns, SocketAddr::new(ip, POD_PORT), p.name, lifetime),
+            http_echo_server(
+                ns,
+                SocketAddr::new(ip, ALT_PORT),
+                &format!("{}-alt", p.name),
+                lifetime,
+            ),
+        ]
     });
     // See `noop_on_bridge_port`: native XDP_TX on a veth needs it.
     let _peer = (mode == "native").then(|| noop_on_bridge_port(&lan));
@@ -357,24 +380,56 @@ fn follow_the_api(mode: &str) {
     wait_for_pods(&client, node_port(30081), &pods, "nodePort 30081");
     wait_refused(&client, node_port(30080), "old nodePort 30080");
 
-    // 4. The Service is deleted: its nodePort is refused, the Ingress has
+    // 4. The Service gains a port (alt, to the pods' 8081, nodePort 30082):
+    // it answers from the pods' other port, and the first one goes on.
+    let alt = "{name: alt, port: 81, targetPort: 8081, nodePort: 30082}".to_string();
+    api.apply_yaml(&service_of("NodePort", &[http_port(Some(30081)), alt]));
+    wait_for_names(
+        &client,
+        node_port(30082),
+        names(&pods, "-alt"),
+        "port alt added",
+    );
+    wait_for_pods(&client, node_port(30081), &pods, "port http, alt added");
+
+    // 5. The Service turns ClusterIP: no nodePort answers any more, the
+    // Ingress still reaches the pods.
+    api.apply_yaml(&service_of("ClusterIP", &[http_port(None)]));
+    wait_refused(&client, node_port(30081), "ClusterIP, port http");
+    wait_refused(&client, node_port(30082), "ClusterIP, port alt");
+    wait_for_pods(&client, sa(PROXY), &pods, "proxy, ClusterIP");
+    // Its endpoints change while it has no L4 frontend (the agent takes
+    // the endpoints-only path), and then it is a NodePort again: the L4
+    // table is made from the endpoints of now.
+    let pods = [EDGE_A, WORKER_A];
+    api.apply_yaml(&slice(&pods));
+    wait_for_pods(&client, sa(PROXY), &pods, "proxy, ClusterIP, slice changed");
+    api.apply_yaml(&service(30081));
+    wait_for_pods(&client, node_port(30081), &pods, "NodePort again");
+
+    // 6. The Service is deleted: its nodePort is refused, the Ingress has
     // no backend (503).
     assert!(api.delete("Service", "shop", "web"));
     wait_refused(&client, node_port(30081), "Service deleted");
     wait_for_proxy_status(&client, 503, "Service deleted");
 
-    // 5. It comes back (added while the agent runs) on 30080.
+    // 7. It comes back (added while the agent runs) on 30080.
     api.apply_yaml(&service(30080));
     wait_for_pods(&client, node_port(30080), &pods, "Service added again");
     wait_for_pods(&client, sa(PROXY), &pods, "proxy, Service added again");
 
-    // 6. The EndpointSlice is deleted: XDP answers the SYN with an RST (a
+    // 8. The EndpointSlice is deleted: XDP answers the SYN with an RST (a
     // frontend without endpoints), the proxy 503.
+    let no_backend = xdp_event(&agent, "l4_no_backend");
     assert!(api.delete("EndpointSlice", "shop", "web-1"));
     wait_refused(&client, node_port(30080), "EndpointSlice deleted");
+    assert!(
+        xdp_event(&agent, "l4_no_backend") > no_backend,
+        "{mode}: XDP refused the connection to a Service without endpoints"
+    );
     wait_for_proxy_status(&client, 503, "EndpointSlice deleted");
 
-    // 7. The Ingress is deleted: no rule (404).
+    // 9. The Ingress is deleted: no rule (404).
     assert!(api.delete("Ingress", "shop", "shop"));
     wait_for_proxy_status(&client, 404, "Ingress deleted");
 
