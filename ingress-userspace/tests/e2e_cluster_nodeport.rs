@@ -13,7 +13,12 @@
 
 mod support;
 
-use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+use std::{
+    collections::BTreeSet,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
 
 use support::{
     Agent, TempDir,
@@ -237,6 +242,60 @@ fn wait_for_proxy_status(client: &str, status: u16, step: &str) {
     );
 }
 
+/// `GET /` for `HOST` on an open connection, kept open: the pod that
+/// answered.
+fn get_kept(s: &mut TcpStream) -> Result<String, String> {
+    write!(s, "GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let text = String::from_utf8_lossy(&buf);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
+                .and_then(|v| v.parse::<usize>().ok())
+                .ok_or_else(|| format!("no content-length in {text:?}"))?;
+            if buf.len() >= end + 4 + length {
+                let body = &text[end + 4..end + 4 + length];
+                return body
+                    .split("pod=")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("no pod in {body:?}"));
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => return Err(format!("closed after {text:?}")),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+}
+
+/// A connection from the client through `addr` that `pod` answered, kept
+/// open (Maglev spreads fresh connections: tries up to 32).
+fn connection_to(client: &str, addr: SocketAddr, pod: Pod) -> TcpStream {
+    for _ in 0..32 {
+        let mut s = in_netns(client, move || {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        })
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        match get_kept(&mut s) {
+            Ok(p) if p == pod.name => return s,
+            Ok(_) => {}
+            Err(e) => panic!("GET on a new connection to {addr}: {e}"),
+        }
+    }
+    panic!("no connection to {addr} reached {}", pod.name)
+}
+
 /// An XDP L4 event counter of the agent.
 fn xdp_event(agent: &Agent, event: &str) -> f64 {
     agent
@@ -363,6 +422,9 @@ fn follow_the_api(mode: &str) {
         "{mode}: XDP translated the flows to the worker's pod"
     );
     wait_for_pods(&client, sa(PROXY), &[EDGE_A, WORKER_A], "proxy at start");
+    // A connection to the pod behind the node, kept open through the
+    // endpoint changes below.
+    let mut kept = connection_to(&client, node_port(30080), EDGE_A);
 
     // 2. The EndpointSlice changes: the worker's pod leaves...
     api.apply_yaml(&slice(&[EDGE_A]));
@@ -373,6 +435,13 @@ fn follow_the_api(mode: &str) {
     api.apply_yaml(&slice(&pods));
     wait_for_pods(&client, node_port(30080), &pods, "edge-b, worker-b added");
     wait_for_pods(&client, sa(PROXY), &pods, "proxy, edge-b, worker-b added");
+    // The open connection kept its pod: its flow outlived both changes.
+    assert_eq!(
+        get_kept(&mut kept),
+        Ok(EDGE_A.name.to_string()),
+        "{mode}: the open connection after the endpoint changes"
+    );
+    drop(kept);
 
     // 3. The Service changes its nodePort: the new one answers, the old
     // one is refused (no frontend in XDP, nothing listening on the node).
