@@ -328,26 +328,9 @@ fn follow_the_api(mode: &str) {
         name("pod"),
     );
     // The second pod of each node: one more address on each pod link.
-    sh(&[
-        "ip",
-        "-n",
-        &pod,
-        "addr",
-        "add",
-        "198.18.3.3/24",
-        "dev",
-        "eth0",
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &worker,
-        "addr",
-        "add",
-        "198.18.0.4/24",
-        "dev",
-        "eth0",
-    ]);
+    for (ns, addr) in [(&pod, "198.18.3.3/24"), (&worker, "198.18.0.4/24")] {
+        sh(&["ip", "-n", ns, "addr", "add", addr, "dev", "eth0"]);
+    }
     for (from, to) in [(&node, "198.18.0.4"), (&node, "198.18.3.3")] {
         sh(&[
             "ip", "netns", "exec", from, "ping", "-c", "1", "-W", "2", to,
