@@ -109,6 +109,31 @@ pub struct ApiServer {
 impl ApiServer {
     /// Starts on a free loopback port, on `rt`.
     pub fn start(rt: &tokio::runtime::Runtime) -> ApiServer {
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("binding the API server double");
+        Self::start_on(rt, listener)
+    }
+
+    /// Starts on a free loopback port of network namespace `ns` (an agent
+    /// running there reaches it at 127.0.0.1, as its kubeconfig says), on
+    /// `rt`. The listening socket is made by a thread that joined `ns`, and
+    /// a socket stays in the namespace it was made in. (`restart` binds in
+    /// the test's own namespace: not for a server started this way.)
+    pub fn start_in_netns(rt: &tokio::runtime::Runtime, ns: &str) -> ApiServer {
+        let listener = xtask::testbed::in_netns(ns, || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            l.set_nonblocking(true)?;
+            Ok::<_, std::io::Error>(l)
+        })
+        .unwrap_or_else(|e| panic!("binding the API server double in {ns}: {e}"));
+        let _guard = rt.enter();
+        let listener =
+            tokio::net::TcpListener::from_std(listener).expect("registering the listener");
+        Self::start_on(rt, listener)
+    }
+
+    fn start_on(rt: &tokio::runtime::Runtime, listener: tokio::net::TcpListener) -> ApiServer {
         let (events, _) = broadcast::channel(4096);
         let inner = Arc::new(Inner {
             db: Mutex::new(Db {
@@ -118,9 +143,6 @@ impl ApiServer {
             }),
             events,
         });
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("binding the API server double");
         let addr = listener.local_addr().unwrap();
         let mut s = ApiServer {
             addr,

@@ -8,6 +8,7 @@
 pub mod apiserver;
 pub mod backend;
 pub mod manifests;
+pub mod nodeport;
 pub mod tls_client;
 
 use std::{
