@@ -1,6 +1,8 @@
-//! The admin listener: `/healthz`, `/readyz` and `/metrics`.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics` and
+//! `/status/ingresses`.
 
 use std::{
+    collections::BTreeMap,
     convert::Infallible,
     net::SocketAddr,
     sync::{
@@ -16,13 +18,53 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::watch};
 
+use crate::{cluster::status::Entry, model::ObjectKey};
+
+/// What `/status/ingresses` shows: the Ingresses the applied snapshot
+/// serves, with their hosts and load balancer addresses.
+#[derive(Debug, Default)]
+pub struct IngressStatus {
+    /// (Ingress, hosts) served, from the applied snapshot.
+    pub served: Vec<(ObjectKey, Vec<String>)>,
+    /// Standalone mode: the addresses every served Ingress shows.
+    pub addresses: Vec<Entry>,
+    /// Cluster mode: what the API shows on each Ingress (its
+    /// `status.loadBalancer.ingress`, as the leader wrote it), in place of
+    /// `addresses`.
+    pub shown: Option<BTreeMap<ObjectKey, Vec<Entry>>>,
+}
+
+impl IngressStatus {
+    /// The JSON document: `{"items": [{namespace, name, hosts,
+    /// loadBalancer: {ingress: [...]}}]}`.
+    pub fn render(&self) -> String {
+        let items: Vec<serde_json::Value> = self
+            .served
+            .iter()
+            .map(|(key, hosts)| {
+                let entries = match &self.shown {
+                    Some(shown) => shown.get(key).map(Vec::as_slice).unwrap_or_default(),
+                    None => self.addresses.as_slice(),
+                };
+                serde_json::json!({
+                    "namespace": key.namespace,
+                    "name": key.name,
+                    "hosts": hosts,
+                    "loadBalancer": {"ingress": entries},
+                })
+            })
+            .collect();
+        serde_json::json!({ "items": items }).to_string()
+    }
+}
+
 /// What the admin endpoints report.
 #[derive(Debug)]
 pub struct AdminState {
     ready: AtomicBool,
     registry: Registry,
-    /// JSON of the served Ingresses and their status addresses.
-    status: arc_swap::ArcSwap<String>,
+    /// The served Ingresses and their status addresses.
+    status: std::sync::Mutex<IngressStatus>,
 }
 
 impl AdminState {
@@ -30,7 +72,7 @@ impl AdminState {
         Arc::new(AdminState {
             ready: AtomicBool::new(false),
             registry,
-            status: arc_swap::ArcSwap::from_pointee("{\"items\":[]}".to_string()),
+            status: std::sync::Mutex::default(),
         })
     }
 
@@ -38,8 +80,16 @@ impl AdminState {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
-    pub fn set_status(&self, json: String) {
-        self.status.store(Arc::new(json));
+    /// Changes what `/status/ingresses` shows.
+    pub fn update_status(&self, f: impl FnOnce(&mut IngressStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    fn status_json(&self) -> String {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .render()
     }
 
     pub fn is_ready(&self) -> bool {
@@ -63,9 +113,7 @@ impl AdminState {
             "/readyz" => plain(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
             "/status/ingresses" => Response::builder()
                 .header(header::CONTENT_TYPE, "application/json")
-                .body(Full::new(Bytes::from(
-                    self.status.load().as_bytes().to_vec(),
-                )))
+                .body(Full::new(Bytes::from(self.status_json())))
                 .unwrap_or_default(),
             "/metrics" => {
                 let mut text = String::new();
@@ -127,5 +175,47 @@ pub async fn serve(
                 tracing::debug!(error = %e, "admin connection");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::status::entry;
+
+    #[test]
+    fn status_shows_the_static_addresses_or_what_the_api_shows() {
+        let web = ObjectKey::new("a", "web");
+        let new = ObjectKey::new("a", "new");
+        let mut s = IngressStatus {
+            served: vec![
+                (web.clone(), vec!["web.test".into()]),
+                (new.clone(), vec![]),
+            ],
+            addresses: vec![entry("198.18.0.1")],
+            shown: None,
+        };
+        let doc: serde_json::Value = serde_json::from_str(&s.render()).unwrap();
+        assert_eq!(
+            doc,
+            serde_json::json!({"items": [
+                {"namespace": "a", "name": "web", "hosts": ["web.test"],
+                 "loadBalancer": {"ingress": [{"ip": "198.18.0.1"}]}},
+                {"namespace": "a", "name": "new", "hosts": [],
+                 "loadBalancer": {"ingress": [{"ip": "198.18.0.1"}]}},
+            ]})
+        );
+        // Cluster mode: per Ingress, what the API shows (nothing yet for
+        // one the leader has not written).
+        s.shown = Some(BTreeMap::from([(web, vec![entry("lb.test")])]));
+        let doc: serde_json::Value = serde_json::from_str(&s.render()).unwrap();
+        assert_eq!(
+            doc["items"][0]["loadBalancer"],
+            serde_json::json!({"ingress": [{"hostname": "lb.test"}]})
+        );
+        assert_eq!(
+            doc["items"][1]["loadBalancer"],
+            serde_json::json!({"ingress": []})
+        );
     }
 }

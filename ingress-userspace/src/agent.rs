@@ -22,7 +22,7 @@ use crate::{
     },
     healthcheck::HealthChecks,
     metrics::{CertExpiryCollector, ProxyMetrics},
-    model::{ClusterState, CompileOptions, Diagnostic, Severity, Snapshot, compile_at},
+    model::{ClusterState, CompileOptions, Diagnostic, Severity, compile_at},
     proxy::{Proxy, listen, server, tls},
     source::{cluster, files},
 };
@@ -141,9 +141,9 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
         Some(_) => Some(tls::acceptor(proxy.clone()).context("setting up TLS")?),
         None => None,
     };
-    // What `/status/ingresses` shows (in cluster mode the API's Ingress
-    // status is written by the Lease holder, see `start_source`).
-    let status_addresses = if opts.publish_status_address.is_empty() {
+    // What `/status/ingresses` shows in standalone mode (in cluster mode,
+    // what the API shows, as the Lease holder wrote it: see `start_source`).
+    let status_addresses: Vec<String> = if opts.publish_status_address.is_empty() {
         (!opts.http_listen.ip().is_unspecified())
             .then(|| opts.http_listen.ip().to_string())
             .into_iter()
@@ -151,13 +151,18 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
     } else {
         opts.publish_status_address.clone()
     };
+    state.update_status(|s| {
+        s.addresses = status_addresses
+            .iter()
+            .map(|a| addresses::entry(a))
+            .collect()
+    });
     let status_source =
         addresses::Source::from_flags(&opts.publish_status_address, opts.publish_service.as_ref());
     let applier = Applier {
         proxy: proxy.clone(),
         admin: state.clone(),
         compile_options: opts.config.compile_options(),
-        status_addresses,
         problems: None,
         generation: 0,
         l4_maps,
@@ -333,6 +338,7 @@ async fn start_source(
             problems_rx,
             leader_rx.clone(),
         ));
+        let shown = tokio::spawn(show_api_status(applier.admin.clone(), view_rx.clone()));
         let writer = tokio::spawn(status::run(
             status::Writer::new(client.clone(), status),
             view_rx,
@@ -365,7 +371,7 @@ async fn start_source(
                     }
                 }
             }
-            let _guard = AbortAll(vec![writer, events_writer, watchers]);
+            let _guard = AbortAll(vec![writer, events_writer, watchers, shown]);
             std::future::pending::<()>().await
         });
         return Ok((source_task, Some(lease_task)));
@@ -401,13 +407,30 @@ async fn start_source(
     Ok((task, None))
 }
 
+/// Cluster mode: `/status/ingresses` shows what the API shows on each
+/// served Ingress, following the status writer's views.
+async fn show_api_status(admin: Arc<AdminState>, mut view: watch::Receiver<status::View>) {
+    loop {
+        let shown = view
+            .borrow_and_update()
+            .ingresses
+            .iter()
+            .filter(|(_, (served, _))| *served)
+            .map(|(key, (_, now))| (key.clone(), now.clone()))
+            .collect();
+        admin.update_status(|s| s.shown = Some(shown));
+        if view.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Compiles states and swaps the results in.
 struct Applier {
     proxy: Arc<Proxy>,
     admin: Arc<AdminState>,
     compile_options: CompileOptions,
     /// What `/status/ingresses` shows.
-    status_addresses: Vec<String>,
     /// Cluster mode: where each snapshot's Ingress problems go, for the
     /// Events writer.
     problems: Option<watch::Sender<Vec<events::Problem>>>,
@@ -462,7 +485,11 @@ impl Applier {
                 Err(e) => tracing::error!(error = %e, "writing the L4 maps"),
             }
         }
-        let status = status_json(&snapshot, &self.status_addresses);
+        let served_hosts = snapshot
+            .served
+            .iter()
+            .map(|s| (s.key.clone(), s.hosts.clone()))
+            .collect();
         let served = snapshot.served.iter().map(|s| s.key.clone()).collect();
         let (routes, backends, diagnostics) = (
             snapshot.router.tables().len(),
@@ -470,7 +497,7 @@ impl Applier {
             snapshot.diagnostics.len(),
         );
         self.proxy.apply(snapshot);
-        self.admin.set_status(status);
+        self.admin.update_status(|s| s.served = served_hosts);
         self.admin.set_ready(true);
         let m = &self.proxy.metrics;
         m.snapshot_generation.set(self.generation);
@@ -522,23 +549,4 @@ impl Applier {
         );
         Some(served)
     }
-}
-
-/// The Ingresses served and the addresses their status shows, as JSON for
-/// the admin listener's `/status/ingresses`.
-fn status_json(snapshot: &Snapshot, addresses: &[String]) -> String {
-    let entries: Vec<_> = addresses.iter().map(|a| addresses::entry(a)).collect();
-    let items: Vec<serde_json::Value> = snapshot
-        .served
-        .iter()
-        .map(|s| {
-            serde_json::json!({
-                "namespace": s.key.namespace,
-                "name": s.key.name,
-                "hosts": s.hosts,
-                "loadBalancer": {"ingress": entries},
-            })
-        })
-        .collect();
-    serde_json::json!({ "items": items }).to_string()
 }

@@ -722,6 +722,29 @@ fn one_agent_writes_the_ingress_nodes_addresses_and_hands_over_on_sigterm() {
     let both = ["198.18.0.2", "198.19.0.1", "fd00::1"];
     wait_shown(&api, "web", &both);
     wait_shown(&api, "moving", &both);
+    // The follower's /status/ingresses shows what the API shows.
+    wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        let (code, body) = second.get("/status/ingresses").map_err(|e| e.to_string())?;
+        let doc: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        let web = doc["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i["name"] == "web")
+            .cloned()
+            .unwrap_or_default();
+        let ips: Vec<&str> = web["loadBalancer"]["ingress"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["ip"].as_str())
+            .collect();
+        if code == 200 && ips == both && web["hosts"] == serde_json::json!(["web.test"]) {
+            Ok(())
+        } else {
+            Err(format!("/status/ingresses {code}: {body}"))
+        }
+    });
     let presence = api.lease("default", "ingress-ebpf-node-n2").unwrap();
     assert_eq!(
         presence["metadata"]["labels"]["ingress.ebpf.io/class"],
