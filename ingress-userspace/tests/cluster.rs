@@ -19,6 +19,16 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A double holding our IngressClass, Service `svc-a` whose endpoint is
+/// `a`, and an Ingress `name` for `host` (`/`) on that Service.
+fn api_serving(rt: &tokio::runtime::Runtime, a: &Backend, name: &str, host: &str) -> ApiServer {
+    let api = ApiServer::start(rt);
+    api.apply_yaml(&manifests::class());
+    api.apply_yaml(&manifests::service("svc-a", &[a.addr]));
+    api.apply_yaml(&manifests::ingress(name, host, "/", "svc-a"));
+    api
+}
+
 fn backend(rt: &tokio::runtime::Runtime, name: &str) -> Backend {
     rt.block_on(Backend::start("127.0.0.1:0".parse().unwrap(), name))
 }
@@ -75,10 +85,7 @@ fn traffic_follows_the_api_and_survives_its_outage_and_relist() {
     let rt = rt();
     let a = backend(&rt, "a");
     let b = backend(&rt, "b");
-    let mut api = ApiServer::start(&rt);
-    api.apply_yaml(&manifests::class());
-    api.apply_yaml(&manifests::service("svc-a", &[a.addr]));
-    api.apply_yaml(&manifests::ingress("a", "a.test", "/", "svc-a"));
+    let mut api = api_serving(&rt, &a, "a", "a.test");
     let dir = TempDir::new("cluster");
     let (mut agent, http) = start_agent(&api.kubeconfig(dir.path()), &[]);
 
@@ -191,10 +198,7 @@ fn traffic_follows_the_api_and_survives_its_outage_and_relist() {
 fn watch_namespace_limits_the_namespaced_kinds() {
     let rt = rt();
     let a = backend(&rt, "a");
-    let api = ApiServer::start(&rt);
-    api.apply_yaml(&manifests::class());
-    api.apply_yaml(&manifests::service("svc-a", &[a.addr]));
-    api.apply_yaml(&manifests::ingress("a", "a.test", "/", "svc-a"));
+    let api = api_serving(&rt, &a, "a", "a.test");
     let other = manifests::service("svc-a", &[a.addr])
         .replace("namespace: default", "namespace: other")
         + &manifests::ingress("o", "other.test", "/", "svc-a")
@@ -392,10 +396,7 @@ fn wait_published(api: &ApiServer, name: &str, want: &str) {
 fn the_lease_holder_publishes_ingress_status_and_a_follower_takes_over() {
     let rt = rt();
     let a = backend(&rt, "a");
-    let api = ApiServer::start(&rt);
-    api.apply_yaml(&manifests::class());
-    api.apply_yaml(&manifests::service("svc-a", &[a.addr]));
-    api.apply_yaml(&manifests::ingress("a", "a.test", "/", "svc-a"));
+    let api = api_serving(&rt, &a, "a", "a.test");
     // A problem, for the Events the Lease holder alone writes.
     api.apply_yaml(&manifests::ingress("broken", "broken.test", "/", "missing"));
     let dir = TempDir::new("cluster-status");
@@ -516,10 +517,7 @@ fn wait_event_writes(
 fn config_problems_become_warning_events_once_each() {
     let rt = rt();
     let a = backend(&rt, "a");
-    let api = ApiServer::start(&rt);
-    api.apply_yaml(&manifests::class());
-    api.apply_yaml(&manifests::service("svc-a", &[a.addr]));
-    api.apply_yaml(&manifests::ingress("a", "a.test", "/", "svc-a"));
+    let api = api_serving(&rt, &a, "a", "a.test");
     // A backend Service that does not exist.
     api.apply_yaml(&manifests::ingress("broken", "broken.test", "/", "missing"));
     // A valid TLS Secret for s.test, in another namespace, named from
@@ -687,10 +685,7 @@ fn one_agent_writes_the_ingress_nodes_addresses_and_hands_over_on_sigterm() {
     const ELECTION: &str = "ingress-ebpf-status";
     let rt = rt();
     let a = backend(&rt, "a");
-    let api = ApiServer::start(&rt);
-    api.apply_yaml(&manifests::class());
-    api.apply_yaml(&manifests::service("svc-a", &[a.addr]));
-    api.apply_yaml(&manifests::ingress("web", "web.test", "/", "svc-a"));
+    let api = api_serving(&rt, &a, "web", "web.test");
     api.apply_yaml(&manifests::ingress("moving", "moving.test", "/", "svc-a"));
     // Another controller's Ingress, with the status it wrote.
     let mut foreign: serde_json::Value = serde_yaml::from_str(
@@ -837,10 +832,7 @@ fn one_agent_writes_the_ingress_nodes_addresses_and_hands_over_on_sigterm() {
 fn the_last_agent_clears_the_status_it_published_on_sigterm_unless_told_not_to() {
     let rt = rt();
     let a = backend(&rt, "a");
-    let api = ApiServer::start(&rt);
-    api.apply_yaml(&manifests::class());
-    api.apply_yaml(&manifests::service("svc-a", &[a.addr]));
-    api.apply_yaml(&manifests::ingress("web", "web.test", "/", "svc-a"));
+    let api = api_serving(&rt, &a, "web", "web.test");
     api.apply(node("n1", &[("InternalIP", "198.18.0.1")]));
     let dir = TempDir::new("cluster-shutdown-status");
 
@@ -887,10 +879,7 @@ fn the_last_agent_clears_the_status_it_published_on_sigterm_unless_told_not_to()
 fn publish_service_follows_the_services_load_balancer_addresses() {
     let rt = rt();
     let a = backend(&rt, "a");
-    let api = ApiServer::start(&rt);
-    api.apply_yaml(&manifests::class());
-    api.apply_yaml(&manifests::service("svc-a", &[a.addr]));
-    api.apply_yaml(&manifests::ingress("web", "web.test", "/", "svc-a"));
+    let api = api_serving(&rt, &a, "web", "web.test");
     api.apply(node("n1", &[("InternalIP", "198.18.0.1")]));
     let edge = |lb: serde_json::Value| {
         serde_json::json!({"apiVersion": "v1", "kind": "Service",

@@ -175,27 +175,12 @@ type Seen = (String, String, Value);
 /// A client whose API server is a mock answering `n` requests (201 with
 /// the body sent back), and the requests it saw.
 fn mock_client(n: usize) -> (Client, tokio::task::JoinHandle<Vec<Seen>>) {
-    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let server = tokio::spawn(async move {
-        let mut seen = Vec::new();
-        for _ in 0..n {
-            let (req, send) = handle.next_request().await.expect("no request sent");
-            let method = req.method().to_string();
-            let uri = req.uri().to_string();
-            let body = req.into_body().collect_bytes().await.unwrap();
-            let v: Value = serde_json::from_slice(&body).unwrap();
-            let mut r = Response::new(Body::from(body.to_vec()));
-            *r.status_mut() = hyper::StatusCode::CREATED;
-            send.send_response(r);
-            seen.push((method, uri, v));
-        }
-        seen
-    });
-    (Client::new(service, "default"), server)
+    mock_client_answering(vec![201; n])
 }
 
-/// Like `mock_client`, answering with `statuses` in turn (the request's
-/// body sent back, or a Status for an error).
+/// A client whose API server is a mock answering with `statuses` in turn
+/// (the request's body sent back, or a Status for an error), and the
+/// requests it saw.
 fn mock_client_answering(statuses: Vec<u16>) -> (Client, tokio::task::JoinHandle<Vec<Seen>>) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let server = tokio::spawn(async move {
