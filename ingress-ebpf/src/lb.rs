@@ -536,15 +536,15 @@ fn decide(
     // The connection table first: a flow is recorded only once its service
     // admitted it (source ranges included), so a known flow goes to its
     // backend without the service lookup (the fast path: one hash lookup).
-    if let Some(f) = hit {
-        if !reopened(f, tcp_flags) {
-            bump(counters, Counter::L4FlowHit);
-            to_backend(f, counters, out);
-            if closes(tcp_flags) && f.closed_at == 0 {
-                out.close = CLOSE_FLOW;
-            }
-            return out.action as u32;
+    if let Some(f) = hit
+        && !reopened(f, tcp_flags)
+    {
+        bump(counters, Counter::L4FlowHit);
+        to_backend(f, counters, out);
+        if closes(tcp_flags) && f.closed_at == 0 {
+            out.close = CLOSE_FLOW;
         }
+        return out.action as u32;
     }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return Action::Pass as u32;
