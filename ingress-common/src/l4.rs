@@ -237,7 +237,12 @@ pub const fn range_prefix_len(addr_is_v4: bool, bits: u32) -> u32 {
 
 /// One direction of a flow. Also the key of the reverse table, where it is
 /// the reply direction (pod -> client).
-#[repr(C)]
+///
+/// Aligned to 8 (its size, 40, and its fields' offsets are those of plain
+/// `repr(C)`): the XDP program writes a key with 8- and 4-byte stores, which
+/// the eBPF target emits only where it knows the alignment (byte stores
+/// otherwise).
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub src: [u8; 16],

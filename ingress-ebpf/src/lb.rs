@@ -299,43 +299,43 @@ fn snat_address(backend: &[u8; 16]) -> [u8; 16] {
     }
 }
 
-/// Stores `a` IPv4-mapped into `out`, one byte store each. Not as a 16-byte
-/// value: this target turns a run of zero stores into a call of a byte-loop
-/// `memset`, which on the connection-table hit path cost more than the
-/// stores themselves.
+/// Writes an IPv4 flow's addresses, IPv4-mapped, into `key`: per address
+/// an 8-byte zero, the 4-byte `::ffff` marker and the 4-byte address. Not as
+/// 16-byte values: this target turns a run of zero stores into a call of a
+/// byte-loop `memset` (and a 16-byte copy into a byte-loop `memmove`), which
+/// on the connection-table hit path cost more than the stores themselves;
+/// volatile keeps them stores, and `FlowKey`'s 8-byte alignment lets them
+/// be wider than a byte.
 #[inline(always)]
-fn put_v4_mapped(out: &mut [u8; 16], a: [u8; 4]) {
-    let p = out.as_mut_ptr();
-    // SAFETY: the 16 writes stay inside `out`; volatile keeps them stores.
+fn put_v4_addresses(key: &mut FlowKey, src: [u8; 4], dst: [u8; 4]) {
+    const MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+    let s = key.src.as_mut_ptr();
+    let d = key.dst.as_mut_ptr();
+    // SAFETY: `FlowKey` is aligned to 8 and `src`, `dst` lie at offsets 0
+    // and 16, so each write below is aligned to its size and stays inside
+    // its 16-byte field.
+    #[allow(clippy::cast_ptr_alignment)]
     unsafe {
-        p.write_volatile(0);
-        p.add(1).write_volatile(0);
-        p.add(2).write_volatile(0);
-        p.add(3).write_volatile(0);
-        p.add(4).write_volatile(0);
-        p.add(5).write_volatile(0);
-        p.add(6).write_volatile(0);
-        p.add(7).write_volatile(0);
-        p.add(8).write_volatile(0);
-        p.add(9).write_volatile(0);
-        p.add(10).write_volatile(0xff);
-        p.add(11).write_volatile(0xff);
-        p.add(12).write_volatile(a[0]);
-        p.add(13).write_volatile(a[1]);
-        p.add(14).write_volatile(a[2]);
-        p.add(15).write_volatile(a[3]);
+        (s as *mut u64).write_volatile(0);
+        (s.add(8) as *mut u32).write_volatile(MAPPED);
+        (s.add(12) as *mut u32).write_volatile(u32::from_ne_bytes(src));
+        (d as *mut u64).write_volatile(0);
+        (d.add(8) as *mut u32).write_volatile(MAPPED);
+        (d.add(12) as *mut u32).write_volatile(u32::from_ne_bytes(dst));
     }
 }
 
-/// Zeroes a key's padding with three byte stores (see [`put_v4_mapped`]).
+/// Writes a key's protocol and zeroes its padding with one 4-byte store
+/// (see [`put_v4_addresses`]).
 #[inline(always)]
-fn zero_pad(pad: &mut [u8; 3]) {
-    let p = pad.as_mut_ptr();
-    // SAFETY: the 3 writes stay inside `pad`.
+fn put_proto(key: &mut FlowKey, proto: u8) {
+    let p = core::ptr::addr_of_mut!(key.proto);
+    // SAFETY: `proto` and the 3 padding bytes after it are the key's last
+    // 4 bytes, at offset 36 of an 8-aligned key: the write is aligned and
+    // stays inside the key.
+    #[allow(clippy::cast_ptr_alignment)]
     unsafe {
-        p.write_volatile(0);
-        p.add(1).write_volatile(0);
-        p.add(2).write_volatile(0);
+        (p as *mut u32).write_volatile(u32::from_ne_bytes([proto, 0, 0, 0]));
     }
 }
 
@@ -351,8 +351,7 @@ fn flow_key<F: FrameMut>(frame: &F, p: &Parsed, key: &mut FlowKey) -> bool {
             let Some(dst) = frame.bytes::<4>(p.l3_offset + 16) else {
                 return false;
             };
-            put_v4_mapped(&mut key.src, src);
-            put_v4_mapped(&mut key.dst, dst);
+            put_v4_addresses(key, src, dst);
         }
         IpVersion::V6 => {
             // In 4-byte chunks: a 16-byte copy is a byte-loop call here.
@@ -366,8 +365,7 @@ fn flow_key<F: FrameMut>(frame: &F, p: &Parsed, key: &mut FlowKey) -> bool {
     }
     key.sport = p.src_port.to_be();
     key.dport = p.dst_port.to_be();
-    key.proto = p.l4_proto;
-    zero_pad(&mut key._pad);
+    put_proto(key, p.l4_proto);
     true
 }
 
@@ -377,6 +375,16 @@ fn flow_key<F: FrameMut>(frame: &F, p: &Parsed, key: &mut FlowKey) -> bool {
 #[inline(always)]
 fn tcp_flags_of<F: FrameMut>(frame: &F, p: &Parsed) -> u8 {
     frame.bytes::<2>(p.l4_offset + 12).map_or(0, |b| b[1])
+}
+
+/// The TCP flags of a TCP segment; 0 for UDP.
+#[inline(always)]
+fn tcp_flags_of_l4<F: FrameMut>(frame: &F, p: &Parsed) -> u8 {
+    if p.l4_proto == IPPROTO_TCP {
+        tcp_flags_of(frame, p)
+    } else {
+        0
+    }
 }
 
 /// A TCP or UDP frame of either IP version (fragments are classed apart).
@@ -473,7 +481,9 @@ fn pick_with_affinity(
 /// What the XDP program does with a frame, decided from the maps alone (no
 /// packet access), so that the decision can live in a verifier stack frame
 /// of its own while the rewrite stays where the packet offsets are known.
+/// `repr(C)`: `dst` is at offset 4, aligned to 4 (see [`to_local`]).
 #[derive(Clone, Copy)]
+#[repr(C)]
 pub(crate) struct Decision {
     action: Action,
     /// The new destination (DNAT, or the client for a reply); IPv4 as
@@ -512,30 +522,29 @@ enum Action {
 /// written through `out` (a struct returned by value would hand a stack
 /// pointer back, which the verifier refuses); the action is the return
 /// value.
+///
+/// `hit` is the flow's connection-table entry, looked up by the caller
+/// (which handles the commonest hit, to a local pod, itself).
 #[inline(never)]
-fn decide(flow: &FlowKey, tcp_flags: u8, counters: &PerCpuArray<u64>, out: &mut Decision) -> u32 {
+fn decide(
+    flow: &FlowKey,
+    hit: Option<&FlowValue>,
+    tcp_flags: u8,
+    counters: &PerCpuArray<u64>,
+    out: &mut Decision,
+) -> u32 {
     // The connection table first: a flow is recorded only once its service
     // admitted it (source ranges included), so a known flow goes to its
     // backend without the service lookup (the fast path: one hash lookup).
-    // SAFETY: map values stay valid for the rest of the program run.
-    if let Some(f) = unsafe { FLOWS.get(flow) } {
-        // A SYN on the tuple of a closed flow is a new connection (the
-        // client reused its source port): it chooses afresh and overwrites
-        // the old entries below. Kept on the old entries, it would go out
-        // from the old SNAT port, which is free again SNAT_REUSE_S after
-        // the close and may carry another client's flow by now (two
-        // connections on one tuple at the pod, replies to the wrong
-        // client), and it would stay marked closed: never marked again,
-        // swept while open.
-        let reused = f.closed_at != 0 && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-        if !reused {
-            bump(counters, Counter::L4FlowHit);
-            to_backend(f, counters, out);
-            if closes(tcp_flags) && f.closed_at == 0 {
-                out.close = CLOSE_FLOW;
-            }
-            return out.action as u32;
+    if let Some(f) = hit
+        && !reopened(f, tcp_flags)
+    {
+        bump(counters, Counter::L4FlowHit);
+        to_backend(f, counters, out);
+        if closes(tcp_flags) && f.closed_at == 0 {
+            out.close = CLOSE_FLOW;
         }
+        return out.action as u32;
     }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return Action::Pass as u32;
@@ -576,6 +585,18 @@ fn decide(flow: &FlowKey, tcp_flags: u8, counters: &PerCpuArray<u64>, out: &mut 
     NEW_FLOW
 }
 
+/// A SYN on the tuple of a closed flow is a new connection (the client
+/// reused its source port): it chooses afresh and overwrites the old
+/// entries. Kept on the old entries, it would go out from the old SNAT
+/// port, which is free again SNAT_REUSE_S after the close and may carry
+/// another client's flow by now (two connections on one tuple at the pod,
+/// replies to the wrong client), and it would stay marked closed: never
+/// marked again, swept while open.
+#[inline(always)]
+fn reopened(f: &FlowValue, tcp_flags: u8) -> bool {
+    f.closed_at != 0 && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
 /// What [`decide`] returns for a flow the connection table does not know.
 const NEW_FLOW: u32 = 100;
 /// What [`choose`] returns for a new flow over this CPU's budget.
@@ -585,12 +606,12 @@ const REFUSED: u32 = u32::MAX - 1;
 /// field into `out` (a whole struct would be built on the stack first).
 #[inline(always)]
 fn to_backend(target: &FlowValue, counters: &PerCpuArray<u64>, out: &mut Decision) {
-    out.dst = target.backend;
-    out.dst_port = u16::from_be(target.backend_port);
     if target.flags & BACKEND_LOCAL != 0 {
-        out.action = Action::Local;
+        to_local(target, out);
         return;
     }
+    out.dst = target.backend;
+    out.dst_port = u16::from_be(target.backend_port);
     out.src = snat_address(&target.backend);
     if out.src == [0; 16] || target.snat_port == 0 {
         bump(counters, Counter::L4NoSnatAddress);
@@ -600,6 +621,41 @@ fn to_backend(target: &FlowValue, counters: &PerCpuArray<u64>, out: &mut Decisio
     bump(counters, Counter::L4DnatRemote);
     out.action = Action::Forward;
     out.src_port = u16::from_be(target.snat_port);
+}
+
+// What the aligned stores of `put_v4_addresses`, `put_proto` and
+// `to_local` rely on.
+const _: () = {
+    assert!(core::mem::align_of::<FlowKey>() == 8);
+    assert!(core::mem::offset_of!(FlowKey, src) == 0);
+    assert!(core::mem::offset_of!(FlowKey, dst) == 16);
+    assert!(core::mem::offset_of!(FlowKey, proto) == 36);
+    assert!(core::mem::align_of::<FlowValue>() >= 4);
+    assert!(core::mem::offset_of!(FlowValue, backend) == 0);
+    assert!(core::mem::align_of::<Decision>() >= 4);
+    assert!(core::mem::offset_of!(Decision, dst) == 4);
+};
+
+/// The translation towards a flow's backend on this node (DNAT only).
+/// The address goes as four 4-byte copies: inlined into [`service_path`],
+/// whose decision is reached through a raw pointer, a 16-byte assignment
+/// becomes a call of this target's byte-loop `memmove`.
+#[inline(always)]
+fn to_local(target: &FlowValue, out: &mut Decision) {
+    let from = target.backend.as_ptr() as *const u32;
+    let to = out.dst.as_mut_ptr() as *mut u32;
+    // SAFETY: `FlowValue` (a `u32` field) and `Decision` (`repr(C)`, a
+    // `u32`-sized first field) are aligned to 4, with `backend` at offset 0
+    // and `dst` at offset 4: every access is aligned and inside its field.
+    #[allow(clippy::cast_ptr_alignment)]
+    unsafe {
+        to.write_volatile(from.read());
+        to.add(1).write_volatile(from.add(1).read());
+        to.add(2).write_volatile(from.add(2).read());
+        to.add(3).write_volatile(from.add(3).read());
+    }
+    out.dst_port = u16::from_be(target.backend_port);
+    out.action = Action::Local;
 }
 
 /// XDP: a frame to a service frontend is translated to its backend; a
@@ -631,7 +687,40 @@ pub fn ingress<F: FrameMut>(
     if !is_tcp_udp(p) || p.ipv4_options || !may_concern_l4(p.dst_port) {
         return xdp_action::XDP_PASS;
     }
-    match service_path(ctx, frame, p, counters) {
+    // The flow key lives in a per-CPU map value, not on the stack: with
+    // IPv6 addresses it would take a large share of the verifier's 512
+    // bytes.
+    let Some(state) = PACKET.get_ptr_mut(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: this CPU's value, used only within this program run.
+    let flow = unsafe { &mut (*state).flow };
+    if !flow_key(frame, p, flow) {
+        return xdp_action::XDP_PASS;
+    }
+    let flow: &FlowKey = flow;
+    // SAFETY: map values stay valid for the rest of the program run.
+    let hit = unsafe { FLOWS.get(flow) };
+    // The commonest frame, an established IPv4 flow to a pod on this node
+    // that neither closes nor reopens it, is translated right here: each
+    // BPF-to-BPF call is a call and a return per frame, and with the
+    // kernel's return thunks (speculation mitigations) a return is dear.
+    // Everything else goes the general way, with the lookup's answer.
+    if let Some(f) = hit
+        && p.ip == IpVersion::V4
+        && f.flags & BACKEND_LOCAL != 0
+    {
+        let tcp_flags = tcp_flags_of_l4(frame, p);
+        if !closes(tcp_flags) && !reopened(f, tcp_flags) {
+            bump(counters, Counter::L4FlowHit);
+            let port = u16::from_be(f.backend_port);
+            if rewrite_v4(frame, p, End::Destination, v4_of(&f.backend), port) {
+                bump(counters, Counter::L4DnatLocal);
+            }
+            return xdp_action::XDP_PASS;
+        }
+    }
+    match service_path(ctx, frame, p, counters, hit) {
         // Called from here: the RST's frame is the largest, and the
         // verifier's 512 bytes are for the deepest chain.
         ANSWER_WITH_RESET => reset(ctx, frame, p, counters),
@@ -644,13 +733,15 @@ pub fn ingress<F: FrameMut>(
 const ANSWER_WITH_RESET: u32 = 1000;
 
 /// A TCP or UDP frame to a frontend port (or a SNAT port): the connection
-/// table or a new flow, then the rewrite.
+/// table or a new flow, then the rewrite. The caller wrote the flow key
+/// into the packet state and looked it up in the connection table (`hit`).
 #[inline(never)]
 fn service_path<F: FrameMut>(
     ctx: &XdpContext,
     frame: &mut F,
     p: &Parsed,
     counters: &PerCpuArray<u64>,
+    hit: Option<&FlowValue>,
 ) -> u32 {
     // The flow key and the decision live in a per-CPU map value, not on
     // the stack: with IPv6 addresses they would take a third of the
@@ -660,27 +751,32 @@ fn service_path<F: FrameMut>(
     };
     // SAFETY: this CPU's value, used only within this program run; the key
     // and the decision are distinct fields.
-    let (flow, d) = unsafe { (&mut (*state).flow, &mut (*state).decision) };
-    if !flow_key(frame, p, flow) {
-        return xdp_action::XDP_PASS;
-    }
+    let (flow, d) = unsafe { (&(*state).flow, &mut (*state).decision) };
     // Only what every path reads: the addresses are written by the path
     // that uses them (zeroing the whole decision would be a byte loop).
     d.action = Action::Pass;
     d.close = CLOSE_NONE;
-    let flow: &FlowKey = flow;
     // The action comes back as the return value (used here, so LLVM keeps
     // it in r0); the addresses come through `d`.
     const LOCAL: u32 = Action::Local as u32;
     const FORWARD: u32 = Action::Forward as u32;
     const DROP: u32 = Action::Drop as u32;
     const RESET: u32 = Action::Reset as u32;
-    let tcp_flags = if p.l4_proto == IPPROTO_TCP {
-        tcp_flags_of(frame, p)
-    } else {
-        0
+    let tcp_flags = tcp_flags_of_l4(frame, p);
+    let mut action = match hit {
+        // An established flow to a pod on this node (over IPv6, or a
+        // segment that closes it: `ingress` translates the rest) is decided
+        // here rather than in `decide`'s frame, one call fewer.
+        Some(f) if f.flags & BACKEND_LOCAL != 0 && !reopened(f, tcp_flags) => {
+            bump(counters, Counter::L4FlowHit);
+            to_local(f, d);
+            if closes(tcp_flags) && f.closed_at == 0 {
+                d.close = CLOSE_FLOW;
+            }
+            LOCAL
+        }
+        _ => decide(flow, hit, tcp_flags, counters, d),
     };
-    let mut action = decide(flow, tcp_flags, counters, d);
     match d.close {
         CLOSE_FLOW => {
             close_flow(flow, counters);
@@ -771,7 +867,10 @@ fn dnat<F: FrameMut>(frame: &mut F, p: &Parsed, d: &Decision) -> u32 {
     }
 }
 
-#[inline(never)]
+/// Inlined into [`service_path`] (a small frame), which saves the
+/// connection-table hit a call and a return; the IPv6 rewrite, larger,
+/// keeps a frame of its own.
+#[inline(always)]
 fn dnat_v4<F: FrameMut>(frame: &mut F, p: &Parsed, d: &Decision) -> u32 {
     rewrite_v4(frame, p, End::Destination, v4_of(&d.dst), d.dst_port) as u32
 }

@@ -2,6 +2,11 @@
 //! against a do-nothing XDP program in the same run, at 1, 1,000 and 10,000
 //! services. Run by `cargo xtask bench l4` (needs root); prints a Markdown
 //! section on stdout.
+//!
+//! `XDP_COST_PROFILE=N` instead runs a connection-table hit and the
+//! do-nothing program alternately N times each (one service) and prints
+//! their mean and median: a loop to run under `perf record`, where the
+//! JIT'd programs show as `bpf_prog_*` symbols.
 
 use std::net::SocketAddr;
 
@@ -64,7 +69,58 @@ fn table(n: u16) -> L4Table {
     t
 }
 
+/// The `XDP_COST_PROFILE` loop: a connection-table hit and the do-nothing
+/// program, alternately, `runs` times each.
+fn profile(runs: u32) {
+    let mut programs = LoadedPrograms::load_with(&LoadOptions::default())
+        .expect("loading the eBPF object (run as root)");
+    let mut l4 = L4Maps::take(&mut programs).expect("L4 maps");
+    let skipped = l4.apply(&table(1)).expect("writing the maps");
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let noop: &mut Xdp = programs
+        .ebpf
+        .program_mut(XDP_NOOP_PROGRAM)
+        .expect("the no-op program")
+        .try_into()
+        .expect("an XDP program");
+    noop.load().expect("loading the no-op program");
+    let noop: &Xdp = programs
+        .ebpf
+        .program(XDP_NOOP_PROGRAM)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let xdp: &Xdp = programs
+        .ebpf
+        .program(ingress_common::maps::XDP_PROGRAM)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let frame = PacketBuilder::tcp4(CLIENT, NODE, 10_000, 20_000).build();
+    // The first run records the flow; the loop's runs are hits.
+    cost(xdp, &frame, 1);
+    let (mut hit, mut trivial) = (Vec::new(), Vec::new());
+    for _ in 0..runs.max(1) {
+        hit.push(cost(xdp, &frame, 1));
+        trivial.push(cost(noop, &frame, 1));
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let (hit_mean, trivial_mean) = (mean(&hit), mean(&trivial));
+    let (hit_median, trivial_median) = (median(hit), median(trivial));
+    println!(
+        "connection-table hit: mean {hit_mean:.1} ns, median {hit_median:.1} ns; do-nothing: mean {trivial_mean:.1} ns, median {trivial_median:.1} ns; ratio of medians {:.2}x",
+        hit_median / trivial_median
+    );
+}
+
 fn main() {
+    if let Some(runs) = std::env::var("XDP_COST_PROFILE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        profile(runs);
+        return;
+    }
     let mut rows = Vec::new();
     for services in [1u16, 1_000, 10_000] {
         let mut programs = LoadedPrograms::load_with(&LoadOptions {
