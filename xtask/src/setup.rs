@@ -29,6 +29,12 @@ pub const TEST_PACKAGES: &[&str] = &[
     "iputils-ping",
 ];
 
+/// Debian packages `cargo xtask kernels` needs (installed by setup, and by
+/// the command itself when missing):
+/// qemu, a static busybox for the guest's userland, cpio to pack its
+/// initramfs.
+pub const KERNEL_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio"];
+
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
@@ -59,6 +65,7 @@ pub fn run(build_only: bool) -> anyhow::Result<()> {
         BUILD_PACKAGES
             .iter()
             .chain(TEST_PACKAGES)
+            .chain(KERNEL_PACKAGES)
             .copied()
             .collect()
     };
@@ -75,6 +82,14 @@ pub fn run(build_only: bool) -> anyhow::Result<()> {
         println!("setup: installed {}", report.installed.join(", "));
     }
     Ok(())
+}
+
+/// Installs those of `packages` that are missing (root only), saying so.
+pub fn ensure_debian_packages(packages: &[&str]) -> anyhow::Result<()> {
+    let mut report = Report {
+        installed: Vec::new(),
+    };
+    debian_packages(&mut report, packages)
 }
 
 fn missing_debian_packages<'a>(packages: &[&'a str]) -> Vec<&'a str> {
