@@ -154,7 +154,7 @@ pub fn rewrite_v4<F: FrameMut + ?Sized>(frame: &mut F, p: &Parsed, rw: &Rewrite)
     // loads into shapes the verifier reads as pointer arithmetic) nor a
     // flag and a value: LLVM leaves a value unused on one path unwritten
     // there, and verifiers before 6.3 refuse the read of the uninitialised
-    // stack slot it is spilled to (seen on 5.10 and 6.1).
+    // stack slot it is spilled to (5.10 refused `ingress_xdp` for it).
     let q_l4_word: u32 = match frame.bytes::<2>(l4_check_at) {
         Some(b) => u32::from(be16(b)),
         None => NO_L4_CHECK,

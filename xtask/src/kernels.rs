@@ -451,7 +451,7 @@ fn fetch_kernel(
         found.sort();
         found.pop()
     };
-    let prefix = format!("linux-image-{}-", kernel_series(release.suite));
+    let prefix = format!("linux-image-{}.", kernel_series(release.suite));
     let deb = match existing(&prefix) {
         Some(deb) => deb,
         None => {
@@ -517,12 +517,14 @@ fn kernel_series(suite: &str) -> &'static str {
 /// The guest's /init: mounts, veth, the two binaries, power off.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+export PATH=/usr/sbin:/usr/bin:/bin:/sbin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
 mount -t tmpfs tmp /tmp
 mount -t tmpfs run /run
+mkdir -p /var
+ln -s /run /var/run
 mount -t bpf bpf /sys/fs/bpf
 insmod /modules/veth.ko
 ip link set lo up
@@ -564,11 +566,12 @@ fn initramfs(
     } else {
         PathBuf::from("/sbin/ip")
     };
-    // The real ip (namespaces, veth) over busybox's applet.
+    // The real ip (namespaces, veth), first in the guest's PATH, before
+    // busybox's applet.
     let binaries = [
         (check.to_path_buf(), stage.join("kernel_check")),
         (fixtures.to_path_buf(), stage.join("l4_fixtures")),
-        (ip.clone(), stage.join("sbin/ip")),
+        (ip.clone(), stage.join("usr/sbin/ip")),
     ];
     for (from, to) in &binaries {
         fs::copy(from, to).with_context(|| format!("copying {}", from.display()))?;
