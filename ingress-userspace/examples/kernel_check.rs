@@ -10,9 +10,14 @@
 //! ```
 //!
 //! `verified` is followed by `?` where the kernel does not report the count
-//! (before 5.16). Exits non-zero if anything was rejected.
+//! (before 5.16). The object is loaded twice: as is, and with SNAT
+//! addresses set (names suffixed `+snat`). Exits non-zero if anything was
+//! rejected.
 
-use std::process::ExitCode;
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    process::ExitCode,
+};
 
 use aya::programs::{Program, ProgramError};
 use ingress_common::maps::{TC_ICMP6_PROGRAM, TC_PROGRAM, XDP_ICMP6_PROGRAM, XDP_PROGRAM};
@@ -29,33 +34,56 @@ fn is_statistics(line: &str) -> bool {
 }
 
 fn main() -> ExitCode {
-    let mut ebpf = match open_object(&LoadOptions::default()) {
+    // As the agent loads them without and with a SNAT address (remote
+    // backends): the address is a load-time constant, and with it the
+    // verifier walks the SNAT port search as well.
+    let snat = LoadOptions {
+        snat_ipv4: Some(Ipv4Addr::new(198, 18, 0, 1)),
+        snat_ipv6: Some("fd00::1".parse().unwrap_or(Ipv6Addr::LOCALHOST)),
+        ..LoadOptions::default()
+    };
+    let mut ok = true;
+    for (suffix, opts) in [("", LoadOptions::default()), ("+snat", snat)] {
+        ok &= check(suffix, &opts);
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Loads the object with `opts` and each program; prints a line per
+/// program, its name followed by `suffix`. Whether all verified.
+fn check(suffix: &str, opts: &LoadOptions) -> bool {
+    let mut ebpf = match open_object(opts) {
         Ok(ebpf) => ebpf,
         Err(e) => {
-            println!("kernels: object rejected: {e}");
-            return ExitCode::FAILURE;
+            println!("kernels: object{suffix} rejected: {e}");
+            return false;
         }
     };
     let mut ok = true;
     for name in [XDP_PROGRAM, TC_PROGRAM, XDP_ICMP6_PROGRAM, TC_ICMP6_PROGRAM] {
+        let label = format!("{name}{suffix}");
         let result = match ebpf.program_mut(name) {
             Some(Program::Xdp(p)) => p.load().and_then(|()| p.info()),
             Some(Program::SchedClassifier(p)) => p.load().and_then(|()| p.info()),
             Some(_) => {
-                println!("kernels: program {name} rejected: unexpected program type");
+                println!("kernels: program {label} rejected: unexpected program type");
                 ok = false;
                 continue;
             }
             None => {
-                println!("kernels: program {name} rejected: missing from the object");
+                println!("kernels: program {label} rejected: missing from the object");
                 ok = false;
                 continue;
             }
         };
         match result {
             Ok(info) => match info.verified_instruction_count() {
-                Some(n) => println!("kernels: program {name} verified {n}"),
-                None => println!("kernels: program {name} verified ?"),
+                Some(n) => println!("kernels: program {label} verified {n}"),
+                None => println!("kernels: program {label} verified ?"),
             },
             Err(ProgramError::LoadError {
                 io_error,
@@ -71,20 +99,16 @@ fn main() -> ExitCode {
                     .find(|l| !is_statistics(l))
                     .copied()
                     .unwrap_or("(empty verifier log)");
-                println!("kernels: program {name} rejected: {io_error}; {last}");
+                println!("kernels: program {label} rejected: {io_error}; {last}");
                 for line in &lines[lines.len().saturating_sub(LOG_TAIL)..] {
                     println!("kernels: log {line}");
                 }
             }
             Err(e) => {
                 ok = false;
-                println!("kernels: program {name} rejected: {e}");
+                println!("kernels: program {label} rejected: {e}");
             }
         }
     }
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    ok
 }

@@ -26,12 +26,17 @@ use anyhow::{Context, bail};
 
 use crate::cmd::{self, workspace_root};
 
-/// The four programs, in the order `kernel_check` loads them.
-pub const PROGRAMS: [&str; 4] = [
+/// The four programs, in the order `kernel_check` loads them: loaded as
+/// is, then with SNAT addresses set (`+snat`).
+pub const PROGRAMS: [&str; 8] = [
     "ingress_xdp",
     "ingress_tc_egress",
     "ingress_xdp_icmp6",
     "ingress_tc_icmp6",
+    "ingress_xdp+snat",
+    "ingress_tc_egress+snat",
+    "ingress_xdp_icmp6+snat",
+    "ingress_tc_icmp6+snat",
 ];
 
 /// A Debian release whose cloud kernel is booted.
@@ -54,6 +59,10 @@ pub const RELEASES: &[Release] = &[
     Release {
         suite: "bookworm",
         debian: "12",
+    },
+    Release {
+        suite: "bookworm-backports",
+        debian: "12 backports",
     },
 ];
 
@@ -189,9 +198,13 @@ pub fn mirrors(sources: &str) -> (String, String) {
     )
 }
 
-/// The apt sources for `suite` (main, updates and security).
+/// The apt sources for `suite` (main, updates and security; a backports
+/// suite alone, so that its kernel is the candidate).
 pub fn sources_list(suite: &str, main: &str, security: &str) -> String {
     let key = "[signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]";
+    if suite.ends_with("-backports") {
+        return format!("deb {key} {main} {suite} main\n");
+    }
     format!(
         "deb {key} {main} {suite} main\ndeb {key} {main} {suite}-updates main\ndeb {key} {security} {suite}-security main\n"
     )
@@ -510,6 +523,7 @@ fn kernel_series(suite: &str) -> &'static str {
     match suite {
         "bullseye" => "5.10",
         "bookworm" => "6.1",
+        "bookworm-backports" => "6.12",
         _ => "",
     }
 }
@@ -526,7 +540,7 @@ mount -t tmpfs run /run
 mkdir -p /var
 ln -s /run /var/run
 mount -t bpf bpf /sys/fs/bpf
-insmod /modules/veth.ko
+insmod /modules/veth.ko* 2>/dev/null
 ip link set lo up
 echo "kernels: uname $(uname -r)"
 if grep -q kernels.verify_only /proc/cmdline; then
@@ -585,9 +599,14 @@ fn initramfs(
             fs::copy(&lib, &dest).with_context(|| format!("copying {}", lib.display()))?;
         }
     }
-    let veth = kernel.modules.join("kernel/drivers/net/veth.ko");
-    fs::copy(&veth, stage.join("modules/veth.ko"))
-        .with_context(|| format!("copying {}", veth.display()))?;
+    // Compressed on some kernels; the namespace fixtures need it.
+    for name in ["veth.ko", "veth.ko.xz"] {
+        let veth = kernel.modules.join("kernel/drivers/net").join(name);
+        if veth.exists() {
+            fs::copy(&veth, stage.join("modules").join(name))
+                .with_context(|| format!("copying {}", veth.display()))?;
+        }
+    }
     let init = stage.join("init");
     fs::write(&init, INIT).context("writing init")?;
     cmd::output(Command::new("chmod").arg("755").arg(&init))?;
@@ -705,6 +724,10 @@ kernels: done\r
             kernels: program ingress_tc_egress verified 2\n\
             kernels: program ingress_xdp_icmp6 verified 3\n\
             kernels: program ingress_tc_icmp6 verified 4\n\
+            kernels: program ingress_xdp+snat verified 5\n\
+            kernels: program ingress_tc_egress+snat verified 6\n\
+            kernels: program ingress_xdp_icmp6+snat verified 7\n\
+            kernels: program ingress_tc_icmp6+snat verified 8\n\
             test result: ok. 27 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out\n\
             kernels: done\n";
         assert!(parse_output(ok).passed(false));
@@ -718,6 +741,8 @@ kernels: done\r
         );
         assert!(parse_output(&verified).passed(true));
         assert!(!parse_output(&verified).passed(false));
+        let half = verified.replace("kernels: program ingress_xdp+snat verified 5\n", "");
+        assert!(!parse_output(&half).passed(true));
     }
 
     #[test]

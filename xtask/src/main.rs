@@ -27,10 +27,10 @@ enum Task {
     /// through the attached programs and show the counters moving.
     Demo,
     /// Verify the eBPF programs and run the packet fixtures on older
-    /// kernels (Debian 11's 5.10, Debian 12's 6.1) booted under qemu, and on
+    /// kernels (Debian 11's 5.10, Debian 12's 6.1 and its backports' 6.12) booted under qemu, and on
     /// this machine's; prints a table per kernel.
     Kernels {
-        /// Only these Debian suites (bullseye, bookworm); all if none.
+        /// Only these Debian suites (bullseye, bookworm, bookworm-backports); all if none.
         suites: Vec<String>,
         /// Load the programs only; run no packet fixture (minutes instead of
         /// half an hour per kernel under emulation).

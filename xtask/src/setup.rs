@@ -29,8 +29,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "iputils-ping",
 ];
 
-/// Debian packages `cargo xtask kernels` needs (installed by setup, and by
-/// the command itself when missing):
+/// Debian packages `cargo xtask kernels` needs (it installs them itself):
 /// qemu, a static busybox for the guest's userland, cpio to pack its
 /// initramfs.
 pub const KERNEL_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio"];
@@ -65,7 +64,6 @@ pub fn run(build_only: bool) -> anyhow::Result<()> {
         BUILD_PACKAGES
             .iter()
             .chain(TEST_PACKAGES)
-            .chain(KERNEL_PACKAGES)
             .copied()
             .collect()
     };
