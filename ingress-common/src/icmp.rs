@@ -92,6 +92,9 @@ fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
 
+/// Above any 16-bit checksum: the quote does not reach the L4 checksum.
+const NO_L4_CHECK: u32 = 0x1_0000;
+
 /// The quoted L4 checksum after one endpoint (address and port) changed;
 /// a zero UDP checksum ("none") stays zero, a computed zero is sent as
 /// 0xffff.
@@ -147,12 +150,17 @@ pub fn rewrite_v4<F: FrameMut + ?Sized>(frame: &mut F, p: &Parsed, rw: &Rewrite)
     };
     let udp = q_proto[0] == IPPROTO_UDP;
     let l4_check_at = q4 + if udp { 6 } else { 16 };
-    // A flag and a value, not an Option: LLVM merges Option loads into
-    // shapes the verifier reads as pointer arithmetic.
-    let (has_l4, q_l4_old) = match frame.bytes::<2>(l4_check_at) {
-        Some(b) => (true, be16(b)),
-        None => (false, 0),
+    // One value that carries its flag, not an Option (LLVM merges Option
+    // loads into shapes the verifier reads as pointer arithmetic) nor a
+    // flag and a value: LLVM leaves a value unused on one path unwritten
+    // there, and verifiers before 6.3 refuse the read of the uninitialised
+    // stack slot it is spilled to (5.10 refused `ingress_xdp` for it).
+    let q_l4_word: u32 = match frame.bytes::<2>(l4_check_at) {
+        Some(b) => u32::from(be16(b)),
+        None => NO_L4_CHECK,
     };
+    let has_l4 = q_l4_word != NO_L4_CHECK;
+    let q_l4_old = q_l4_word as u16;
 
     let mut ip_check = be16(ip_check);
     let mut icmp_check = be16(icmp_check);

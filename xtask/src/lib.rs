@@ -6,6 +6,7 @@ pub mod build_ebpf;
 pub mod cmd;
 pub mod demo;
 pub mod deploy;
+pub mod kernels;
 pub mod setup;
 pub mod test;
 pub mod testbed;

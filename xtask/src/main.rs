@@ -26,6 +26,17 @@ enum Task {
     /// Build everything, bring up a namespace topology, send real traffic
     /// through the attached programs and show the counters moving.
     Demo,
+    /// Verify the eBPF programs and run the packet fixtures on older
+    /// kernels (Debian 11's 5.10, Debian 12's 6.1 and its backports' 6.12) booted under qemu, and on
+    /// this machine's; prints a table per kernel.
+    Kernels {
+        /// Only these Debian suites (bullseye, bookworm, bookworm-backports); all if none.
+        suites: Vec<String>,
+        /// Load the programs only; run no packet fixture (minutes instead of
+        /// half an hour per kernel under emulation).
+        #[arg(long)]
+        verify_only: bool,
+    },
     /// Benchmark on loopback against a reference run side by side, and
     /// write the results into docs/benchmarks.md.
     Bench {
@@ -42,6 +53,10 @@ fn main() -> ExitCode {
         Task::BuildEbpf => xtask::build_ebpf::run().map(|_| ()),
         Task::Test => xtask::test::run(),
         Task::Demo => xtask::demo::run(),
+        Task::Kernels {
+            suites,
+            verify_only,
+        } => xtask::kernels::run(&suites, verify_only),
         Task::Bench { what } => xtask::bench::run(what),
     };
     match result {

@@ -29,6 +29,11 @@ pub const TEST_PACKAGES: &[&str] = &[
     "iputils-ping",
 ];
 
+/// Debian packages `cargo xtask kernels` needs (it installs them itself):
+/// qemu, a static busybox for the guest's userland, cpio to pack its
+/// initramfs.
+pub const KERNEL_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio"];
+
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
@@ -75,6 +80,14 @@ pub fn run(build_only: bool) -> anyhow::Result<()> {
         println!("setup: installed {}", report.installed.join(", "));
     }
     Ok(())
+}
+
+/// Installs those of `packages` that are missing (root only), saying so.
+pub fn ensure_debian_packages(packages: &[&str]) -> anyhow::Result<()> {
+    let mut report = Report {
+        installed: Vec::new(),
+    };
+    debian_packages(&mut report, packages)
 }
 
 fn missing_debian_packages<'a>(packages: &[&'a str]) -> Vec<&'a str> {

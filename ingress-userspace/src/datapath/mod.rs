@@ -205,69 +205,7 @@ impl LoadedPrograms {
 
     /// Loads with the given globals.
     pub fn load_with(opts: &LoadOptions) -> Result<Self, DatapathError> {
-        let missing = privileges::missing_capabilities();
-        if !missing.is_empty() {
-            return Err(DatapathError::Privileges(missing.join(", ")));
-        }
-        let snat = opts.snat_ipv4.map_or([0u8; 4], |a| a.octets());
-        let snat6 = opts.snat_ipv6.map_or([0u8; 16], |a| a.octets());
-        let maglev_slots = opts.maglev_slots()?;
-        let mut loader = EbpfLoader::new();
-        let state_maps = pin::state_maps(opts.max_flows);
-        let pin_paths: Vec<(&'static str, std::path::PathBuf)> = match &opts.pins {
-            Some(layout) => {
-                layout.create()?;
-                let adopted = pin::check_state_maps(layout, &state_maps)?;
-                if !adopted.is_empty() {
-                    tracing::info!(maps = ?adopted, dir = %layout.dir().display(), "adopting pinned state maps");
-                }
-                state_maps
-                    .iter()
-                    .map(|(name, _)| (*name, layout.map(name)))
-                    .collect()
-            }
-            None => Vec::new(),
-        };
-        for (name, path) in &pin_paths {
-            loader.map_pin_path(name, path.as_path());
-        }
-        use ingress_common::l4::{L4_AFFINITY, L4_BACKENDS, L4_FLOWS, L4_REVNAT};
-        let mut ebpf = loader
-            .map_max_entries(ingress_common::l4::L4_SERVICES, opts.max_services)
-            .map_max_entries(L4_BACKENDS, opts.max_backends)
-            .map_max_entries(L4_FLOWS, opts.max_flows)
-            .map_max_entries(L4_REVNAT, opts.max_flows)
-            .map_max_entries(L4_AFFINITY, opts.max_flows)
-            .map_max_entries(ingress_common::l4::L4_MAGLEV, maglev_slots)
-            .override_global(
-                ingress_common::l4::MAGLEV_SIZE_GLOBAL,
-                &opts.maglev_size,
-                true,
-            )
-            .override_global(ingress_common::l4::SNAT_IPV4_GLOBAL, &snat, true)
-            .override_global(ingress_common::l4::SNAT_IPV6_GLOBAL, &snat6, true)
-            .override_global(
-                ingress_common::l4::SNAT_PORT_MIN_GLOBAL,
-                &opts.snat_port_min,
-                true,
-            )
-            .override_global(
-                ingress_common::l4::SNAT_PORT_SPAN_GLOBAL,
-                &opts.snat_port_span,
-                true,
-            )
-            .override_global(
-                ingress_common::l4::NEW_FLOW_RATE_GLOBAL,
-                &opts.new_flow_rate,
-                true,
-            )
-            .override_global(
-                ingress_common::l4::CLOSE_TIMEOUT_GLOBAL,
-                &opts.close_timeout_s,
-                true,
-            )
-            .load(object::EBPF_OBJECT)
-            .map_err(DatapathError::Load)?;
+        let mut ebpf = open_object(opts)?;
         xdp_program(&mut ebpf)?
             .load()
             .map_err(|source| DatapathError::LoadProgram {
@@ -286,7 +224,78 @@ impl LoadedPrograms {
             options: opts.clone(),
         })
     }
+}
 
+/// The embedded object with its maps created and globals set, no program
+/// loaded yet: what [`LoadedPrograms::load_with`] loads the programs of, and
+/// what the kernel check loads them from one by one.
+pub fn open_object(opts: &LoadOptions) -> Result<Ebpf, DatapathError> {
+    let missing = privileges::missing_capabilities();
+    if !missing.is_empty() {
+        return Err(DatapathError::Privileges(missing.join(", ")));
+    }
+    let snat = opts.snat_ipv4.map_or([0u8; 4], |a| a.octets());
+    let snat6 = opts.snat_ipv6.map_or([0u8; 16], |a| a.octets());
+    let maglev_slots = opts.maglev_slots()?;
+    let mut loader = EbpfLoader::new();
+    let state_maps = pin::state_maps(opts.max_flows);
+    let pin_paths: Vec<(&'static str, std::path::PathBuf)> = match &opts.pins {
+        Some(layout) => {
+            layout.create()?;
+            let adopted = pin::check_state_maps(layout, &state_maps)?;
+            if !adopted.is_empty() {
+                tracing::info!(maps = ?adopted, dir = %layout.dir().display(), "adopting pinned state maps");
+            }
+            state_maps
+                .iter()
+                .map(|(name, _)| (*name, layout.map(name)))
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    for (name, path) in &pin_paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    use ingress_common::l4::{L4_AFFINITY, L4_BACKENDS, L4_FLOWS, L4_REVNAT};
+    loader
+        .map_max_entries(ingress_common::l4::L4_SERVICES, opts.max_services)
+        .map_max_entries(L4_BACKENDS, opts.max_backends)
+        .map_max_entries(L4_FLOWS, opts.max_flows)
+        .map_max_entries(L4_REVNAT, opts.max_flows)
+        .map_max_entries(L4_AFFINITY, opts.max_flows)
+        .map_max_entries(ingress_common::l4::L4_MAGLEV, maglev_slots)
+        .override_global(
+            ingress_common::l4::MAGLEV_SIZE_GLOBAL,
+            &opts.maglev_size,
+            true,
+        )
+        .override_global(ingress_common::l4::SNAT_IPV4_GLOBAL, &snat, true)
+        .override_global(ingress_common::l4::SNAT_IPV6_GLOBAL, &snat6, true)
+        .override_global(
+            ingress_common::l4::SNAT_PORT_MIN_GLOBAL,
+            &opts.snat_port_min,
+            true,
+        )
+        .override_global(
+            ingress_common::l4::SNAT_PORT_SPAN_GLOBAL,
+            &opts.snat_port_span,
+            true,
+        )
+        .override_global(
+            ingress_common::l4::NEW_FLOW_RATE_GLOBAL,
+            &opts.new_flow_rate,
+            true,
+        )
+        .override_global(
+            ingress_common::l4::CLOSE_TIMEOUT_GLOBAL,
+            &opts.close_timeout_s,
+            true,
+        )
+        .load(object::EBPF_OBJECT)
+        .map_err(DatapathError::Load)
+}
+
+impl LoadedPrograms {
     pub fn xdp(&mut self) -> Result<&mut Xdp, DatapathError> {
         xdp_program(&mut self.ebpf)
     }
