@@ -52,6 +52,10 @@ pub fn run() -> anyhow::Result<()> {
             .current_dir(&root),
     )
     .context("clippy on ingress-ebpf failed")?;
+    println!(
+        "test: older kernels: cargo xtask kernels --verify-only (Debian's 5.10, 6.1 and 6.12 under qemu)"
+    );
+    crate::kernels::run(&[], true).context("the programs do not verify on every kernel")?;
     println!("test: all passed");
     Ok(())
 }
