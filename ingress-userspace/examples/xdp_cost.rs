@@ -69,6 +69,27 @@ fn table(n: u16) -> L4Table {
     t
 }
 
+/// Loads the do-nothing XDP program the costs are compared with.
+fn load_noop(programs: &mut LoadedPrograms) {
+    let noop: &mut Xdp = programs
+        .ebpf
+        .program_mut(XDP_NOOP_PROGRAM)
+        .expect("the no-op program")
+        .try_into()
+        .expect("an XDP program");
+    noop.load().expect("loading the no-op program");
+}
+
+/// The loaded XDP program `name`.
+fn xdp_program<'a>(programs: &'a LoadedPrograms, name: &str) -> &'a Xdp {
+    programs
+        .ebpf
+        .program(name)
+        .expect("a program of the object")
+        .try_into()
+        .expect("an XDP program")
+}
+
 /// The `XDP_COST_PROFILE` loop: a connection-table hit and the do-nothing
 /// program, alternately, `runs` times each.
 fn profile(runs: u32) {
@@ -77,25 +98,9 @@ fn profile(runs: u32) {
     let mut l4 = L4Maps::take(&mut programs).expect("L4 maps");
     let skipped = l4.apply(&table(1)).expect("writing the maps");
     assert!(skipped.is_empty(), "{skipped:?}");
-    let noop: &mut Xdp = programs
-        .ebpf
-        .program_mut(XDP_NOOP_PROGRAM)
-        .expect("the no-op program")
-        .try_into()
-        .expect("an XDP program");
-    noop.load().expect("loading the no-op program");
-    let noop: &Xdp = programs
-        .ebpf
-        .program(XDP_NOOP_PROGRAM)
-        .unwrap()
-        .try_into()
-        .unwrap();
-    let xdp: &Xdp = programs
-        .ebpf
-        .program(ingress_common::maps::XDP_PROGRAM)
-        .unwrap()
-        .try_into()
-        .unwrap();
+    load_noop(&mut programs);
+    let noop = xdp_program(&programs, XDP_NOOP_PROGRAM);
+    let xdp = xdp_program(&programs, ingress_common::maps::XDP_PROGRAM);
     let frame = PacketBuilder::tcp4(CLIENT, NODE, 10_000, 20_000).build();
     // The first run records the flow; the loop's runs are hits.
     cost(xdp, &frame, 1);
@@ -133,19 +138,8 @@ fn main() {
         let skipped = l4.apply(&table(services)).expect("writing the maps");
         assert!(skipped.is_empty(), "{skipped:?}");
         let fill = started.elapsed();
-        let noop: &mut Xdp = programs
-            .ebpf
-            .program_mut(XDP_NOOP_PROGRAM)
-            .expect("the no-op program")
-            .try_into()
-            .expect("an XDP program");
-        noop.load().expect("loading the no-op program");
-        let noop: &Xdp = programs
-            .ebpf
-            .program(XDP_NOOP_PROGRAM)
-            .unwrap()
-            .try_into()
-            .unwrap();
+        load_noop(&mut programs);
+        let noop = xdp_program(&programs, XDP_NOOP_PROGRAM);
         let frame_to =
             |port: u16, sport: u16| PacketBuilder::tcp4(CLIENT, NODE, sport, port).build();
         let last = 20_000 + services - 1;
@@ -155,12 +149,7 @@ fn main() {
         let single =
             |prog: &Xdp, frame: &[u8]| median((0..RUNS).map(|_| cost(prog, frame, 1)).collect());
         let trivial = single(noop, &frame_to(80, 1));
-        let xdp: &Xdp = programs
-            .ebpf
-            .program(ingress_common::maps::XDP_PROGRAM)
-            .unwrap()
-            .try_into()
-            .unwrap();
+        let xdp = xdp_program(&programs, ingress_common::maps::XDP_PROGRAM);
         let pass = single(xdp, &frame_to(80, 1));
         // Each new flow is a different source port, run once.
         let new_flow = median(
