@@ -144,18 +144,9 @@ pub fn slices_of(state: &ClusterState, services: &BTreeSet<ObjectKey>) -> Cluste
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        model::{CompileOptions, compile_at},
-        source::manifest::parse_into,
-    };
+    use crate::model::{CompileOptions, compile_at};
 
-    fn state(yaml: &str) -> ClusterState {
-        let mut s = ClusterState::default();
-        let mut d = Vec::new();
-        parse_into("test", yaml, &mut s, &mut d);
-        assert!(d.is_empty(), "fixture does not parse: {d:?}");
-        s
-    }
+    use crate::source::manifest::parse_clean as state;
 
     const BASE: &str = r#"
 apiVersion: networking.k8s.io/v1

@@ -9,6 +9,16 @@ use serde::Deserialize;
 
 use crate::model::{ClusterState, Diagnostic, ObjectKey, state::key_of};
 
+/// Tests: the state `yaml` holds, which must parse with no diagnostic.
+#[cfg(test)]
+pub fn parse_clean(yaml: &str) -> ClusterState {
+    let mut s = ClusterState::default();
+    let mut d = Vec::new();
+    parse_into("test", yaml, &mut s, &mut d);
+    assert!(d.is_empty(), "fixture does not parse: {d:?}");
+    s
+}
+
 /// Adds the objects in `text` to `state`. `origin` names the file in
 /// diagnostics (`origin#index` for a document).
 pub fn parse_into(origin: &str, text: &str, state: &mut ClusterState, diags: &mut Vec<Diagnostic>) {

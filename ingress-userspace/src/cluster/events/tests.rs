@@ -6,7 +6,6 @@ use super::*;
 use crate::{
     cluster::access::{ACCESS, Scope},
     model::{CompileOptions, Severity, compile, reason},
-    source::manifest::parse_into,
 };
 
 const YAML: &str = r#"
@@ -31,13 +30,7 @@ spec:
       - {path: /x, pathType: Prefix, backend: {service: {name: gone, port: {number: 80}}}}
 "#;
 
-fn state(yaml: &str) -> ClusterState {
-    let mut s = ClusterState::default();
-    let mut d = Vec::new();
-    parse_into("test", yaml, &mut s, &mut d);
-    assert!(d.is_empty(), "{d:?}");
-    s
-}
+use crate::source::manifest::parse_clean as state;
 
 fn problem(name: &str, reason: &'static str, message: &str) -> Problem {
     Problem {

@@ -1,16 +1,7 @@
 use super::*;
-use crate::{
-    model::{RouteTarget, Severity, reason},
-    source::manifest::parse_into,
-};
+use crate::model::{RouteTarget, Severity, reason};
 
-fn state(yaml: &str) -> ClusterState {
-    let mut s = ClusterState::default();
-    let mut d = Vec::new();
-    parse_into("test", yaml, &mut s, &mut d);
-    assert!(d.is_empty(), "fixture does not parse: {d:?}");
-    s
-}
+use crate::source::manifest::parse_clean as state;
 
 fn opts() -> CompileOptions {
     CompileOptions {

@@ -1,13 +1,6 @@
 use super::*;
-use crate::source::manifest::parse_into;
 
-fn state(yaml: &str) -> ClusterState {
-    let mut s = ClusterState::default();
-    let mut d = Vec::new();
-    parse_into("test", yaml, &mut s, &mut d);
-    assert!(d.is_empty(), "fixture does not parse: {d:?}");
-    s
-}
+use crate::source::manifest::parse_clean as state;
 
 fn opts() -> L4Options {
     L4Options {
