@@ -102,6 +102,7 @@ async fn run_async(opts: RunOpts) -> anyhow::Result<()> {
     let dp_config = DatapathConfig {
         interfaces: opts.interfaces.clone(),
         xdp_mode: opts.xdp_mode,
+        tc_attach: opts.tc_attach,
         load: load_options(&opts),
     };
     let mut collector = DatapathCollector::default();

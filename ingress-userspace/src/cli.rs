@@ -365,6 +365,13 @@ pub struct RunOpts {
     #[arg(long, value_enum, default_value_t = XdpModeArg::Native)]
     pub xdp_mode: XdpModeArg,
 
+    /// How the TC egress program attaches: `tcx` (a bpf link pinned under
+    /// --bpffs-dir, Linux 6.6+), `netlink` (a cls_bpf direct-action filter
+    /// on the clsact egress hook at the agent's fixed priority and handle,
+    /// any kernel from 5.10) or `auto` (tcx from 6.6, netlink below).
+    #[arg(long, value_enum, default_value_t = TcAttachArg::Auto)]
+    pub tc_attach: TcAttachArg,
+
     /// Address of the admin listener (/healthz, /readyz, /metrics).
     #[arg(long, default_value = "127.0.0.1:9100")]
     pub admin_listen: SocketAddr,
@@ -439,6 +446,13 @@ pub enum XdpModeArg {
     Native,
     Skb,
     Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TcAttachArg {
+    Auto,
+    Tcx,
+    Netlink,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -674,6 +688,7 @@ mod tests {
         let o = run_opts(&[]).unwrap();
         assert!(o.interfaces.is_empty());
         assert_eq!(o.xdp_mode, XdpModeArg::Native);
+        assert_eq!(o.tc_attach, TcAttachArg::Auto);
         assert_eq!(o.admin_listen, "127.0.0.1:9100".parse().unwrap());
         assert_eq!(o.http_listen, "0.0.0.0:80".parse().unwrap());
         assert_eq!(o.https_listen, Listen(Some("0.0.0.0:443".parse().unwrap())));
@@ -718,15 +733,19 @@ mod tests {
             "eth1",
             "--xdp-mode",
             "skb",
+            "--tc-attach",
+            "netlink",
         ])
         .unwrap();
         assert_eq!(o.interfaces, ["eth0", "eth1"]);
         assert_eq!(o.xdp_mode, XdpModeArg::Skb);
+        assert_eq!(o.tc_attach, TcAttachArg::Netlink);
     }
 
     #[test]
     fn bad_values_are_refused() {
         assert!(run_opts(&["--xdp-mode", "turbo"]).is_err());
+        assert!(run_opts(&["--tc-attach", "ebpf"]).is_err());
         assert!(run_opts(&["--interface", "a-name-that-is-too-long"]).is_err());
         assert!(run_opts(&["--interface", "a/b"]).is_err());
         assert!(run_opts(&["--admin-listen", "nowhere"]).is_err());

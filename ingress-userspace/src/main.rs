@@ -35,7 +35,17 @@ fn main() -> ExitCode {
             Ok(false) => return ExitCode::from(1),
             Err(e) => Err(e),
         },
-        cli::Command::Bpf(cmd) => inspect::run(&cmd),
+        cli::Command::Bpf(cmd) => {
+            if let cli::BpfCommand::Detach(d) = &cmd {
+                // Netlink TC filters are no pins: removed by their markers,
+                // before the pin directory (and the markers) go.
+                let layout = ingress_userspace::datapath::pin::PinLayout::new(d.bpffs_dir.clone());
+                for iface in ingress_userspace::datapath::tc_attach::detach_marked(&layout) {
+                    println!("removed the TC egress filter of {iface}");
+                }
+            }
+            inspect::run(&cmd)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,7 +18,7 @@ use std::{
 use support::{
     Namespaces, TempDir, attached_programs, in_netns, ingress_bin,
     nodeport::{assert_no_packet_filter_rules, noop_on_bridge_port, two_node_testbed},
-    run_to_exit, sh, start_agent,
+    run_to_exit, sh, start_agent, tc_filters,
 };
 use xtask::testbed::traffic::{
     http_echo_server, tcp_echo_server, tcp_round_trips, udp_echo_server, udp_round_trips,
@@ -371,7 +371,40 @@ fn established_flows_survive_an_agent_restart_native() {
     restart("native");
 }
 
+/// The same with TC egress as a netlink cls_bpf filter (what kernels
+/// without TCX get): the restarted agent replaces the program in the
+/// filter it finds at its fixed slot, so exactly one filter stays.
+#[test]
+fn established_flows_survive_an_agent_restart_netlink() {
+    restart_with("skb", "netlink");
+}
+
 fn restart(mode: &str) {
+    restart_with(mode, "auto");
+}
+
+/// What runs on `iface` of `ns`: (XDP programs, TC egress programs), the
+/// latter TCX links or, with `tc_attach` netlink, the agent's cls_bpf
+/// filters (then no TCX link may be there).
+fn attached_with(ns: &str, iface: &str, tc_attach: &str) -> (usize, usize) {
+    let (xdp, tcx) = attached_programs(ns, iface);
+    if tc_attach != "netlink" {
+        return (xdp, tcx);
+    }
+    assert_eq!(tcx, 0, "a TCX link in netlink mode");
+    let filters = tc_filters(ns, iface);
+    for f in &filters {
+        assert!(
+            f.contains("pref 7765")
+                && f.contains("handle 0x1e55")
+                && f.contains("ingress_tc_egress"),
+            "a filter outside the agent's slot: {filters:?}"
+        );
+    }
+    (xdp, filters.len())
+}
+
+fn restart_with(mode: &str, tc_attach: &str) {
     let ns = two_node_testbed();
     let name = |r: &str| ns.name(r).to_string();
     let (node, client, worker, pod) = (name("node"), name("client"), name("worker"), name("pod"));
@@ -380,7 +413,7 @@ fn restart(mode: &str) {
     dir.write("web.yaml", TWO_NODES);
     let pins = PinDir(xtask::testbed::agent::bpffs_test_dir());
     let pins_s = pins.0.display().to_string();
-    let pin_args = ["--bpffs-dir", pins_s.as_str()];
+    let pin_args = ["--bpffs-dir", pins_s.as_str(), "--tc-attach", tc_attach];
 
     // Before any agent ran, `ingress bpf` says there is nothing.
     let (code, _, err) = bpf(&pins.0, &["flows"]);
@@ -459,7 +492,11 @@ fn restart(mode: &str) {
     let (status, log) = first.stop(libc::SIGTERM);
     let stopped_in = stopping.elapsed();
     assert!(status.success(), "{status}: {log}");
-    assert_eq!(attached_programs(&node, "eth0"), (1, 1), "left attached");
+    assert_eq!(
+        attached_with(&node, "eth0", tc_attach),
+        (1, 1),
+        "left attached"
+    );
     assert_eq!(exchange(&mut local, "between 1"), Ok("edge".into()));
     assert_eq!(exchange(&mut remote, "between 2"), Ok("worker".into()));
 
@@ -473,7 +510,7 @@ fn restart(mode: &str) {
         starting.elapsed()
     );
     assert_eq!(
-        attached_programs(&node, "eth0"),
+        attached_with(&node, "eth0", tc_attach),
         (1, 1),
         "one program per hook"
     );
@@ -482,6 +519,9 @@ fn restart(mode: &str) {
     let log = second.take_output();
     assert!(log.contains("adopting pinned state maps"), "{log}");
     assert!(log.contains("replaced in the pinned link"), "{log}");
+    if tc_attach == "netlink" {
+        assert!(log.contains("replaced in the agent's filter"), "{log}");
+    }
     // New connections work too.
     let fresh = in_netns(&client, || {
         let mut s = TcpStream::connect_timeout(&sa("198.18.0.1:30080"), Duration::from_secs(3))
@@ -500,11 +540,19 @@ fn restart(mode: &str) {
     assert!(status.success(), "{status}: {log}");
 
     // `ingress bpf detach` removes it all.
-    assert_eq!(attached_programs(&node, "eth0"), (1, 1));
-    let (code, out, err) = bpf(&pins.0, &["detach"]);
+    assert_eq!(attached_with(&node, "eth0", tc_attach), (1, 1));
+    // In the node's namespace, where the netlink filter is.
+    let pins_path = pins.0.clone();
+    let (code, out, err) = in_netns(&node, move || bpf(&pins_path, &["detach"]));
     assert_eq!(code, Some(0), "{out}{err}");
+    if tc_attach == "netlink" {
+        assert!(
+            out.contains("removed the TC egress filter of eth0"),
+            "{out}"
+        );
+    }
     assert_eq!(
-        attached_programs(&node, "eth0"),
+        attached_with(&node, "eth0", tc_attach),
         (0, 0),
         "nothing attached after ingress bpf detach"
     );

@@ -7,7 +7,8 @@
 //! `target/kernels/`, the machine's left untouched), the kernel image is
 //! taken out of it, and booted with a small initramfs (busybox, the
 //! `kernel_check` example, the `l4_fixtures` test binary, their shared
-//! libraries, `ip`, and the kernel's own veth module) with no network device,
+//! libraries, `ip`, and the kernel's own veth, `sch_ingress` (clsact) and
+//! `cls_bpf` modules) with no network device,
 //! the console on serial. What the guest prints (`kernels: ...` lines, the
 //! test harness's summary) is read back from the serial log. The machine's
 //! own kernel runs the same two binaries directly.
@@ -88,6 +89,9 @@ pub struct KernelResult {
     pub fixtures: Option<(u32, u32)>,
     /// Names of failed fixtures.
     pub failed: Vec<String>,
+    /// The attach checks (`kernel_check`'s `attach` lines): the TC attach
+    /// mode and, if it failed, why.
+    pub attach: Vec<(String, Option<String>)>,
     /// Whether the guest reached its last line.
     pub finished: bool,
 }
@@ -100,10 +104,12 @@ pub enum ProgramOutcome {
 }
 
 impl KernelResult {
-    /// Whether every program verified and (unless `verify_only`) every
-    /// fixture passed.
+    /// Whether every program verified, the attach checks ran and passed,
+    /// and (unless `verify_only`) every fixture passed.
     pub fn passed(&self, verify_only: bool) -> bool {
         self.finished
+            && !self.attach.is_empty()
+            && self.attach.iter().all(|(_, failed)| failed.is_none())
             && self
                 .programs
                 .iter()
@@ -136,6 +142,17 @@ pub fn parse_output(out: &str) -> KernelResult {
             };
             if let Some(slot) = result.programs.iter_mut().find(|(p, _)| p == name) {
                 slot.1 = Some(outcome);
+            }
+        } else if let Some(rest) = find_after(line, "kernels: attach ") {
+            let Some((mode, what)) = rest.split_once(' ') else {
+                continue;
+            };
+            if what.starts_with("ok:") {
+                result.attach.push((mode.to_string(), None));
+            } else if let Some(why) = what.strip_prefix("failed: ") {
+                result
+                    .attach
+                    .push((mode.to_string(), Some(why.trim().to_string())));
             }
         } else if let Some(rest) = find_after(line, "kernels: log ") {
             result.log.push(rest.to_string());
@@ -221,7 +238,7 @@ pub fn table(rows: &[(String, KernelResult)]) -> String {
     let mut out = String::new();
     let header: Vec<String> = std::iter::once("kernel".to_string())
         .chain(PROGRAMS.iter().map(|p| p.to_string()))
-        .chain(std::iter::once("l4_fixtures".to_string()))
+        .chain(["attach".to_string(), "l4_fixtures".to_string()])
         .collect();
     let mut lines = vec![header];
     for (label, r) in rows {
@@ -234,6 +251,18 @@ pub fn table(rows: &[(String, KernelResult)]) -> String {
                 None => "-".into(),
             });
         }
+        cells.push(if r.attach.is_empty() {
+            "-".into()
+        } else {
+            r.attach
+                .iter()
+                .map(|(mode, failed)| match failed {
+                    None => format!("{mode} ok"),
+                    Some(_) => format!("{mode} FAILED"),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
         cells.push(match r.fixtures {
             Some((p, f)) => format!("{p} passed, {f} failed"),
             None if r.finished => "not run".into(),
@@ -341,6 +370,11 @@ pub fn run(only: &[String], verify_only: bool) -> anyhow::Result<()> {
         }
         for line in &r.log {
             println!("{label}:   {line}");
+        }
+        for (mode, failed) in &r.attach {
+            if let Some(why) = failed {
+                println!("{label}: attach {mode} failed: {why}");
+            }
         }
         for name in &r.failed {
             println!("{label}: fixture failed: {name}");
@@ -553,7 +587,7 @@ mount -t tmpfs run /run
 mkdir -p /var
 ln -s /run /var/run
 mount -t bpf bpf /sys/fs/bpf
-insmod /modules/veth.ko* 2>/dev/null
+for m in veth sch_ingress cls_bpf; do insmod /modules/$m.ko* 2>/dev/null; done
 ip link set lo up
 echo "kernels: uname $(uname -r)"
 if grep -q kernels.verify_only /proc/cmdline; then
@@ -612,12 +646,20 @@ fn initramfs(
             fs::copy(&lib, &dest).with_context(|| format!("copying {}", lib.display()))?;
         }
     }
-    // Compressed on some kernels; the namespace fixtures need it.
-    for name in ["veth.ko", "veth.ko.xz"] {
-        let veth = kernel.modules.join("kernel/drivers/net").join(name);
-        if veth.exists() {
-            fs::copy(&veth, stage.join("modules").join(name))
-                .with_context(|| format!("copying {}", veth.display()))?;
+    // Compressed on some kernels; the namespace fixtures need veth, the
+    // attach check the clsact qdisc and the bpf classifier too (modules in
+    // Debian's builds).
+    for (dir, module) in [
+        ("drivers/net", "veth"),
+        ("net/sched", "sch_ingress"),
+        ("net/sched", "cls_bpf"),
+    ] {
+        for name in [format!("{module}.ko"), format!("{module}.ko.xz")] {
+            let from = kernel.modules.join("kernel").join(dir).join(&name);
+            if from.exists() {
+                fs::copy(&from, stage.join("modules").join(&name))
+                    .with_context(|| format!("copying {}", from.display()))?;
+            }
         }
     }
     let init = stage.join("init");
@@ -713,6 +755,7 @@ kernels: log BPF program is too large. Processed 1000001 insn\r
 kernels: program ingress_tc_egress verified ?\r
 kernels: program ingress_xdp_icmp6 verified 64572\r
 kernels: program ingress_tc_icmp6 verified 58575\r
+kernels: attach netlink ok: 3 frames a step counted once each (attached, kept, adopted; twice with a second filter), none after detach\r
 test l4::new_flow ... ok\r
 test l4::icmp ... FAILED\r
 test result: FAILED. 26 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 3.2s\r
@@ -731,6 +774,7 @@ kernels: done\r
         assert_eq!(r.log.len(), 2);
         assert_eq!(r.fixtures, Some((26, 1)));
         assert_eq!(r.failed, ["l4::icmp"]);
+        assert_eq!(r.attach, [("netlink".to_string(), None)]);
         assert!(r.finished);
         assert!(!r.passed(false));
         assert!(!r.passed(true));
@@ -747,6 +791,7 @@ kernels: done\r
             kernels: program ingress_tc_egress+snat verified 6\n\
             kernels: program ingress_xdp_icmp6+snat verified 7\n\
             kernels: program ingress_tc_icmp6+snat verified 8\n\
+            kernels: attach netlink ok: 9 frames\n\
             test result: ok. 27 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out\n\
             kernels: done\n";
         assert!(parse_output(ok).passed(false));
@@ -762,6 +807,15 @@ kernels: done\r
         assert!(!parse_output(&verified).passed(false));
         let half = verified.replace("kernels: program ingress_xdp+snat verified 5\n", "");
         assert!(!parse_output(&half).passed(true));
+        let unattached = verified.replace("kernels: attach netlink ok: 9 frames\n", "");
+        assert!(!parse_output(&unattached).passed(true));
+        let failed = verified.replace(
+            "attach netlink ok: 9 frames",
+            "attach netlink failed: after the restart: 3 frames counted 6 times",
+        );
+        let r = parse_output(&failed);
+        assert!(!r.passed(true));
+        assert!(r.attach[0].1.as_deref().unwrap().contains("6 times"));
     }
 
     #[test]
@@ -792,5 +846,7 @@ kernels: done\r
         assert!(lines[1].contains("REJECTED"));
         assert!(lines[1].contains("64572 insns"));
         assert!(lines[1].contains("26 passed, 1 failed"));
+        assert!(lines[0].contains("attach"));
+        assert!(lines[1].contains("netlink ok"));
     }
 }

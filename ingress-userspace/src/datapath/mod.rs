@@ -10,6 +10,7 @@ pub mod l4sync;
 pub mod object;
 pub mod pin;
 pub mod privileges;
+pub mod tc_attach;
 pub mod xdp_query;
 
 use std::{
@@ -39,7 +40,7 @@ use pin::PinLayout;
 use thiserror::Error;
 use tokio::io::{Interest, unix::AsyncFd};
 
-use crate::cli::XdpModeArg;
+use crate::cli::{TcAttachArg, XdpModeArg};
 use counters::{CounterMap, Hook};
 
 #[derive(Debug, Error)]
@@ -111,6 +112,8 @@ pub enum DatapathError {
 pub struct DatapathConfig {
     pub interfaces: Vec<String>,
     pub xdp_mode: XdpModeArg,
+    /// TCX link or netlink filter (see [`tc_attach`]).
+    pub tc_attach: TcAttachArg,
     pub load: LoadOptions,
 }
 
@@ -400,10 +403,36 @@ fn interface_exists(name: &str) -> bool {
 struct HeldLink {
     hook: &'static str,
     interface: String,
-    link: FdLink,
+    link: Held,
+    /// The link's pin, or a netlink filter's marker.
     pin: Option<std::path::PathBuf>,
     /// Made by this agent (not adopted from a pin).
     created: bool,
+}
+
+/// A bpf link, or a netlink TC filter (no link: see [`tc_attach`]).
+enum Held {
+    Link(FdLink),
+    Filter(tc_attach::Filter),
+}
+
+impl Held {
+    /// Detaches unless pinned (a link) or persistent (a filter).
+    fn release(self) {
+        match self {
+            // Closing the last reference to the link detaches it.
+            Held::Link(l) => drop(l),
+            Held::Filter(f) => drop(f),
+        }
+    }
+
+    /// Detaches, pinned or not (the caller removes the pin).
+    fn detach(self) {
+        match self {
+            Held::Link(l) => drop(l),
+            Held::Filter(f) => f.detach(),
+        }
+    }
 }
 
 /// The hook names links are pinned under.
@@ -474,10 +503,21 @@ impl Datapath {
             self.release_other_links(layout);
         }
         if result.is_err() {
-            // Links this agent made go again; adopted ones keep serving.
+            // Links and filters this agent made go again; adopted ones keep
+            // serving.
             for l in std::mem::take(&mut self.links) {
-                if let (true, Some(p)) = (l.created, &l.pin) {
-                    let _ = pin::remove_file(p);
+                match (l.created, l.link, &l.pin) {
+                    (true, Held::Filter(f), pin) => {
+                        f.detach();
+                        if let Some(p) = pin {
+                            let _ = tc_attach::unmark(p);
+                        }
+                    }
+                    (true, link, Some(p)) => {
+                        let _ = pin::remove_file(p);
+                        link.release();
+                    }
+                    (_, link, _) => link.release(),
                 }
             }
         }
@@ -486,15 +526,26 @@ impl Datapath {
 
     fn attach_all(&mut self, config: &DatapathConfig) -> Result<(), DatapathError> {
         let (mode, mode_name) = xdp_mode(config.xdp_mode);
+        let tc_mode = tc_attach::resolve(config.tc_attach, tc_attach::running_kernel());
         let pins = config.load.pins.clone();
         for iface in &config.interfaces {
             let pin_path = pins.as_ref().map(|l| l.link(XDP_HOOK, iface));
             let (link, how) = self.attach_xdp(iface, mode, mode_name, pin_path.as_deref())?;
             self.hold(XDP_HOOK, iface, link, pin_path)?;
-            let pin_path = pins.as_ref().map(|l| l.link(TC_HOOK, iface));
-            let (link, tc_how) = self.attach_tc(iface, pin_path.as_deref())?;
-            self.hold(TC_HOOK, iface, link, pin_path)?;
-            tracing::info!(interface = %iface, xdp_mode = mode_name, xdp = how, tc_egress = tc_how, "XDP and TC egress attached");
+            let tc_how = match tc_mode {
+                tc_attach::TcMode::Tcx => {
+                    let pin_path = pins.as_ref().map(|l| l.link(TC_HOOK, iface));
+                    let (link, tc_how) = self.attach_tc(iface, pin_path.as_deref())?;
+                    self.hold(TC_HOOK, iface, link, pin_path)?;
+                    tc_how
+                }
+                tc_attach::TcMode::Netlink => {
+                    let marker = pins.as_ref().map(|l| tc_attach::marker(l, iface));
+                    self.attach_tc_filter(iface, marker)?
+                }
+            };
+            tracing::info!(interface = %iface, xdp_mode = mode_name, xdp = how,
+                tc_attach = tc_mode.name(), tc_egress = tc_how, "XDP and TC egress attached");
         }
         Ok(())
     }
@@ -508,6 +559,17 @@ impl Datapath {
         for e in entries.flatten() {
             let path = e.path();
             if self.links.iter().any(|l| l.pin.as_deref() == Some(&path)) {
+                continue;
+            }
+            if tc_attach::marked_interface(&path).is_some() {
+                // A netlink filter of another interface, or of this one
+                // when TC egress now attaches through TCX.
+                match tc_attach::release(&path) {
+                    Ok(_) => {
+                        tracing::info!(marker = %path.display(), "removed the TC filter of an interface no longer given")
+                    }
+                    Err(error) => tracing::warn!(%error, "removing a TC filter"),
+                }
                 continue;
             }
             match pin::remove_file(&path) {
@@ -542,7 +604,7 @@ impl Datapath {
         self.links.push(HeldLink {
             hook,
             interface: iface.to_string(),
-            link,
+            link: Held::Link(link),
             pin,
             created,
         });
@@ -648,29 +710,71 @@ impl Datapath {
         ))
     }
 
+    /// Attaches TC egress as a netlink filter at the agent's slot (see
+    /// [`tc_attach`]): replaces the program of the filter a previous agent
+    /// left, or makes one; marks it under the pin directory, if any.
+    fn attach_tc_filter(
+        &mut self,
+        iface: &str,
+        marker: Option<std::path::PathBuf>,
+    ) -> Result<&'static str, DatapathError> {
+        let tc = self.programs.tc()?;
+        let (filter, replaced) =
+            tc_attach::attach(tc, iface, marker.is_some()).map_err(|source| {
+                DatapathError::AttachTc {
+                    interface: iface.to_string(),
+                    source,
+                }
+            })?;
+        // Held first, so that a failed attach removes a filter made here.
+        self.links.push(HeldLink {
+            hook: TC_HOOK,
+            interface: iface.to_string(),
+            link: Held::Filter(filter),
+            pin: marker.clone(),
+            created: !replaced,
+        });
+        if let Some(m) = &marker {
+            tc_attach::mark(m)?;
+        }
+        Ok(if replaced {
+            "replaced in the agent's filter"
+        } else {
+            "new filter"
+        })
+    }
+
     /// Leaves the programs attached and the maps pinned (a restarted agent
     /// adopts them). Links that are not pinned detach as they drop.
-    pub fn keep(self) {
-        for l in &self.links {
-            match &l.pin {
-                Some(p) => {
+    pub fn keep(mut self) {
+        for l in std::mem::take(&mut self.links) {
+            match (&l.pin, &l.link) {
+                (Some(p), Held::Link(_)) => {
                     tracing::info!(interface = %l.interface, hook = l.hook, pin = %p.display(), "left attached (pinned)")
                 }
-                None => tracing::info!(interface = %l.interface, hook = l.hook, "detached"),
+                (Some(_), Held::Filter(_)) => {
+                    tracing::info!(interface = %l.interface, hook = l.hook,
+                        priority = tc_attach::FILTER_PRIORITY, handle = %format!("{:#x}", u32::from(tc_attach::FILTER_HANDLE)),
+                        "left attached (netlink filter)")
+                }
+                (None, _) => tracing::info!(interface = %l.interface, hook = l.hook, "detached"),
             }
+            l.link.release();
         }
     }
 
     /// Detaches every program from every interface and removes the pins.
     pub fn detach(mut self) {
         for l in std::mem::take(&mut self.links) {
-            if let Some(p) = &l.pin
-                && let Err(e) = pin::remove_file(p)
-            {
+            let unpinned = match (&l.pin, &l.link) {
+                (Some(p), Held::Link(_)) => pin::remove_file(p),
+                (Some(m), Held::Filter(_)) => tc_attach::unmark(m),
+                (None, _) => Ok(()),
+            };
+            if let Err(e) = unpinned {
                 tracing::warn!(interface = %l.interface, hook = l.hook, error = %e, "unpinning");
             }
-            // Closing the last reference to the link detaches it.
-            drop(l.link);
+            l.link.detach();
             tracing::info!(interface = %l.interface, hook = l.hook, "detached");
         }
         if let Some(layout) = &self.programs.options.pins {

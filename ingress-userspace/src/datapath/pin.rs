@@ -8,6 +8,7 @@
 //! DIR/v1/maps/XDP_CALLS TC_CALLS                                       program arrays: adopted, slots rewritten
 //! DIR/v1/maps/L4_SERVICES L4_BACKENDS L4_MAGLEV L4_PORTS L4_SOURCE_RANGES  config: rebuilt, then re-pinned
 //! DIR/v1/links/xdp@IFACE tc_egress@IFACE                                links: program replaced in place
+//! DIR/v1/links/tc_netlink@IFACE                                         an empty directory: a netlink TC filter (see tc_attach)
 //! ```
 //!
 //! The version directory changes whenever a pinned map's layout changes, so
@@ -139,6 +140,13 @@ impl PinLayout {
             }),
         }
     }
+}
+
+/// A link pin's file name (see [`PinLayout::link`]) split into its hook and
+/// interface.
+pub fn parse_link_name(name: &str) -> Option<(String, String)> {
+    let (hook, iface) = name.split_once('@')?;
+    (!hook.is_empty() && !iface.is_empty()).then(|| (hook.to_string(), iface.replace("%2E", ".")))
 }
 
 /// What a map looks like to the kernel.
@@ -360,6 +368,12 @@ mod tests {
             l.link("xdp", "eth0"),
             Path::new("/sys/fs/bpf/ingress-ebpf/v1/links/xdp@eth0")
         );
+        assert_eq!(
+            parse_link_name("tc_egress@eth0%2E100"),
+            Some(("tc_egress".into(), "eth0.100".into()))
+        );
+        assert_eq!(parse_link_name("staged@"), None);
+        assert_eq!(parse_link_name("L4_FLOWS"), None);
     }
 
     #[test]

@@ -55,6 +55,20 @@ pub fn attached_programs(ns: &str, iface: &str) -> (usize, usize) {
     (xdp, tc)
 }
 
+/// The cls_bpf filters on `iface`'s egress hook in `ns`, one line each
+/// (`tc filter show`'s lines with a handle), none without a clsact qdisc.
+pub fn tc_filters(ns: &str, iface: &str) -> Vec<String> {
+    let out = std::process::Command::new("tc")
+        .args(["-n", ns, "filter", "show", "dev", iface, "egress"])
+        .output()
+        .expect("running tc (iproute2)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(" bpf ") && l.contains("handle"))
+        .map(String::from)
+        .collect()
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
