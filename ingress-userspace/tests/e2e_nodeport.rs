@@ -559,6 +559,81 @@ fn restart_with(mode: &str, tc_attach: &str) {
     assert!(!pins.0.exists(), "the pin directory is gone");
 }
 
+/// The netlink filter's lifetime follows the pinned links': left on both
+/// uplinks by an agent that exits (`--on-exit keep`), removed from the one
+/// the next agent is no longer given, replaced by a TCX link when an agent
+/// attaches through TCX, and gone with
+/// `--on-exit detach`.
+#[test]
+fn netlink_filters_follow_the_agents_interfaces_and_exit() {
+    let (_ns, node, _client, _pod) = node_with_pods(&["198.18.3.2/24"]);
+    let dir = TempDir::new("netlink");
+    dir.write("web.yaml", MANIFESTS);
+    let pins = PinDir(xtask::testbed::agent::bpffs_test_dir());
+    let pins_s = pins.0.display().to_string();
+    let netlink = ["--bpffs-dir", pins_s.as_str(), "--tc-attach", "netlink"];
+
+    let both = [&netlink[..], &["--interface", "eth1"]].concat();
+    let first = start_edge_agent_with(&node, "skb", &dir, &both);
+    for iface in ["eth0", "eth1"] {
+        assert_eq!(attached_with(&node, iface, "netlink"), (1, 1), "{iface}");
+        assert!(pins.0.join(format!("v1/links/tc_netlink@{iface}")).is_dir());
+    }
+    let (status, log) = first.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}: {log}");
+    assert!(log.contains("left attached (netlink filter)"), "{log}");
+    assert_eq!(attached_with(&node, "eth1", "netlink"), (1, 1), "kept");
+
+    let second = start_edge_agent_with(&node, "skb", &dir, &netlink);
+    assert_eq!(attached_with(&node, "eth0", "netlink"), (1, 1));
+    assert_eq!(
+        attached_with(&node, "eth1", "netlink"),
+        (0, 0),
+        "eth1 is no longer given"
+    );
+    assert!(!pins.0.join("v1/links/tc_netlink@eth1").exists());
+    let (status, log) = second.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}: {log}");
+    assert!(
+        log.contains("removed the TC filter of an interface no longer given"),
+        "{log}"
+    );
+
+    // TCX now: the filter goes once the link is in.
+    let third = start_edge_agent_with(
+        &node,
+        "skb",
+        &dir,
+        &[
+            "--bpffs-dir",
+            &pins_s,
+            "--tc-attach",
+            "tcx",
+            "--on-exit",
+            "detach",
+        ],
+    );
+    assert_eq!(attached_programs(&node, "eth0"), (1, 1), "a TCX link");
+    assert!(tc_filters(&node, "eth0").is_empty(), "no filter beside it");
+    let (status, log) = third.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}: {log}");
+    assert_eq!(attached_programs(&node, "eth0"), (0, 0));
+    assert!(!pins.0.exists(), "pins removed: {log}");
+
+    // And a netlink agent with --on-exit detach leaves no filter.
+    let fourth = start_edge_agent_with(
+        &node,
+        "skb",
+        &dir,
+        &[&netlink[..], &["--on-exit", "detach"]].concat(),
+    );
+    assert_eq!(attached_with(&node, "eth0", "netlink"), (1, 1));
+    let (status, log) = fourth.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}: {log}");
+    assert_eq!(attached_with(&node, "eth0", "netlink"), (0, 0));
+    assert!(!pins.0.exists(), "pins removed: {log}");
+}
+
 /// `--on-exit detach` leaves nothing attached and no pin behind.
 #[test]
 fn on_exit_detach_removes_links_and_pins() {
