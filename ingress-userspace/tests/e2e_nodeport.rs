@@ -617,6 +617,7 @@ fn netlink_filters_follow_the_agents_interfaces_and_exit() {
     assert!(tc_filters(&node, "eth0").is_empty(), "no filter beside it");
     let (status, log) = third.stop(libc::SIGTERM);
     assert!(status.success(), "{status}: {log}");
+    assert!(log.contains("TC egress is now a TCX link"), "{log}");
     assert_eq!(attached_programs(&node, "eth0"), (0, 0));
     assert!(!pins.0.exists(), "pins removed: {log}");
 

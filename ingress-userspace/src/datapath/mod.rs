@@ -493,8 +493,10 @@ impl Datapath {
     /// Attaches XDP and TC egress to every interface. Where a pinned link
     /// exists (an agent ran before), the program behind it is replaced
     /// atomically, so no packet meets an interface without a program;
-    /// otherwise a new link is made and pinned. On error, links made so far
-    /// that are not pinned detach on drop.
+    /// otherwise a new link is made and pinned. TC egress without TCX is a
+    /// netlink filter at the agent's slot, replaced in place the same way
+    /// ([`tc_attach`]). On error, links and filters made so far go again;
+    /// adopted ones keep serving.
     pub fn attach(&mut self, config: &DatapathConfig) -> Result<(), DatapathError> {
         let result = self.attach_all(config);
         if result.is_ok()
@@ -561,13 +563,16 @@ impl Datapath {
             if self.links.iter().any(|l| l.pin.as_deref() == Some(&path)) {
                 continue;
             }
-            if tc_attach::marked_interface(&path).is_some() {
+            if let Some(iface) = tc_attach::marked_interface(&path) {
                 // A netlink filter of another interface, or of this one
                 // when TC egress now attaches through TCX.
+                let why = if self.links.iter().any(|l| l.interface == iface) {
+                    "removed the TC filter of an interface whose TC egress is now a TCX link"
+                } else {
+                    "removed the TC filter of an interface no longer given"
+                };
                 match tc_attach::release(&path) {
-                    Ok(_) => {
-                        tracing::info!(marker = %path.display(), "removed the TC filter of an interface no longer given")
-                    }
+                    Ok(_) => tracing::info!(marker = %path.display(), "{why}"),
                     Err(error) => tracing::warn!(%error, "removing a TC filter"),
                 }
                 continue;
