@@ -83,6 +83,10 @@ pub enum Counter {
     /// An ICMPv6 error that should have gone to the ICMPv6 program but the
     /// tail call failed (empty program-array slot): passed untouched.
     L4Icmp6TailCallFailed = 59,
+    /// A frame for the L4 path's general program (everything but the
+    /// connection-table hit to a local IPv4 pod) whose tail call failed
+    /// (empty program-array slot): passed untouched.
+    L4TailCallFailed = 60,
 }
 
 /// Whether a counter is the total, one of the exclusive classes, or a flag.
@@ -96,7 +100,7 @@ pub enum CounterKind {
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 38] = [
+    pub const ALL: [Counter; 39] = [
         Counter::Packets,
         Counter::Ipv4Tcp,
         Counter::Ipv4Udp,
@@ -135,6 +139,7 @@ impl Counter {
         Counter::L4IcmpTranslated,
         Counter::L4Icmp6Translated,
         Counter::L4Icmp6TailCallFailed,
+        Counter::L4TailCallFailed,
     ];
 
     /// The slot in the counter array.
@@ -183,6 +188,7 @@ impl Counter {
             Counter::L4IcmpTranslated => "l4_icmp_translated",
             Counter::L4Icmp6Translated => "l4_icmp6_translated",
             Counter::L4Icmp6TailCallFailed => "l4_icmp6_tail_call_failed",
+            Counter::L4TailCallFailed => "l4_tail_call_failed",
         }
     }
 
@@ -209,7 +215,8 @@ impl Counter {
             | Counter::L4NewFlowRefused
             | Counter::L4IcmpTranslated
             | Counter::L4Icmp6Translated
-            | Counter::L4Icmp6TailCallFailed => CounterKind::Event,
+            | Counter::L4Icmp6TailCallFailed
+            | Counter::L4TailCallFailed => CounterKind::Event,
             _ => CounterKind::Class,
         }
     }

@@ -10,8 +10,13 @@ pub const L4_BACKENDS: &str = "L4_BACKENDS";
 /// Maglev slots: `service id * table size + slot` -> backend id.
 pub const L4_MAGLEV: &str = "L4_MAGLEV";
 
-/// The connection table: a flow (client -> frontend) -> [`FlowValue`].
+/// The connection table of IPv6 flows: a flow (client -> frontend) ->
+/// [`FlowValue`].
 pub const L4_FLOWS: &str = "L4_FLOWS";
+/// The connection table of IPv4 flows, keyed by the 16-byte [`FlowKeyV4`]:
+/// the hit, the commonest frame, hashes and compares less than half the
+/// bytes of a [`FlowKey`].
+pub const L4_FLOWS_V4: &str = "L4_FLOWS_V4";
 /// Reverse translation: a reply flow (pod -> client) -> [`RevValue`].
 pub const L4_REVNAT: &str = "L4_REVNAT";
 /// Port flags, indexed by port number: lets frames that can concern no
@@ -254,6 +259,65 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
+/// An IPv4 flow's key in [`L4_FLOWS_V4`]: [`FlowKey`] with 4-byte
+/// addresses. Aligned to 8 like it, for the same wide stores.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKeyV4 {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    /// Network byte order.
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl FlowKeyV4 {
+    /// The IPv4 key of `k`, when both its addresses are IPv4-mapped (an
+    /// IPv4 flow); `None` for an IPv6 flow.
+    pub fn of(k: &FlowKey) -> Option<Self> {
+        let mut n = FlowKeyV4 {
+            src: [0; 4],
+            dst: [0; 4],
+            sport: 0,
+            dport: 0,
+            proto: 0,
+            _pad: [0; 3],
+        };
+        n.narrow(k).then_some(n)
+    }
+
+    /// Writes the IPv4 key of `k` over this one, field by field (no
+    /// temporary: the eBPF programs write it in map memory); false, and
+    /// this key untouched, for an IPv6 flow.
+    #[inline(always)]
+    pub fn narrow(&mut self, k: &FlowKey) -> bool {
+        if !is_v4_mapped(&k.src) || !is_v4_mapped(&k.dst) {
+            return false;
+        }
+        self.src = [k.src[12], k.src[13], k.src[14], k.src[15]];
+        self.dst = [k.dst[12], k.dst[13], k.dst[14], k.dst[15]];
+        self.sport = k.sport;
+        self.dport = k.dport;
+        self.proto = k.proto;
+        self._pad = [0; 3];
+        true
+    }
+
+    /// The same flow as a [`FlowKey`] (addresses IPv4-mapped).
+    pub fn widen(&self) -> FlowKey {
+        FlowKey {
+            src: v4_mapped(self.src),
+            dst: v4_mapped(self.dst),
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// Where a flow was sent: the backend's address, not its id, so that an id
 /// reused later never captures an old flow.
 #[repr(C)]
@@ -319,6 +383,7 @@ pub fn flow_hash(k: &FlowKey) -> u64 {
 #[cfg(feature = "user")]
 mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowKeyV4 {}
     unsafe impl aya::Pod for super::RangeKey {}
     unsafe impl aya::Pod for super::AffinityKey {}
     unsafe impl aya::Pod for super::AffinityValue {}
@@ -340,10 +405,36 @@ mod tests {
         assert_eq!(core::mem::size_of::<ServiceValue>(), 16);
         assert_eq!(core::mem::size_of::<BackendValue>(), 20);
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
+        assert_eq!(core::mem::size_of::<FlowKeyV4>(), 16);
         assert_eq!(core::mem::size_of::<FlowValue>(), 28);
         assert_eq!(core::mem::size_of::<RevValue>(), 44);
         assert_eq!(core::mem::size_of::<AffinityKey>(), 20);
         assert_eq!(core::mem::size_of::<AffinityValue>(), 32);
+    }
+
+    #[test]
+    fn ipv4_flows_narrow_to_their_own_key_and_back() {
+        let k = FlowKey {
+            src: v4_mapped([198, 18, 0, 2]),
+            dst: v4_mapped([198, 18, 0, 1]),
+            sport: 40000u16.to_be(),
+            dport: 30080u16.to_be(),
+            proto: PROTO_TCP,
+            _pad: [0; 3],
+        };
+        let n = FlowKeyV4::of(&k).expect("an IPv4 flow");
+        assert_eq!(n.src, [198, 18, 0, 2]);
+        assert_eq!(n.dst, [198, 18, 0, 1]);
+        assert_eq!((n.sport, n.dport, n.proto), (k.sport, k.dport, k.proto));
+        assert_eq!(n.widen(), k);
+        // An IPv6 flow, or one with a single IPv4-mapped address (spoofed),
+        // has no IPv4 key.
+        let mut v6 = k;
+        v6.src = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        assert_eq!(FlowKeyV4::of(&v6), None);
+        v6 = k;
+        v6.dst[0] = 0xfd;
+        assert_eq!(FlowKeyV4::of(&v6), None);
     }
 
     #[test]

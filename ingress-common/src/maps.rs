@@ -24,3 +24,17 @@ pub const TC_CALLS: &str = "TC_CALLS";
 pub const CALL_SLOTS: u32 = 4;
 /// The slot of the ICMPv6 program in each program array.
 pub const CALL_ICMP6: u32 = 0;
+/// The slots of the L4 path's general and new-flow programs in
+/// [`XDP_CALLS`].
+pub const CALL_L4: u32 = 1;
+pub const CALL_L4_NEW: u32 = 2;
+/// The L4 path's general program, reached by a tail call from the main XDP
+/// program for every frame to a frontend or SNAT port but the commonest (a
+/// connection-table hit to a local IPv4 pod, handled in the main program):
+/// a program of its own, verified apart, so that neither comes near the
+/// verifier's million instructions.
+pub const XDP_L4_PROGRAM: &str = "ingress_xdp_l4";
+/// The new-flow program, tail-called by the general one for flows the
+/// connection table does not know (Maglev, the SNAT port search): verified
+/// apart again, with a single path leading in.
+pub const XDP_L4_NEW_PROGRAM: &str = "ingress_xdp_l4_new";

@@ -38,12 +38,13 @@ use ingress_common::{
         AffinityKey, AffinityValue, BACKEND_LOCAL, BACKEND_TERMINATING, BackendValue,
         CLOSE_TIMEOUT_S, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES,
         DEFAULT_MAX_SOURCE_RANGES, DEFAULT_NEW_FLOW_RATE, DEFAULT_SNAT_PORT_MIN,
-        DEFAULT_SNAT_PORT_SPAN, FlowKey, FlowValue, NO_BACKEND, PORT_BACKEND, PORT_FRONTEND,
-        RANGE_ID_BITS, REV_REMOTE, RangeKey, RevValue, SNAT_PROBES, SVC_CLIENT_AFFINITY,
-        SVC_SOURCE_RANGES, ServiceKey, ServiceValue, SnatProbe, flow_hash, is_v4_mapped,
-        snat_probe, v4_mapped,
+        DEFAULT_SNAT_PORT_SPAN, FlowKey, FlowKeyV4, FlowValue, NO_BACKEND, PORT_BACKEND,
+        PORT_FRONTEND, RANGE_ID_BITS, REV_REMOTE, RangeKey, RevValue, SNAT_PROBES,
+        SVC_CLIENT_AFFINITY, SVC_SOURCE_RANGES, ServiceKey, ServiceValue, SnatProbe, flow_hash,
+        is_v4_mapped, snat_probe, v4_mapped,
     },
     maglev::DEFAULT_TABLE_SIZE,
+    maps::{CALL_L4, CALL_L4_NEW},
     nat::{
         End, FrameMut, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, decrement_hop_limit_v6,
         decrement_ttl_v4, rewrite_v4, rewrite_v6, tcp_rst_v4, tcp_rst_v6,
@@ -51,7 +52,7 @@ use ingress_common::{
     parse::{Class, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IpVersion, Parsed, parse, read16},
 };
 
-use crate::{frame::PacketBounds, observe::PARSE_WINDOW, stats::bump};
+use crate::{frame::PacketBounds, icmp6::XDP_CALLS, observe::PARSE_WINDOW, stats::bump};
 
 #[map(name = "L4_SERVICES")]
 static SERVICES: HashMap<ServiceKey, ServiceValue> =
@@ -68,9 +69,28 @@ static MAGLEV: Array<u32> = Array::with_max_entries(
     aya_ebpf::bindings::BPF_F_MMAPABLE,
 );
 
+/// The connection table of IPv6 flows.
 #[map(name = "L4_FLOWS")]
 pub(crate) static FLOWS: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// The connection table of IPv4 flows: a 16-byte key, where the IPv6
+/// table's is 40 bytes, which the kernel hashes and compares on every
+/// lookup (most of what a connection-table hit costs).
+#[map(name = "L4_FLOWS_V4")]
+pub(crate) static FLOWS_V4: LruHashMap<FlowKeyV4, FlowValue> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// Records `flow` in the connection table of its IP version (an IPv4
+/// flow's key is narrowed into `key4` first).
+#[inline(always)]
+fn record_flow(flow: &FlowKey, key4: &mut FlowKeyV4, value: &FlowValue) {
+    let _ = if key4.narrow(flow) {
+        FLOWS_V4.insert(key4, value, 0)
+    } else {
+        FLOWS.insert(flow, value, 0)
+    };
+}
 
 #[map(name = "L4_REVNAT")]
 pub(crate) static REVNAT: LruHashMap<FlowKey, RevValue> =
@@ -91,6 +111,8 @@ pub struct Scratch {
     flow: FlowValue,
     rev: RevValue,
     reply: FlowKey,
+    /// A flow key narrowed for [`FLOWS_V4`] (see [`record_flow`]).
+    flow4: FlowKeyV4,
 }
 
 #[map(name = "L4_PORTS")]
@@ -127,6 +149,9 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 #[repr(C)]
 pub struct PacketState {
     pub(crate) flow: FlowKey,
+    /// An IPv4 frame's key in [`FLOWS_V4`], written first: the hit path
+    /// needs no other.
+    pub(crate) flow4: FlowKeyV4,
     pub(crate) decision: Decision,
 }
 
@@ -194,14 +219,12 @@ fn closes(tcp_flags: u8) -> bool {
     tcp_flags & (TCP_FIN | TCP_RST) != 0
 }
 
-/// Marks a flow and its reverse entry closing at the first FIN or RST
-/// from the client, in a verifier frame of its own.
+/// Marks a flow (`f`, its connection-table entry as the caller found it)
+/// and its reverse entry closing at the first FIN or RST from the client,
+/// in a verifier frame of its own.
 #[inline(never)]
-fn close_flow(flow: &FlowKey, counters: &PerCpuArray<u64>) -> u32 {
-    let Some(f) = FLOWS.get_ptr_mut(flow) else {
-        return 0;
-    };
-    // SAFETY: this map value stays valid for the rest of the run.
+fn close_flow(flow: &FlowKey, f: *mut FlowValue, counters: &PerCpuArray<u64>) -> u32 {
+    // SAFETY: a map value, valid for the rest of the run.
     let f = unsafe { &mut *f };
     if f.closed_at != 0 {
         return 0;
@@ -251,15 +274,30 @@ pub fn close_reply(reply: &FlowKey, counters: &PerCpuArray<u64>) -> u32 {
     let s = unsafe { &mut *s };
     let now = now_s();
     r.closed_at = now;
-    s.reply.src = r.client;
-    s.reply.dst = r.frontend;
-    s.reply.sport = r.client_port;
-    s.reply.dport = r.frontend_port;
-    s.reply.proto = reply.proto;
-    s.reply._pad = [0; 3];
-    if let Some(f) = FLOWS.get_ptr_mut(&s.reply) {
-        // SAFETY: as above.
-        unsafe { (*f).closed_at = now };
+    // The flow, in the table of its IP version; each arm ends with its
+    // store, so that the verifier's paths meet again right after.
+    if is_v4_mapped(&r.client) {
+        s.flow4.src = v4_of(&r.client);
+        s.flow4.dst = v4_of(&r.frontend);
+        s.flow4.sport = r.client_port;
+        s.flow4.dport = r.frontend_port;
+        s.flow4.proto = reply.proto;
+        s.flow4._pad = [0; 3];
+        if let Some(f) = FLOWS_V4.get_ptr_mut(&s.flow4) {
+            // SAFETY: as above.
+            unsafe { (*f).closed_at = now };
+        }
+    } else {
+        s.reply.src = r.client;
+        s.reply.dst = r.frontend;
+        s.reply.sport = r.client_port;
+        s.reply.dport = r.frontend_port;
+        s.reply.proto = reply.proto;
+        s.reply._pad = [0; 3];
+        if let Some(f) = FLOWS.get_ptr_mut(&s.reply) {
+            // SAFETY: as above.
+            unsafe { (*f).closed_at = now };
+        }
     }
     bump(counters, Counter::L4FlowClosing);
     1
@@ -367,6 +405,47 @@ fn flow_key<F: FrameMut>(frame: &F, p: &Parsed, key: &mut FlowKey) -> bool {
     key.dport = p.dst_port.to_be();
     put_proto(key, p.l4_proto);
     true
+}
+
+/// Writes the 5-tuple of a parsed IPv4 TCP or UDP frame into `key` with
+/// 4-byte stores (see [`put_v4_addresses`]); false when the addresses are
+/// not in the frame.
+#[inline(always)]
+fn flow_key_v4<F: FrameMut>(frame: &F, p: &Parsed, key: &mut FlowKeyV4) -> bool {
+    let Some(src) = frame.bytes::<4>(p.l3_offset + 12) else {
+        return false;
+    };
+    let Some(dst) = frame.bytes::<4>(p.l3_offset + 16) else {
+        return false;
+    };
+    let k = (key as *mut FlowKeyV4).cast::<u32>();
+    let (sport, dport) = (
+        p.src_port.to_be().to_ne_bytes(),
+        p.dst_port.to_be().to_ne_bytes(),
+    );
+    // SAFETY: `FlowKeyV4` is 16 bytes aligned to 8: src, dst, the two
+    // ports, then the protocol and its padding, each 4-byte word aligned
+    // and inside the key.
+    #[allow(clippy::cast_ptr_alignment)]
+    unsafe {
+        k.write_volatile(u32::from_ne_bytes(src));
+        k.add(1).write_volatile(u32::from_ne_bytes(dst));
+        k.add(2)
+            .write_volatile(u32::from_ne_bytes([sport[0], sport[1], dport[0], dport[1]]));
+        k.add(3)
+            .write_volatile(u32::from_ne_bytes([p.l4_proto, 0, 0, 0]));
+    }
+    true
+}
+
+/// Writes the IPv4 flow `key4` into `key` (addresses IPv4-mapped), with
+/// the stores of [`put_v4_addresses`].
+#[inline(always)]
+fn widen_key(key4: &FlowKeyV4, key: &mut FlowKey) {
+    put_v4_addresses(key, key4.src, key4.dst);
+    key.sport = key4.sport;
+    key.dport = key4.dport;
+    put_proto(key, key4.proto);
 }
 
 /// The flags byte of a TCP header (read as the 2-byte word it shares with
@@ -630,6 +709,12 @@ const _: () = {
     assert!(core::mem::offset_of!(FlowKey, src) == 0);
     assert!(core::mem::offset_of!(FlowKey, dst) == 16);
     assert!(core::mem::offset_of!(FlowKey, proto) == 36);
+    assert!(core::mem::align_of::<FlowKeyV4>() == 8);
+    assert!(core::mem::size_of::<FlowKeyV4>() == 16);
+    assert!(core::mem::offset_of!(FlowKeyV4, dst) == 4);
+    assert!(core::mem::offset_of!(FlowKeyV4, sport) == 8);
+    assert!(core::mem::offset_of!(FlowKeyV4, dport) == 10);
+    assert!(core::mem::offset_of!(FlowKeyV4, proto) == 12);
     assert!(core::mem::align_of::<FlowValue>() >= 4);
     assert!(core::mem::offset_of!(FlowValue, backend) == 0);
     assert!(core::mem::align_of::<Decision>() >= 4);
@@ -687,9 +772,128 @@ pub fn ingress<F: FrameMut>(
     if !is_tcp_udp(p) || p.ipv4_options || !may_concern_l4(p.dst_port) {
         return xdp_action::XDP_PASS;
     }
+    if p.ip == IpVersion::V4 && local_hit_v4(frame, p, counters) {
+        return xdp_action::XDP_PASS;
+    }
+    // Everything else goes the general way, in a program of its own.
+    // SAFETY: on success control goes to the general program for good.
+    unsafe { XDP_CALLS.tail_call(ctx, CALL_L4) };
+    bump(counters, Counter::L4TailCallFailed);
+    xdp_action::XDP_PASS
+}
+
+/// The commonest frame, an established IPv4 flow to a pod on this node that
+/// neither closes nor reopens it, translated in the main program: one
+/// lookup with the 16-byte IPv4 key, the rewrite, no BPF-to-BPF call (with
+/// the kernel's return thunks, speculation mitigations, a return is dear)
+/// and no tail call. True when it was that frame (translated).
+#[inline(always)]
+fn local_hit_v4<F: FrameMut>(frame: &mut F, p: &Parsed, counters: &PerCpuArray<u64>) -> bool {
+    // The key lives in a per-CPU map value, as the general way's do.
+    let Some(state) = PACKET.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's value, used only within this program run.
+    let key4 = unsafe { &mut (*state).flow4 };
+    if !flow_key_v4(frame, p, key4) {
+        return false;
+    }
+    let key4: &FlowKeyV4 = key4;
+    // SAFETY: map values stay valid for the rest of the program run.
+    let Some(f) = (unsafe { FLOWS_V4.get(key4) }) else {
+        return false;
+    };
+    if f.flags & BACKEND_LOCAL == 0 {
+        return false;
+    }
+    let tcp_flags = tcp_flags_of_l4(frame, p);
+    if closes(tcp_flags) || reopened(f, tcp_flags) {
+        return false;
+    }
+    bump(counters, Counter::L4FlowHit);
+    let port = u16::from_be(f.backend_port);
+    if rewrite_v4(frame, p, End::Destination, v4_of(&f.backend), port) {
+        bump(counters, Counter::L4DnatLocal);
+    }
+    true
+}
+
+/// The L4 path's general program (reached by a tail call from the main XDP
+/// program, which counted the frame): a TCP or UDP frame to a frontend or
+/// SNAT port, by the connection table or as a new flow, or a remote pod's
+/// reply. It parses the frame again and reads nothing the main program
+/// left: an agent's general program may be tail-called by the main program
+/// of the agent before it (a shared program array) until the links swap.
+#[inline(always)]
+pub fn general<F: FrameMut>(
+    ctx: &XdpContext,
+    frame: &mut F,
+    p: &Parsed,
+    counters: &PerCpuArray<u64>,
+) -> u32 {
+    if !is_tcp_udp(p) || p.ipv4_options || !may_concern_l4(p.dst_port) {
+        return xdp_action::XDP_PASS;
+    }
     // The flow key lives in a per-CPU map value, not on the stack: with
     // IPv6 addresses it would take a large share of the verifier's 512
     // bytes.
+    let Some(state) = PACKET.get_ptr_mut(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: this CPU's value, used only within this program run; the two
+    // keys are distinct fields.
+    let (flow, key4) = unsafe { (&mut (*state).flow, &mut (*state).flow4) };
+    // One branch on the IP version, whose arms meet again only at
+    // `service_path`; the general way reads 16-byte addresses whatever the
+    // version.
+    let hit = if p.ip == IpVersion::V4 {
+        if !flow_key_v4(frame, p, key4) {
+            return xdp_action::XDP_PASS;
+        }
+        widen_key(key4, flow);
+        FLOWS_V4.get_ptr_mut(key4)
+    } else {
+        if !flow_key(frame, p, flow) {
+            return xdp_action::XDP_PASS;
+        }
+        let flow: &FlowKey = flow;
+        FLOWS.get_ptr_mut(flow)
+    };
+    // A flow the table does not know (or a new connection on a closed
+    // one's tuple) goes on to the new-flow program: a program of its own,
+    // so that its steps (Maglev, the SNAT port search) are verified once,
+    // not once per path that leads here.
+    // SAFETY: map values stay valid for the rest of the program run.
+    let known = hit.is_some_and(|f| !reopened(unsafe { &*f }, tcp_flags_of_l4(frame, p)));
+    if !known {
+        // SAFETY: on success control goes to the new-flow program for good.
+        unsafe { XDP_CALLS.tail_call(ctx, CALL_L4_NEW) };
+        bump(counters, Counter::L4TailCallFailed);
+        return xdp_action::XDP_PASS;
+    }
+    match service_path::<F, false>(ctx, frame, p, counters, hit) {
+        // Called from here: the RST's frame is the largest, and the
+        // verifier's 512 bytes are for the deepest chain.
+        ANSWER_WITH_RESET => reset(ctx, frame, p, counters),
+        verdict => verdict,
+    }
+}
+
+/// The L4 path's new-flow program (reached by a tail call from the general
+/// program): a frame whose flow the connection table does not know, or a
+/// SYN on a closed flow's tuple: a new flow to a service (source ranges,
+/// Maglev, the SNAT port), a remote pod's reply, or a RST for a service
+/// without endpoints. Self-contained like the general program.
+#[inline(always)]
+pub fn new_flow<F: FrameMut>(
+    ctx: &XdpContext,
+    frame: &mut F,
+    p: &Parsed,
+    counters: &PerCpuArray<u64>,
+) -> u32 {
+    if !is_tcp_udp(p) || p.ipv4_options || !may_concern_l4(p.dst_port) {
+        return xdp_action::XDP_PASS;
+    }
     let Some(state) = PACKET.get_ptr_mut(0) else {
         return xdp_action::XDP_PASS;
     };
@@ -698,31 +902,7 @@ pub fn ingress<F: FrameMut>(
     if !flow_key(frame, p, flow) {
         return xdp_action::XDP_PASS;
     }
-    let flow: &FlowKey = flow;
-    // SAFETY: map values stay valid for the rest of the program run.
-    let hit = unsafe { FLOWS.get(flow) };
-    // The commonest frame, an established IPv4 flow to a pod on this node
-    // that neither closes nor reopens it, is translated right here: each
-    // BPF-to-BPF call is a call and a return per frame, and with the
-    // kernel's return thunks (speculation mitigations) a return is dear.
-    // Everything else goes the general way, with the lookup's answer.
-    if let Some(f) = hit
-        && p.ip == IpVersion::V4
-        && f.flags & BACKEND_LOCAL != 0
-    {
-        let tcp_flags = tcp_flags_of_l4(frame, p);
-        if !closes(tcp_flags) && !reopened(f, tcp_flags) {
-            bump(counters, Counter::L4FlowHit);
-            let port = u16::from_be(f.backend_port);
-            if rewrite_v4(frame, p, End::Destination, v4_of(&f.backend), port) {
-                bump(counters, Counter::L4DnatLocal);
-            }
-            return xdp_action::XDP_PASS;
-        }
-    }
-    match service_path(ctx, frame, p, counters, hit) {
-        // Called from here: the RST's frame is the largest, and the
-        // verifier's 512 bytes are for the deepest chain.
+    match service_path::<F, true>(ctx, frame, p, counters, None) {
         ANSWER_WITH_RESET => reset(ctx, frame, p, counters),
         verdict => verdict,
     }
@@ -736,12 +916,12 @@ const ANSWER_WITH_RESET: u32 = 1000;
 /// table or a new flow, then the rewrite. The caller wrote the flow key
 /// into the packet state and looked it up in the connection table (`hit`).
 #[inline(never)]
-fn service_path<F: FrameMut>(
+fn service_path<F: FrameMut, const NEW: bool>(
     ctx: &XdpContext,
     frame: &mut F,
     p: &Parsed,
     counters: &PerCpuArray<u64>,
-    hit: Option<&FlowValue>,
+    hit: Option<*mut FlowValue>,
 ) -> u32 {
     // The flow key and the decision live in a per-CPU map value, not on
     // the stack: with IPv6 addresses they would take a third of the
@@ -763,7 +943,9 @@ fn service_path<F: FrameMut>(
     const DROP: u32 = Action::Drop as u32;
     const RESET: u32 = Action::Reset as u32;
     let tcp_flags = tcp_flags_of_l4(frame, p);
-    let mut action = match hit {
+    // SAFETY: map values stay valid for the rest of the program run.
+    let found = hit.map(|f| unsafe { &*f });
+    let mut action = match found {
         // An established flow to a pod on this node (over IPv6, or a
         // segment that closes it: `ingress` translates the rest) is decided
         // here rather than in `decide`'s frame, one call fewer.
@@ -775,16 +957,22 @@ fn service_path<F: FrameMut>(
             }
             LOCAL
         }
-        _ => decide(flow, hit, tcp_flags, counters, d),
+        _ => decide(flow, found, tcp_flags, counters, d),
     };
-    match d.close {
-        CLOSE_FLOW => {
-            close_flow(flow, counters);
+    match (d.close, hit) {
+        // Set only for a flow the table holds (`hit`).
+        (CLOSE_FLOW, Some(f)) => {
+            close_flow(flow, f, counters);
         }
-        CLOSE_REPLY => {
+        (CLOSE_REPLY, _) => {
             close_reply(flow, counters);
         }
         _ => {}
+    }
+    // Only the new-flow program has the new-flow steps: the general
+    // program sends everything that can be new there before this.
+    if !NEW && action == NEW_FLOW {
+        return xdp_action::XDP_PASS;
     }
     if action == NEW_FLOW {
         action = match choose(flow, counters) {
@@ -1003,7 +1191,7 @@ fn start_flow(flow: &FlowKey, counters: &PerCpuArray<u64>, out: &mut Decision) -
         s.reply.dport = chosen.to_be();
         s.flow.snat_port = chosen.to_be();
     }
-    let _ = FLOWS.insert(flow, &s.flow, 0);
+    record_flow(flow, &mut s.flow4, &s.flow);
     let _ = REVNAT.insert(&s.reply, &s.rev, 0);
     bump(counters, Counter::L4NewFlow);
     to_backend(&s.flow, counters, out);
@@ -1241,8 +1429,17 @@ fn icmp_ingress<F: FrameMut>(
 /// The map side of [`icmp_ingress`], in a verifier frame of its own.
 #[inline(never)]
 fn icmp_decide(key: &FlowKey, counters: &PerCpuArray<u64>, rw: &mut Rewrite) -> u32 {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return Action::Pass as u32;
+    };
+    // SAFETY: this CPU's scratch value, used only within this program run.
+    let s = unsafe { &mut *s };
+    // An ICMPv4 error is about an IPv4 flow: its key is IPv4-mapped.
+    if !s.flow4.narrow(key) {
+        return Action::Pass as u32;
+    }
     // SAFETY: map values stay valid for the rest of the program run.
-    if let Some(f) = unsafe { FLOWS.get(key) } {
+    if let Some(f) = unsafe { FLOWS_V4.get(&s.flow4) } {
         if !is_v4_mapped(&f.backend) {
             return Action::Pass as u32;
         }

@@ -40,6 +40,25 @@ pub fn ingress_xdp(ctx: XdpContext) -> u32 {
     lb::ingress(&ctx, &mut frame, &parsed, &stats::XDP_COUNTERS)
 }
 
+/// Reached by a tail call from [`ingress_xdp`] for TCP and UDP frames to a
+/// frontend or SNAT port that are not a connection-table hit to a local
+/// IPv4 pod: new flows, remote pods, IPv6, closing segments, replies.
+#[xdp]
+pub fn ingress_xdp_l4(ctx: XdpContext) -> u32 {
+    let mut frame = PacketBounds::new(ctx.data(), ctx.data_end());
+    let parsed = ingress_common::parse::parse(&frame);
+    lb::general(&ctx, &mut frame, &parsed, &stats::XDP_COUNTERS)
+}
+
+/// Reached by a tail call from [`ingress_xdp_l4`] for a flow the connection
+/// table does not know: new flows, remote pods' replies, RSTs.
+#[xdp]
+pub fn ingress_xdp_l4_new(ctx: XdpContext) -> u32 {
+    let mut frame = PacketBounds::new(ctx.data(), ctx.data_end());
+    let parsed = ingress_common::parse::parse(&frame);
+    lb::new_flow(&ctx, &mut frame, &parsed, &stats::XDP_COUNTERS)
+}
+
 /// Reached by a tail call from [`ingress_xdp`] for ICMPv6 errors: those
 /// about translated flows are translated like the flow (packet too big
 /// above all), the rest pass.

@@ -131,6 +131,10 @@ impl Harness {
             .services
             .insert((sa6(NODE6, 30099), Proto::Tcp), service("empty6", &[]));
         assert!(l4.apply(&table).unwrap().is_empty());
+        // As the agent does before it attaches: with the config maps
+        // filled, this load's L4 programs take their program-array slots
+        // (in an adopted array they hold the previous load's until then).
+        programs.arm_general_path().unwrap();
         Harness {
             programs,
             xdp,
@@ -505,11 +509,19 @@ fn entries(
     forward: FlowKey,
     reply: FlowKey,
 ) -> (Option<l4::FlowValue>, Option<l4::RevValue>) {
+    // An IPv4 flow is in the IPv4 table, and only there.
+    let forward4 = l4::FlowKeyV4::of(&forward).expect("an IPv4 flow");
     let flows: aya::maps::HashMap<_, FlowKey, l4::FlowValue> =
         aya::maps::HashMap::try_from(h.programs.ebpf.map(l4::L4_FLOWS).unwrap()).unwrap();
+    assert!(
+        flows.get(&forward, 0).is_err(),
+        "an IPv4 flow in the IPv6 table"
+    );
+    let flows4: aya::maps::HashMap<_, l4::FlowKeyV4, l4::FlowValue> =
+        aya::maps::HashMap::try_from(h.programs.ebpf.map(l4::L4_FLOWS_V4).unwrap()).unwrap();
     let rev: aya::maps::HashMap<_, FlowKey, l4::RevValue> =
         aya::maps::HashMap::try_from(h.programs.ebpf.map(l4::L4_REVNAT).unwrap()).unwrap();
-    (flows.get(&forward, 0).ok(), rev.get(&reply, 0).ok())
+    (flows4.get(&forward4, 0).ok(), rev.get(&reply, 0).ok())
 }
 
 fn key(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> FlowKey {
@@ -678,6 +690,95 @@ fn the_agents_sweep_removes_closed_flows_after_the_timeout_and_keeps_open_ones()
     assert!(sweeper.reverse(&key(POD, 8080, CLIENT, 44000)).is_none());
     assert!(sweeper.flow(&open).is_some());
     assert!(sweeper.reverse(&key(POD, 8080, CLIENT, 44001)).is_some());
+}
+
+/// The L4 path is three XDP programs: the main one translates an
+/// established IPv4 flow to a local pod itself and tail-calls the general
+/// program for the rest, which tail-calls the new-flow program for flows
+/// it does not know. With a slot empty, what would go there passes
+/// untouched and is counted; the connection-table hit does not need them.
+#[test]
+fn frames_for_an_empty_l4_slot_pass_untouched_and_are_counted() {
+    use aya::maps::ProgramArray;
+    use ingress_common::maps::{CALL_L4, CALL_L4_NEW, XDP_CALLS};
+
+    let mut h = Harness::new();
+    // Known: local IPv4 (main program) and remote (general program).
+    h.run(Hook::Xdp, &tcp(CLIENT, NODE, 46000, 30080, 0x02));
+    h.run(Hook::Xdp, &tcp(CLIENT, NODE, 46001, 30090, 0x02));
+    let clear = |h: &mut Harness, slot: u32| {
+        let mut calls =
+            ProgramArray::try_from(h.programs.ebpf.map_mut(XDP_CALLS).unwrap()).unwrap();
+        calls.clear_index(&slot).unwrap();
+    };
+    clear(&mut h, CALL_L4_NEW);
+    let new = tcp(CLIENT, NODE, 46002, 30080, 0x02);
+    let (verdict, out, events) = h.run(Hook::Xdp, &new);
+    assert_eq!((verdict, &out), (XDP_PASS, &new));
+    assert_eq!(events, [(Counter::L4TailCallFailed, 1)]);
+    // The general program still serves known flows.
+    let (_, _, events) = h.run(Hook::Xdp, &tcp(CLIENT, NODE, 46001, 30090, 0x10));
+    assert!(events.contains(&(Counter::L4FlowHit, 1)), "{events:?}");
+    clear(&mut h, CALL_L4);
+    let remote = tcp(CLIENT, NODE, 46001, 30090, 0x10);
+    let (verdict, out, events) = h.run(Hook::Xdp, &remote);
+    assert_eq!((verdict, &out), (XDP_PASS, &remote));
+    assert_eq!(events, [(Counter::L4TailCallFailed, 1)]);
+    let (verdict, out, events) = h.run(Hook::Xdp, &tcp(CLIENT, NODE, 46000, 30080, 0x10));
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(out, tcp(CLIENT, POD, 46000, 8080, 0x10));
+    assert_eq!(events, [(Counter::L4FlowHit, 1), (Counter::L4DnatLocal, 1)]);
+}
+
+/// An agent from before the IPv4 connection table recorded IPv4 flows in
+/// the IPv6 one (IPv4-mapped keys); the agent that adopts that table moves
+/// them over, and they stay connection-table hits to the same pod. A flow
+/// the new programs recorded meanwhile keeps its own entry.
+#[test]
+fn ipv4_flows_left_in_the_ipv6_table_move_to_the_ipv4_table() {
+    use ingress_userspace::datapath::flow_sweep::FlowSweeper;
+    let mut h = Harness::new();
+    h.run(Hook::Xdp, &tcp(CLIENT, NODE, 44100, 30080, 0x02));
+    h.run(Hook::Xdp, &tcp(CLIENT, NODE, 44101, 30080, 0x02));
+    let (old, kept) = (
+        key(CLIENT, 44100, NODE, 30080),
+        key(CLIENT, 44101, NODE, 30080),
+    );
+    let old4 = l4::FlowKeyV4::of(&old).unwrap();
+    // What an older agent's programs would have left: both flows in the
+    // IPv6 table, one of them (`old`) no longer in the IPv4 one; `kept`'s
+    // IPv6-table entry is a stale copy with another pod port.
+    {
+        let mut flows4: aya::maps::HashMap<_, l4::FlowKeyV4, l4::FlowValue> =
+            aya::maps::HashMap::try_from(h.programs.ebpf.map_mut(l4::L4_FLOWS_V4).unwrap())
+                .unwrap();
+        let value = flows4.get(&old4, 0).unwrap();
+        flows4.remove(&old4).unwrap();
+        let mut flows: aya::maps::HashMap<_, FlowKey, l4::FlowValue> =
+            aya::maps::HashMap::try_from(h.programs.ebpf.map_mut(l4::L4_FLOWS).unwrap()).unwrap();
+        flows.insert(old, value, 0).unwrap();
+        let stale = l4::FlowValue {
+            backend_port: 9999u16.to_be(),
+            ..value
+        };
+        flows.insert(kept, stale, 0).unwrap();
+    }
+    let mut sweeper = FlowSweeper::take(&mut h.programs, 10).unwrap();
+    assert!(sweeper.flow(&old).is_none(), "not where the programs look");
+    assert_eq!(sweeper.move_ipv4_flows(), 1);
+    assert_eq!(
+        sweeper.move_ipv4_flows(),
+        0,
+        "the IPv6 table holds none now"
+    );
+    assert_eq!(sweeper.flow(&kept).unwrap().backend_port, 8080u16.to_be());
+    for sport in [44100, 44101] {
+        let (verdict, out, events) = h.run(Hook::Xdp, &tcp(CLIENT, NODE, sport, 30080, 0x10));
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(out, tcp(CLIENT, POD, sport, 8080, 0x10));
+        assert!(events.contains(&(Counter::L4FlowHit, 1)), "{events:?}");
+        assert!(!events.contains(&(Counter::L4NewFlow, 1)), "{events:?}");
+    }
 }
 
 /// The quote an ICMP error carries of `packet`: its IP header and the first
@@ -1323,8 +1424,8 @@ fn program_in_slot(path: &std::path::Path, index: u32) -> Option<u32> {
 #[test]
 fn pinned_state_maps_are_adopted_and_mismatched_ones_replaced() {
     use ingress_common::{
-        l4::{L4_FLOWS, L4_SERVICES},
-        maps::{CALL_ICMP6, TC_CALLS, XDP_CALLS},
+        l4::{L4_FLOWS, L4_FLOWS_V4, L4_SERVICES},
+        maps::{CALL_ICMP6, CALL_L4, CALL_L4_NEW, TC_CALLS, XDP_CALLS},
     };
     use ingress_userspace::datapath::pin::{self, PinLayout};
 
@@ -1400,6 +1501,25 @@ fn pinned_state_maps_are_adopted_and_mismatched_ones_replaced() {
     }
     drop(second);
 
+    // A load adopting the arrays leaves the L4 slots to the previous load's
+    // programs (whose config maps are filled) until it is armed, as the
+    // agent does once its own maps are filled.
+    let slots = || [CALL_L4, CALL_L4_NEW].map(|slot| program_in_slot(&layout.map(XDP_CALLS), slot));
+    let before = slots();
+    assert!(before.iter().all(Option::is_some), "{before:?}");
+    let mut unarmed = LoadedPrograms::load_with(&opts).unwrap();
+    assert_eq!(slots(), before, "not before the maps are filled");
+    unarmed.arm_general_path().unwrap();
+    let after = slots();
+    assert!(
+        after
+            .iter()
+            .zip(before)
+            .all(|(a, b)| a.is_some() && *a != b),
+        "{after:?}"
+    );
+    drop(unarmed);
+
     let mut third = Harness::with(&LoadOptions {
         max_flows: 2048,
         ..opts.clone()
@@ -1409,8 +1529,10 @@ fn pinned_state_maps_are_adopted_and_mismatched_ones_replaced() {
         events.contains(&(Counter::L4NewFlow, 1)),
         "a table of another size is not adopted: {events:?}"
     );
-    let info = aya::maps::MapInfo::from_pin(layout.map(L4_FLOWS)).unwrap();
-    assert_eq!(info.max_entries(), 2048);
+    for name in [L4_FLOWS, L4_FLOWS_V4] {
+        let info = aya::maps::MapInfo::from_pin(layout.map(name)).unwrap();
+        assert_eq!(info.max_entries(), 2048, "{name}");
+    }
 }
 
 /// The Maglev tables the agent wrote (through the shared mapping of the

@@ -27,14 +27,18 @@ use anyhow::{Context, bail};
 
 use crate::cmd::{self, workspace_root};
 
-/// The four programs, in the order `kernel_check` loads them: loaded as
+/// The six programs, in the order `kernel_check` loads them: loaded as
 /// is, then with SNAT addresses set (`+snat`).
-pub const PROGRAMS: [&str; 8] = [
+pub const PROGRAMS: [&str; 12] = [
     "ingress_xdp",
+    "ingress_xdp_l4",
+    "ingress_xdp_l4_new",
     "ingress_tc_egress",
     "ingress_xdp_icmp6",
     "ingress_tc_icmp6",
     "ingress_xdp+snat",
+    "ingress_xdp_l4+snat",
+    "ingress_xdp_l4_new+snat",
     "ingress_tc_egress+snat",
     "ingress_xdp_icmp6+snat",
     "ingress_tc_icmp6+snat",
@@ -769,8 +773,20 @@ kernels: done\r
         assert!(
             matches!(&r.programs[0].1, Some(ProgramOutcome::Rejected(w)) if w.contains("too large"))
         );
-        assert_eq!(r.programs[1].1, Some(ProgramOutcome::Verified(None)));
-        assert_eq!(r.programs[2].1, Some(ProgramOutcome::Verified(Some(64572))));
+        let outcome = |name: &str| {
+            r.programs
+                .iter()
+                .find(|(p, _)| p == name)
+                .and_then(|(_, o)| o.clone())
+        };
+        assert_eq!(
+            outcome("ingress_tc_egress"),
+            Some(ProgramOutcome::Verified(None))
+        );
+        assert_eq!(
+            outcome("ingress_xdp_icmp6"),
+            Some(ProgramOutcome::Verified(Some(64572)))
+        );
         assert_eq!(r.log.len(), 2);
         assert_eq!(r.fixtures, Some((26, 1)));
         assert_eq!(r.failed, ["l4::icmp"]);
@@ -784,10 +800,14 @@ kernels: done\r
     fn a_clean_run_passes_and_a_cut_one_does_not() {
         let ok = "kernels: uname 6.1.0\n\
             kernels: program ingress_xdp verified 1\n\
+            kernels: program ingress_xdp_l4 verified 11\n\
+            kernels: program ingress_xdp_l4_new verified 12\n\
             kernels: program ingress_tc_egress verified 2\n\
             kernels: program ingress_xdp_icmp6 verified 3\n\
             kernels: program ingress_tc_icmp6 verified 4\n\
             kernels: program ingress_xdp+snat verified 5\n\
+            kernels: program ingress_xdp_l4+snat verified 15\n\
+            kernels: program ingress_xdp_l4_new+snat verified 16\n\
             kernels: program ingress_tc_egress+snat verified 6\n\
             kernels: program ingress_xdp_icmp6+snat verified 7\n\
             kernels: program ingress_tc_icmp6+snat verified 8\n\

@@ -30,7 +30,10 @@ use std::{
 };
 
 use aya::programs::{Program, ProgramError};
-use ingress_common::maps::{TC_ICMP6_PROGRAM, TC_PROGRAM, XDP_ICMP6_PROGRAM, XDP_PROGRAM};
+use ingress_common::maps::{
+    TC_ICMP6_PROGRAM, TC_PROGRAM, XDP_ICMP6_PROGRAM, XDP_L4_NEW_PROGRAM, XDP_L4_PROGRAM,
+    XDP_PROGRAM,
+};
 use ingress_userspace::{
     cli::TcAttachArg,
     datapath::{LoadOptions, open_object, tc_attach},
@@ -92,7 +95,14 @@ fn check(suffix: &str, opts: &LoadOptions) -> bool {
         }
     };
     let mut ok = true;
-    for name in [XDP_PROGRAM, TC_PROGRAM, XDP_ICMP6_PROGRAM, TC_ICMP6_PROGRAM] {
+    for name in [
+        XDP_PROGRAM,
+        XDP_L4_PROGRAM,
+        XDP_L4_NEW_PROGRAM,
+        TC_PROGRAM,
+        XDP_ICMP6_PROGRAM,
+        TC_ICMP6_PROGRAM,
+    ] {
         let label = format!("{name}{suffix}");
         let result = match ebpf.program_mut(name) {
             Some(Program::Xdp(p)) => p.load().and_then(|()| p.info()),

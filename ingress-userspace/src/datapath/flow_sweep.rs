@@ -3,10 +3,18 @@
 //! first TCP FIN or RST (in either direction); the LRU tables would only
 //! evict such entries under pressure, so the agent sweeps them out and
 //! keeps the room for live flows.
+//!
+//! It also moves IPv4 flows an agent before the IPv4 connection table
+//! recorded in the IPv6 one (`L4_FLOWS`, adopted from its pins) to
+//! `L4_FLOWS_V4`, where the programs now look them up.
 
-use aya::maps::{HashMap, MapData};
+use aya::{
+    Pod,
+    maps::{HashMap, MapData},
+};
 use ingress_common::l4::{
-    FlowKey, FlowValue, L4_FLOWS, L4_REVNAT, POD_TIME_WAIT_S, REV_REMOTE, RevValue,
+    FlowKey, FlowKeyV4, FlowValue, L4_FLOWS, L4_FLOWS_V4, L4_REVNAT, POD_TIME_WAIT_S, REV_REMOTE,
+    RevValue,
 };
 
 use super::{DatapathError, LoadedPrograms};
@@ -41,18 +49,46 @@ pub fn monotonic_s() -> u32 {
     (ts.tv_sec as u32).max(1)
 }
 
+/// The map-update flag that inserts only a key not there yet (uapi
+/// `linux/bpf.h`).
+const BPF_NOEXIST: u64 = 1;
+
 /// What one sweep removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Swept {
+    /// From both connection tables.
     pub flows: usize,
     pub reverse: usize,
 }
 
-/// The connection and reverse tables of a loaded object.
+/// The connection tables (IPv4 and IPv6) and the reverse table of a loaded
+/// object.
 pub struct FlowSweeper {
+    flows_v4: HashMap<MapData, FlowKeyV4, FlowValue>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
     reverse: HashMap<MapData, FlowKey, RevValue>,
     timeout_s: u32,
+}
+
+/// Removes the entries of `map` whose close (`closed_at`) is older than
+/// their timeout (`timeout`) at `now_s`; how many went. Each entry is read
+/// again just before it is removed (see [`FlowSweeper::sweep`]).
+fn sweep_map<K: Pod, V: Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    now_s: u32,
+    closed_at: impl Fn(&V) -> u32,
+    timeout: impl Fn(&V) -> u32,
+) -> usize {
+    let is_old = |v: &V| expired(closed_at(v), now_s, timeout(v));
+    let old: Vec<K> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, v)| is_old(v))
+        .map(|(k, _)| k)
+        .collect();
+    old.iter()
+        .filter(|k| map.get(k, 0).is_ok_and(|v| is_old(&v)) && map.remove(k).is_ok())
+        .count()
 }
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
@@ -60,7 +96,7 @@ fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError 
 }
 
 impl FlowSweeper {
-    /// Takes the two tables out of `programs`.
+    /// Takes the three tables out of `programs`.
     pub fn take(programs: &mut LoadedPrograms, timeout_s: u32) -> Result<Self, DatapathError> {
         let mut take = |name: &'static str| {
             programs
@@ -69,15 +105,43 @@ impl FlowSweeper {
                 .ok_or(DatapathError::MissingMap(name))
         };
         Ok(FlowSweeper {
+            flows_v4: HashMap::try_from(take(L4_FLOWS_V4)?).map_err(map_err(L4_FLOWS_V4))?,
             flows: HashMap::try_from(take(L4_FLOWS)?).map_err(map_err(L4_FLOWS))?,
             reverse: HashMap::try_from(take(L4_REVNAT)?).map_err(map_err(L4_REVNAT))?,
             timeout_s,
         })
     }
 
-    /// A flow's entry, if the table holds it.
+    /// A flow's entry, if the table of its IP version holds it.
     pub fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
-        self.flows.get(key, 0).ok()
+        match FlowKeyV4::of(key) {
+            Some(k4) => self.flows_v4.get(&k4, 0).ok(),
+            None => self.flows.get(key, 0).ok(),
+        }
+    }
+
+    /// Moves the IPv4 flows found in the IPv6 connection table (recorded
+    /// there by an agent before the IPv4 table, whose pinned table this
+    /// one adopted) to the IPv4 table, where the programs look them up;
+    /// a flow the IPv4 table already knows keeps that entry. Returns how
+    /// many moved. Run once before the programs attach and then with every
+    /// sweep, for flows the old programs recorded in between.
+    pub fn move_ipv4_flows(&mut self) -> usize {
+        let found: Vec<(FlowKey, FlowKeyV4, FlowValue)> = self
+            .flows
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| FlowKeyV4::of(&k).map(|k4| (k, k4, v)))
+            .collect();
+        let mut moved = 0;
+        for (k, k4, v) in found {
+            // An entry the new programs made meanwhile stays.
+            if self.flows_v4.insert(k4, v, BPF_NOEXIST).is_ok() {
+                moved += 1;
+            }
+            let _ = self.flows.remove(&k);
+        }
+        moved
     }
 
     /// A reply's reverse entry, if the table holds it.
@@ -97,41 +161,16 @@ impl FlowSweeper {
     /// them, for as long as the client retries).
     pub fn sweep(&mut self, now_s: u32) -> Swept {
         let timeout = self.timeout_s;
-        let old_flows: Vec<FlowKey> = self
-            .flows
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, v)| expired(v.closed_at, now_s, timeout))
-            .map(|(k, _)| k)
-            .collect();
-        let old_reverse: Vec<FlowKey> = self
-            .reverse
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, v)| expired(v.closed_at, now_s, reverse_timeout(v.flags, timeout)))
-            .map(|(k, _)| k)
-            .collect();
-        let still = |closed_at: Option<u32>, timeout: u32| {
-            closed_at.is_some_and(|c| expired(c, now_s, timeout))
-        };
+        let closed = |v: &FlowValue| v.closed_at;
         Swept {
-            flows: old_flows
-                .iter()
-                .filter(|k| {
-                    still(self.flows.get(k, 0).ok().map(|v| v.closed_at), timeout)
-                        && self.flows.remove(k).is_ok()
-                })
-                .count(),
-            reverse: old_reverse
-                .iter()
-                .filter(|k| {
-                    let v = self.reverse.get(k, 0).ok();
-                    still(
-                        v.map(|v| v.closed_at),
-                        v.map_or(timeout, |v| reverse_timeout(v.flags, timeout)),
-                    ) && self.reverse.remove(k).is_ok()
-                })
-                .count(),
+            flows: sweep_map(&mut self.flows_v4, now_s, closed, |_| timeout)
+                + sweep_map(&mut self.flows, now_s, closed, |_| timeout),
+            reverse: sweep_map(
+                &mut self.reverse,
+                now_s,
+                |v| v.closed_at,
+                |v| reverse_timeout(v.flags, timeout),
+            ),
         }
     }
 
@@ -154,6 +193,10 @@ impl FlowSweeper {
                         continue;
                     }
                     waited = std::time::Duration::ZERO;
+                    let moved = self.move_ipv4_flows();
+                    if moved > 0 {
+                        tracing::info!(moved, "IPv4 flows moved to the IPv4 connection table");
+                    }
                     let swept = self.sweep(monotonic_s());
                     if swept != Swept::default() {
                         tracing::debug!(

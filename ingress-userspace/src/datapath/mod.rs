@@ -26,15 +26,15 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, ProgramArray},
     programs::{
-        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        ProgramError, ProgramFd, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
         tc::SchedClassifierLink,
         xdp::XdpLink,
     },
 };
 use ingress_common::maps::{
-    CALL_ICMP6, TC_CALLS, TC_COUNTERS, TC_ICMP6_PROGRAM, TC_PROGRAM, XDP_CALLS, XDP_COUNTERS,
-    XDP_ICMP6_PROGRAM, XDP_PROGRAM,
+    CALL_ICMP6, CALL_L4, CALL_L4_NEW, TC_CALLS, TC_COUNTERS, TC_ICMP6_PROGRAM, TC_PROGRAM,
+    XDP_CALLS, XDP_COUNTERS, XDP_ICMP6_PROGRAM, XDP_L4_NEW_PROGRAM, XDP_L4_PROGRAM, XDP_PROGRAM,
 };
 use pin::PinLayout;
 use thiserror::Error;
@@ -198,6 +198,9 @@ pub struct LoadedPrograms {
     pub ebpf: Ebpf,
     /// What it was loaded with.
     pub options: LoadOptions,
+    /// XDP's general and new-flow L4 programs, for their program-array
+    /// slots.
+    general: [(u32, ProgramFd); 2],
 }
 
 impl LoadedPrograms {
@@ -208,6 +211,13 @@ impl LoadedPrograms {
 
     /// Loads with the given globals.
     pub fn load_with(opts: &LoadOptions) -> Result<Self, DatapathError> {
+        // Whether the program array is a previous agent's (pinned): then
+        // its L4 slots keep the previous agent's programs until
+        // `Datapath::attach` (see `arm_general_path`).
+        let adopting = opts
+            .pins
+            .as_ref()
+            .is_some_and(|l| l.map(XDP_CALLS).exists());
         let mut ebpf = open_object(opts)?;
         xdp_program(&mut ebpf)?
             .load()
@@ -221,11 +231,39 @@ impl LoadedPrograms {
                 name: TC_PROGRAM,
                 source,
             })?;
-        load_tail_calls(&mut ebpf)?;
-        Ok(LoadedPrograms {
+        let general = load_tail_calls(&mut ebpf)?;
+        let mut loaded = LoadedPrograms {
             ebpf,
             options: opts.clone(),
-        })
+            general,
+        };
+        if !adopting {
+            loaded.arm_general_path()?;
+        }
+        Ok(loaded)
+    }
+
+    /// Writes this load's general and new-flow L4 programs into their
+    /// program-array slots. In an adopted array those slots serve the
+    /// previous agent's main program, still attached, until the links
+    /// swap: so they are written only once this load's config maps are
+    /// filled (by [`Datapath::attach`]), never while those are empty, which
+    /// would refuse new flows for the time the first snapshot takes.
+    pub fn arm_general_path(&mut self) -> Result<(), DatapathError> {
+        let map = self
+            .ebpf
+            .map_mut(XDP_CALLS)
+            .ok_or(DatapathError::MissingMap(XDP_CALLS))?;
+        let map_err = |source| DatapathError::Map {
+            name: XDP_CALLS,
+            source,
+        };
+        let mut calls = ProgramArray::try_from(map).map_err(map_err)?;
+        // The new-flow program first: the general program calls it.
+        for (slot, fd) in self.general.iter().rev() {
+            calls.set(*slot, fd, 0).map_err(map_err)?;
+        }
+        Ok(())
     }
 }
 
@@ -259,11 +297,12 @@ pub fn open_object(opts: &LoadOptions) -> Result<Ebpf, DatapathError> {
     for (name, path) in &pin_paths {
         loader.map_pin_path(name, path.as_path());
     }
-    use ingress_common::l4::{L4_AFFINITY, L4_BACKENDS, L4_FLOWS, L4_REVNAT};
+    use ingress_common::l4::{L4_AFFINITY, L4_BACKENDS, L4_FLOWS, L4_FLOWS_V4, L4_REVNAT};
     loader
         .map_max_entries(ingress_common::l4::L4_SERVICES, opts.max_services)
         .map_max_entries(L4_BACKENDS, opts.max_backends)
         .map_max_entries(L4_FLOWS, opts.max_flows)
+        .map_max_entries(L4_FLOWS_V4, opts.max_flows)
         .map_max_entries(L4_REVNAT, opts.max_flows)
         .map_max_entries(L4_AFFINITY, opts.max_flows)
         .map_max_entries(ingress_common::l4::L4_MAGLEV, maglev_slots)
@@ -323,12 +362,17 @@ impl LoadedPrograms {
     }
 }
 
-/// Loads the ICMPv6 programs and writes them into the program arrays the
-/// main programs tail-call through. An adopted (pinned) array gets this
-/// load's programs: from here on the previous agent's main programs, still
+/// Loads the tail-called programs (ICMPv6, and XDP's general and new-flow
+/// L4 programs)
+/// and writes the ICMPv6 ones into the program arrays the main programs
+/// tail-call through. An adopted (pinned) array gets this load's ICMPv6
+/// programs: from here on the previous agent's main programs, still
 /// attached until the links are swapped, call them too, which is right:
-/// they read only the state maps the two loads share.
-fn load_tail_calls(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
+/// they read only the state maps the two loads share. The general program
+/// programs read this load's config maps as well, so their slots are
+/// written apart ([`LoadedPrograms::arm_general_path`]); their slots and
+/// fds are returned.
+fn load_tail_calls(ebpf: &mut Ebpf) -> Result<[(u32, ProgramFd); 2], DatapathError> {
     let program_err = |name| move |source| DatapathError::LoadProgram { name, source };
     let fd_err = |name: &'static str| {
         move |e: std::io::Error| DatapathError::LoadProgram {
@@ -358,6 +402,21 @@ fn load_tail_calls(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
         .map_err(program_err(TC_ICMP6_PROGRAM))?
         .try_clone()
         .map_err(fd_err(TC_ICMP6_PROGRAM))?;
+    let mut general = Vec::new();
+    for (slot, name) in [(CALL_L4, XDP_L4_PROGRAM), (CALL_L4_NEW, XDP_L4_NEW_PROGRAM)] {
+        let l4: &mut Xdp = ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::MissingProgram(name))?
+            .try_into()
+            .map_err(program_err(name))?;
+        l4.load().map_err(program_err(name))?;
+        let fd = l4
+            .fd()
+            .map_err(program_err(name))?
+            .try_clone()
+            .map_err(fd_err(name))?;
+        general.push((slot, fd));
+    }
     for (name, fd) in [(XDP_CALLS, &xdp_fd), (TC_CALLS, &tc_fd)] {
         let map = ebpf.map_mut(name).ok_or(DatapathError::MissingMap(name))?;
         let mut calls =
@@ -366,7 +425,9 @@ fn load_tail_calls(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
             .set(CALL_ICMP6, fd, 0)
             .map_err(|source| DatapathError::Map { name, source })?;
     }
-    Ok(())
+    let [l4, new] = <[(u32, ProgramFd); 2]>::try_from(general)
+        .map_err(|_| DatapathError::MissingProgram(XDP_L4_NEW_PROGRAM))?;
+    Ok([l4, new])
 }
 
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
@@ -482,7 +543,14 @@ impl Datapath {
             dp.programs.take_counters(Hook::Tc)?,
         ];
         let l4 = l4maps::L4Maps::take(&mut dp.programs)?;
-        let sweeper = flow_sweep::FlowSweeper::take(&mut dp.programs, config.load.close_timeout_s)?;
+        let mut sweeper =
+            flow_sweep::FlowSweeper::take(&mut dp.programs, config.load.close_timeout_s)?;
+        // Before the programs attach: IPv4 flows an older agent recorded in
+        // the IPv6 table are found where the new programs look.
+        let moved = sweeper.move_ipv4_flows();
+        if moved > 0 {
+            tracing::info!(moved, "IPv4 flows moved to the IPv4 connection table");
+        }
         let every = Duration::from_secs(u64::from(config.load.close_timeout_s).clamp(1, 10));
         if let Err(e) = sweeper.spawn(every, dp.sweep_stop.clone()) {
             tracing::warn!(error = %e, "closed flows are left to LRU eviction: no sweeper thread");
@@ -498,6 +566,9 @@ impl Datapath {
     /// ([`tc_attach`]). On error, links and filters made so far go again;
     /// adopted ones keep serving.
     pub fn attach(&mut self, config: &DatapathConfig) -> Result<(), DatapathError> {
+        // The config maps are filled by now: the general program may serve
+        // (the previous agent's main program calls it too until the swap).
+        self.programs.arm_general_path()?;
         let result = self.attach_all(config);
         if result.is_ok()
             && let Some(layout) = &config.load.pins

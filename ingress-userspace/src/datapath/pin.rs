@@ -4,7 +4,7 @@
 //! Layout, under `--bpffs-dir` (default `/sys/fs/bpf/ingress-ebpf`):
 //!
 //! ```text
-//! DIR/v1/maps/L4_FLOWS L4_REVNAT L4_AFFINITY XDP_COUNTERS TC_COUNTERS   state: adopted on restart
+//! DIR/v1/maps/L4_FLOWS_V4 L4_FLOWS L4_REVNAT L4_AFFINITY XDP_COUNTERS TC_COUNTERS   state: adopted on restart
 //! DIR/v1/maps/XDP_CALLS TC_CALLS                                       program arrays: adopted, slots rewritten
 //! DIR/v1/maps/L4_SERVICES L4_BACKENDS L4_MAGLEV L4_PORTS L4_SOURCE_RANGES  config: rebuilt, then re-pinned
 //! DIR/v1/links/xdp@IFACE tc_egress@IFACE                                links: program replaced in place
@@ -25,8 +25,9 @@ use aya::maps::{MapInfo, MapType};
 use ingress_common::{
     counters::COUNTER_SLOTS,
     l4::{
-        AffinityKey, AffinityValue, FlowKey, FlowValue, L4_AFFINITY, L4_BACKENDS, L4_FLOWS,
-        L4_MAGLEV, L4_PORTS, L4_REVNAT, L4_SERVICES, L4_SOURCE_RANGES, RevValue,
+        AffinityKey, AffinityValue, FlowKey, FlowKeyV4, FlowValue, L4_AFFINITY, L4_BACKENDS,
+        L4_FLOWS, L4_FLOWS_V4, L4_MAGLEV, L4_PORTS, L4_REVNAT, L4_SERVICES, L4_SOURCE_RANGES,
+        RevValue,
     },
     maps::{CALL_SLOTS, TC_CALLS, TC_COUNTERS, XDP_CALLS, XDP_COUNTERS},
 };
@@ -197,8 +198,12 @@ impl MapShape {
 /// goes, so pinning keeps the ICMPv6 programs reachable after the agent
 /// exits (`--on-exit keep`); each agent writes the slots again after it
 /// loads (its own programs).
-pub fn state_maps(max_flows: u32) -> [(&'static str, MapShape); 7] {
+pub fn state_maps(max_flows: u32) -> [(&'static str, MapShape); 8] {
     [
+        (
+            L4_FLOWS_V4,
+            MapShape::of::<FlowKeyV4, FlowValue>(MapType::LruHash, max_flows),
+        ),
         (
             L4_FLOWS,
             MapShape::of::<FlowKey, FlowValue>(MapType::LruHash, max_flows),

@@ -17,8 +17,8 @@ use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use ingress_common::{
     counters::Counter,
     l4::{
-        BackendValue, FlowKey, FlowValue, L4_BACKENDS, L4_FLOWS, L4_SERVICES, ServiceKey,
-        ServiceValue,
+        BackendValue, FlowKey, FlowKeyV4, FlowValue, L4_BACKENDS, L4_FLOWS, L4_FLOWS_V4,
+        L4_SERVICES, ServiceKey, ServiceValue,
     },
     maps::{TC_COUNTERS, XDP_COUNTERS},
 };
@@ -149,11 +149,24 @@ fn backends(layout: &PinLayout) -> anyhow::Result<Vec<format::BackendRow>> {
 }
 
 fn flows(layout: &PinLayout) -> anyhow::Result<Vec<format::FlowRow>> {
+    let mut rows = Vec::new();
+    // IPv4 flows have a table of their own (an agent before it pinned
+    // none: then there is only the IPv6 one).
+    if layout.map(L4_FLOWS_V4).exists() {
+        let map: HashMap<_, FlowKeyV4, FlowValue> =
+            HashMap::try_from(open(layout, L4_FLOWS_V4)?).context(L4_FLOWS_V4)?;
+        for e in map.iter() {
+            // An LRU entry can go between listing a key and reading it.
+            match e {
+                Ok((k, v)) => rows.push(format::flow_row(&k.widen(), &v)),
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e).context("reading L4_FLOWS_V4"),
+            }
+        }
+    }
     let map: HashMap<_, FlowKey, FlowValue> =
         HashMap::try_from(open(layout, L4_FLOWS)?).context(L4_FLOWS)?;
-    let mut rows = Vec::new();
     for e in map.iter() {
-        // An LRU entry can go between listing a key and reading it.
         match e {
             Ok((k, v)) => rows.push(format::flow_row(&k, &v)),
             Err(aya::maps::MapError::KeyNotFound) => continue,
