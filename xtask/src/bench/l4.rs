@@ -524,15 +524,19 @@ impl Report {
         let _ = writeln!(
             s,
             "### Per-packet cost (BPF_PROG_TEST_RUN)\n\n\
-Each figure is the median of single runs of the program on one frame as the \
+Each figure is the interquartile mean (the middle half's mean: as robust as \
+the median, and finer than the kernel's timer, whose single-run readings come \
+in steps of 10 ns here) of single runs of the program on one frame as the \
 kernel times them (`BPF_PROG_TEST_RUN`; not `repeat`, which would run the \
-program again on the frame it already rewrote), for a do-nothing XDP program and for the agent's XDP \
+program again on the frame it already rewrote), the four cases taking turns \
+run by run, for a do-nothing XDP program and for the agent's XDP \
 program with 1, 1,000 and 10,000 NodePort services of 4 pods each loaded by \
 the agent's map writer (the `xdp_cost` example, which sizes the maps for 12,000 services). *pass* is a TCP frame to a port that is no service \
 (parse, counters, port-flag lookup); *new flow* a SYN to \
-the last service (frontend hit, Maglev pick, connection-table and reverse \
-entries, DNAT); *connection-table hit* the same flow again (frontend and \
-table hits, DNAT).\n\n{}",
+the last service (the main program, then tail calls to the general and the \
+new-flow programs: frontend hit, Maglev pick, connection-table and reverse \
+entries, DNAT); *connection-table hit* the same flow again (the main \
+program alone: one lookup in the IPv4 connection table, DNAT).\n\n{}",
             self.cost_table.trim_end()
         );
         let _ = writeln!(s, "\n### What it means\n\n{}", self.meaning());
