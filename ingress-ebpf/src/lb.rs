@@ -767,12 +767,10 @@ pub fn ingress<F: FrameMut>(
         }
         return xdp_action::XDP_PASS;
     }
-    // Fragments are classed apart already; IPv4 with options passes
-    // untouched by rule (rare on the wire, and often a probe).
-    if !is_tcp_udp(p) || p.ipv4_options || !may_concern_l4(p.dst_port) {
+    let Some(state) = l4_frame_state(p) else {
         return xdp_action::XDP_PASS;
-    }
-    if p.ip == IpVersion::V4 && local_hit_v4(frame, p, counters) {
+    };
+    if p.ip == IpVersion::V4 && local_hit_v4(frame, p, state, counters) {
         return xdp_action::XDP_PASS;
     }
     // Everything else goes the general way, in a program of its own.
@@ -788,12 +786,13 @@ pub fn ingress<F: FrameMut>(
 /// the kernel's return thunks, speculation mitigations, a return is dear)
 /// and no tail call. True when it was that frame (translated).
 #[inline(always)]
-fn local_hit_v4<F: FrameMut>(frame: &mut F, p: &Parsed, counters: &PerCpuArray<u64>) -> bool {
-    // The key lives in a per-CPU map value, as the general way's do.
-    let Some(state) = PACKET.get_ptr_mut(0) else {
-        return false;
-    };
-    // SAFETY: this CPU's value, used only within this program run.
+fn local_hit_v4<F: FrameMut>(
+    frame: &mut F,
+    p: &Parsed,
+    state: *mut PacketState,
+    counters: &PerCpuArray<u64>,
+) -> bool {
+    // SAFETY: this CPU's packet state, used only within this program run.
     let key4 = unsafe { &mut (*state).flow4 };
     if !flow_key_v4(frame, p, key4) {
         return false;
@@ -818,12 +817,27 @@ fn local_hit_v4<F: FrameMut>(frame: &mut F, p: &Parsed, counters: &PerCpuArray<u
     true
 }
 
+/// The packet state for a TCP or UDP frame to a frontend or SNAT port,
+/// the frames the L4 programs take; `None` for any other frame. Fragments
+/// are classed apart already; IPv4 with options passes untouched by rule
+/// (rare on the wire, and often a probe). The flow key lives in the state,
+/// a per-CPU map value, not on the stack: with IPv6 addresses it would take
+/// a large share of the verifier's 512 bytes.
+#[inline(always)]
+fn l4_frame_state(p: &Parsed) -> Option<*mut PacketState> {
+    if !is_tcp_udp(p) || p.ipv4_options || !may_concern_l4(p.dst_port) {
+        return None;
+    }
+    PACKET.get_ptr_mut(0)
+}
+
 /// The L4 path's general program (reached by a tail call from the main XDP
-/// program, which counted the frame): a TCP or UDP frame to a frontend or
-/// SNAT port, by the connection table or as a new flow, or a remote pod's
-/// reply. It parses the frame again and reads nothing the main program
-/// left: an agent's general program may be tail-called by the main program
-/// of the agent before it (a shared program array) until the links swap.
+/// program, which counted the frame): a TCP or UDP frame of a flow the
+/// connection table knows (to a remote pod, IPv6, a closing segment);
+/// anything else goes on to [`new_flow`]. It parses the frame again and
+/// reads nothing the main program left: an agent's general program may be
+/// tail-called by the main program of the agent before it (a shared
+/// program array) until the links swap.
 #[inline(always)]
 pub fn general<F: FrameMut>(
     ctx: &XdpContext,
@@ -831,13 +845,7 @@ pub fn general<F: FrameMut>(
     p: &Parsed,
     counters: &PerCpuArray<u64>,
 ) -> u32 {
-    if !is_tcp_udp(p) || p.ipv4_options || !may_concern_l4(p.dst_port) {
-        return xdp_action::XDP_PASS;
-    }
-    // The flow key lives in a per-CPU map value, not on the stack: with
-    // IPv6 addresses it would take a large share of the verifier's 512
-    // bytes.
-    let Some(state) = PACKET.get_ptr_mut(0) else {
+    let Some(state) = l4_frame_state(p) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: this CPU's value, used only within this program run; the two
@@ -891,10 +899,7 @@ pub fn new_flow<F: FrameMut>(
     p: &Parsed,
     counters: &PerCpuArray<u64>,
 ) -> u32 {
-    if !is_tcp_udp(p) || p.ipv4_options || !may_concern_l4(p.dst_port) {
-        return xdp_action::XDP_PASS;
-    }
-    let Some(state) = PACKET.get_ptr_mut(0) else {
+    let Some(state) = l4_frame_state(p) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: this CPU's value, used only within this program run.

@@ -26,7 +26,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, ProgramArray},
     programs::{
-        ProgramError, ProgramFd, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        Program, ProgramError, ProgramFd, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
         tc::SchedClassifierLink,
         xdp::XdpLink,
@@ -373,50 +373,15 @@ impl LoadedPrograms {
 /// written apart ([`LoadedPrograms::arm_general_path`]); their slots and
 /// fds are returned.
 fn load_tail_calls(ebpf: &mut Ebpf) -> Result<[(u32, ProgramFd); 2], DatapathError> {
-    let program_err = |name| move |source| DatapathError::LoadProgram { name, source };
-    let fd_err = |name: &'static str| {
-        move |e: std::io::Error| DatapathError::LoadProgram {
-            name,
-            source: ProgramError::IOError(e),
-        }
-    };
-    let xdp: &mut Xdp = ebpf
-        .program_mut(XDP_ICMP6_PROGRAM)
-        .ok_or(DatapathError::MissingProgram(XDP_ICMP6_PROGRAM))?
-        .try_into()
-        .map_err(program_err(XDP_ICMP6_PROGRAM))?;
-    xdp.load().map_err(program_err(XDP_ICMP6_PROGRAM))?;
-    let xdp_fd = xdp
-        .fd()
-        .map_err(program_err(XDP_ICMP6_PROGRAM))?
-        .try_clone()
-        .map_err(fd_err(XDP_ICMP6_PROGRAM))?;
-    let tc: &mut SchedClassifier = ebpf
-        .program_mut(TC_ICMP6_PROGRAM)
-        .ok_or(DatapathError::MissingProgram(TC_ICMP6_PROGRAM))?
-        .try_into()
-        .map_err(program_err(TC_ICMP6_PROGRAM))?;
-    tc.load().map_err(program_err(TC_ICMP6_PROGRAM))?;
-    let tc_fd = tc
-        .fd()
-        .map_err(program_err(TC_ICMP6_PROGRAM))?
-        .try_clone()
-        .map_err(fd_err(TC_ICMP6_PROGRAM))?;
-    let mut general = Vec::new();
-    for (slot, name) in [(CALL_L4, XDP_L4_PROGRAM), (CALL_L4_NEW, XDP_L4_NEW_PROGRAM)] {
-        let l4: &mut Xdp = ebpf
-            .program_mut(name)
-            .ok_or(DatapathError::MissingProgram(name))?
-            .try_into()
-            .map_err(program_err(name))?;
-        l4.load().map_err(program_err(name))?;
-        let fd = l4
-            .fd()
-            .map_err(program_err(name))?
-            .try_clone()
-            .map_err(fd_err(name))?;
-        general.push((slot, fd));
-    }
+    let xdp_fd = load_tail_called(ebpf, XDP_ICMP6_PROGRAM, load_xdp)?;
+    let tc_fd = load_tail_called(ebpf, TC_ICMP6_PROGRAM, load_tc)?;
+    let general = [
+        (CALL_L4, load_tail_called(ebpf, XDP_L4_PROGRAM, load_xdp)?),
+        (
+            CALL_L4_NEW,
+            load_tail_called(ebpf, XDP_L4_NEW_PROGRAM, load_xdp)?,
+        ),
+    ];
     for (name, fd) in [(XDP_CALLS, &xdp_fd), (TC_CALLS, &tc_fd)] {
         let map = ebpf.map_mut(name).ok_or(DatapathError::MissingMap(name))?;
         let mut calls =
@@ -425,9 +390,36 @@ fn load_tail_calls(ebpf: &mut Ebpf) -> Result<[(u32, ProgramFd); 2], DatapathErr
             .set(CALL_ICMP6, fd, 0)
             .map_err(|source| DatapathError::Map { name, source })?;
     }
-    let [l4, new] = <[(u32, ProgramFd); 2]>::try_from(general)
-        .map_err(|_| DatapathError::MissingProgram(XDP_L4_NEW_PROGRAM))?;
-    Ok([l4, new])
+    Ok(general)
+}
+
+/// Loads the tail-called program `name` with `load` (its type's) and
+/// returns a duplicate of its fd, for a program-array slot.
+fn load_tail_called(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    load: fn(&mut Program) -> Result<&ProgramFd, ProgramError>,
+) -> Result<ProgramFd, DatapathError> {
+    let err = |source| DatapathError::LoadProgram { name, source };
+    let program = ebpf
+        .program_mut(name)
+        .ok_or(DatapathError::MissingProgram(name))?;
+    load(program)
+        .map_err(err)?
+        .try_clone()
+        .map_err(|e| err(ProgramError::IOError(e)))
+}
+
+fn load_xdp(program: &mut Program) -> Result<&ProgramFd, ProgramError> {
+    let xdp: &mut Xdp = program.try_into()?;
+    xdp.load()?;
+    xdp.fd()
+}
+
+fn load_tc(program: &mut Program) -> Result<&ProgramFd, ProgramError> {
+    let tc: &mut SchedClassifier = program.try_into()?;
+    tc.load()?;
+    tc.fd()
 }
 
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
