@@ -201,12 +201,12 @@ impl MapShape {
 pub fn state_maps(max_flows: u32) -> [(&'static str, MapShape); 8] {
     [
         (
-            L4_FLOWS_V4,
-            MapShape::of::<FlowKeyV4, FlowValue>(MapType::LruHash, max_flows),
-        ),
-        (
             L4_FLOWS,
             MapShape::of::<FlowKey, FlowValue>(MapType::LruHash, max_flows),
+        ),
+        (
+            L4_FLOWS_V4,
+            MapShape::of::<FlowKeyV4, FlowValue>(MapType::LruHash, max_flows),
         ),
         (
             L4_REVNAT,
