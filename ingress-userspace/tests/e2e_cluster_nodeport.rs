@@ -24,7 +24,7 @@ use support::{
     Agent, TempDir,
     apiserver::ApiServer,
     in_netns, manifests,
-    nodeport::{assert_no_packet_filter_rules, noop_on_bridge_port, two_node_testbed},
+    nodeport::{TwoNodes, assert_no_packet_filter_rules, noop_on_bridge_port, two_node_testbed},
     sh, start_agent, wait_until,
 };
 use xtask::testbed::traffic::{http_echo_server, http_get_from};
@@ -318,15 +318,14 @@ fn nodeport_and_ingress_follow_the_api_native() {
 }
 
 fn follow_the_api(mode: &str) {
-    let ns = two_node_testbed();
-    let name = |r: &str| ns.name(r).to_string();
-    let (lan, node, client, worker, pod) = (
-        name("lan"),
-        name("node"),
-        name("client"),
-        name("worker"),
-        name("pod"),
-    );
+    let TwoNodes {
+        ns: _ns,
+        lan,
+        node,
+        client,
+        worker,
+        pod,
+    } = two_node_testbed();
     // The second pod of each node: one more address on each pod link.
     for (ns, addr) in [(&pod, "198.18.3.3/24"), (&worker, "198.18.0.4/24")] {
         sh(&["ip", "-n", ns, "addr", "add", addr, "dev", "eth0"]);

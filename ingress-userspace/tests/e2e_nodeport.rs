@@ -17,7 +17,7 @@ use std::{
 
 use support::{
     Namespaces, TempDir, attached_programs, in_netns, ingress_bin,
-    nodeport::{assert_no_packet_filter_rules, noop_on_bridge_port, two_node_testbed},
+    nodeport::{TwoNodes, assert_no_packet_filter_rules, noop_on_bridge_port, two_node_testbed},
     run_to_exit, sh, start_agent, tc_filters,
 };
 use xtask::testbed::traffic::{
@@ -173,15 +173,14 @@ endpoints:
 "#;
 
 fn run_two_nodes(mode: &str) {
-    let ns = two_node_testbed();
-    let name = |r: &str| ns.name(r).to_string();
-    let (lan, node, client, worker, pod) = (
-        name("lan"),
-        name("node"),
-        name("client"),
-        name("worker"),
-        name("pod"),
-    );
+    let TwoNodes {
+        ns: _ns,
+        lan,
+        node,
+        client,
+        worker,
+        pod,
+    } = two_node_testbed();
     let dir = TempDir::new("nodeport2");
     dir.write("web.yaml", TWO_NODES);
     // Native XDP_TX on a veth is delivered promptly only to a peer that
@@ -405,10 +404,15 @@ fn attached_with(ns: &str, iface: &str, tc_attach: &str) -> (usize, usize) {
 }
 
 fn restart_with(mode: &str, tc_attach: &str) {
-    let ns = two_node_testbed();
-    let name = |r: &str| ns.name(r).to_string();
-    let (node, client, worker, pod) = (name("node"), name("client"), name("worker"), name("pod"));
-    let _peer = (mode == "native").then(|| noop_on_bridge_port(&name("lan")));
+    let TwoNodes {
+        ns: _ns,
+        lan,
+        node,
+        client,
+        worker,
+        pod,
+    } = two_node_testbed();
+    let _peer = (mode == "native").then(|| noop_on_bridge_port(&lan));
     let dir = TempDir::new("restart");
     dir.write("web.yaml", TWO_NODES);
     let pins = PinDir(xtask::testbed::agent::bpffs_test_dir());
@@ -823,9 +827,14 @@ endpoints:
 /// translated back in XDP), with no ip6tables or nftables rule.
 #[test]
 fn nodeport_over_ipv6_to_pods_on_two_nodes() {
-    let ns = two_node_testbed();
-    let name = |r: &str| ns.name(r).to_string();
-    let (node, client, worker, pod) = (name("node"), name("client"), name("worker"), name("pod"));
+    let TwoNodes {
+        ns: _ns,
+        lan: _,
+        node,
+        client,
+        worker,
+        pod,
+    } = two_node_testbed();
     let dir = TempDir::new("nodeport6");
     dir.write("web.yaml", TWO_NODES_V6);
     let agent = start_edge_agent_with(&node, "skb", &dir, &["--node-ip", "fd00::1"]);

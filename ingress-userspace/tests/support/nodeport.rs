@@ -26,7 +26,7 @@ pub fn assert_no_packet_filter_rules(ns: &str) {
 /// a pod behind the ingress node (198.18.3.2); dual-stack (198.18.0.0/24
 /// and fd00::/64 on the segment, 198.18.3.0/24 and fd00:3::/64 behind the
 /// node). Roles: lan (the bridge), node, client, worker, pod.
-pub fn two_node_testbed() -> Namespaces {
+pub fn two_node_testbed() -> TwoNodes {
     let ns = Namespaces::new(&["lan", "node", "client", "worker", "pod"]);
     ns.link(
         "node",
@@ -61,7 +61,13 @@ pub fn two_node_testbed() -> Namespaces {
         &["198.18.3.2/24", "fd00:3::2/64"],
     );
     let name = |r: &str| ns.name(r).to_string();
-    let (lan, node, client, worker) = (name("lan"), name("node"), name("client"), name("worker"));
+    let (lan, node, client, worker, pod) = (
+        name("lan"),
+        name("node"),
+        name("client"),
+        name("worker"),
+        name("pod"),
+    );
     sh(&["ip", "-n", &lan, "link", "add", "br0", "type", "bridge"]);
     for port in ["p-node", "p-client", "p-worker"] {
         sh(&["ip", "-n", &lan, "link", "set", port, "master", "br0"]);
@@ -84,7 +90,25 @@ pub fn two_node_testbed() -> Namespaces {
             "ip", "netns", "exec", from, "ping", "-c", "1", "-W", "2", to,
         ]);
     }
-    ns
+    TwoNodes {
+        ns,
+        lan,
+        node,
+        client,
+        worker,
+        pod,
+    }
+}
+
+/// [`two_node_testbed`]'s namespaces, and the name of each role's; the
+/// namespaces go when this drops.
+pub struct TwoNodes {
+    pub ns: Namespaces,
+    pub lan: String,
+    pub node: String,
+    pub client: String,
+    pub worker: String,
+    pub pod: String,
 }
 
 /// Native XDP_TX on a veth is delivered promptly only to a peer that runs
