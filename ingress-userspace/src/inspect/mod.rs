@@ -153,30 +153,34 @@ fn flows(layout: &PinLayout) -> anyhow::Result<Vec<format::FlowRow>> {
     // IPv4 flows have a table of their own (an agent before it pinned
     // none: then there is only the IPv6 one).
     if layout.map(L4_FLOWS_V4).exists() {
-        let map: HashMap<_, FlowKeyV4, FlowValue> =
-            HashMap::try_from(open(layout, L4_FLOWS_V4)?).context(L4_FLOWS_V4)?;
-        for e in map.iter() {
-            // An LRU entry can go between listing a key and reading it.
-            match e {
-                Ok((k, v)) => rows.push(format::flow_row(&k.widen(), &v)),
-                Err(aya::maps::MapError::KeyNotFound) => continue,
-                Err(e) => return Err(e).context("reading L4_FLOWS_V4"),
-            }
+        for (k, v) in lru_entries::<FlowKeyV4>(layout, L4_FLOWS_V4)? {
+            rows.push(format::flow_row(&k.widen(), &v));
         }
     }
-    let map: HashMap<_, FlowKey, FlowValue> =
-        HashMap::try_from(open(layout, L4_FLOWS)?).context(L4_FLOWS)?;
-    for e in map.iter() {
-        match e {
-            Ok((k, v)) => rows.push(format::flow_row(&k, &v)),
-            Err(aya::maps::MapError::KeyNotFound) => continue,
-            Err(e) => return Err(e).context("reading L4_FLOWS"),
-        }
+    for (k, v) in lru_entries::<FlowKey>(layout, L4_FLOWS)? {
+        rows.push(format::flow_row(&k, &v));
     }
     rows.sort_by(|a, b| {
         (&a.frontend, &a.client, &a.proto).cmp(&(&b.frontend, &b.client, &b.proto))
     });
     Ok(rows)
+}
+
+/// The entries of the pinned connection table `name`, keyed by `K`. An
+/// LRU entry can go between listing a key and reading it: such a key is
+/// skipped.
+fn lru_entries<K: aya::Pod>(layout: &PinLayout, name: &str) -> anyhow::Result<Vec<(K, FlowValue)>> {
+    let map: HashMap<_, K, FlowValue> =
+        HashMap::try_from(open(layout, name)?).with_context(|| name.to_string())?;
+    let mut entries = Vec::new();
+    for e in map.iter() {
+        match e {
+            Ok(kv) => entries.push(kv),
+            Err(aya::maps::MapError::KeyNotFound) => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {name}")),
+        }
+    }
+    Ok(entries)
 }
 
 fn stats(layout: &PinLayout) -> anyhow::Result<Vec<StatRow>> {
