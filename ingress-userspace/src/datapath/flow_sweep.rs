@@ -53,12 +53,15 @@ pub fn monotonic_s() -> u32 {
 /// `linux/bpf.h`).
 const BPF_NOEXIST: u64 = 1;
 
-/// What one sweep removed.
+/// What one sweep removed (and moved).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Swept {
     /// From both connection tables.
     pub flows: usize,
     pub reverse: usize,
+    /// IPv4 flows moved from the IPv6 table (see
+    /// [`FlowSweeper::move_ipv4_flows`]).
+    pub moved: usize,
 }
 
 /// The connection tables (IPv4 and IPv6) and the reverse table of a loaded
@@ -86,7 +89,17 @@ fn sweep_map<K: Pod, V: Pod>(
         .filter(|(_, v)| is_old(v))
         .map(|(k, _)| k)
         .collect();
-    old.iter()
+    remove_still_old(map, &old, is_old)
+}
+
+/// Removes those of `keys` whose entry, read again, `is_old`; how many
+/// went.
+fn remove_still_old<K: Pod, V: Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    keys: &[K],
+    is_old: impl Fn(&V) -> bool,
+) -> usize {
+    keys.iter()
         .filter(|k| map.get(k, 0).is_ok_and(|v| is_old(&v)) && map.remove(k).is_ok())
         .count()
 }
@@ -127,14 +140,18 @@ impl FlowSweeper {
     /// many moved. Run once before the programs attach and then with every
     /// sweep, for flows the old programs recorded in between.
     pub fn move_ipv4_flows(&mut self) -> usize {
-        let found: Vec<(FlowKey, FlowKeyV4, FlowValue)> = self
-            .flows
-            .iter()
-            .filter_map(Result::ok)
-            .filter_map(|(k, v)| FlowKeyV4::of(&k).map(|k4| (k, k4, v)))
-            .collect();
+        let entries: Vec<(FlowKey, FlowValue)> = self.flows.iter().filter_map(Result::ok).collect();
+        self.move_ipv4_entries(entries)
+    }
+
+    /// Moves the IPv4 ones of `entries` (read from the IPv6 table) to the
+    /// IPv4 table; returns how many moved.
+    fn move_ipv4_entries(&mut self, entries: Vec<(FlowKey, FlowValue)>) -> usize {
         let mut moved = 0;
-        for (k, k4, v) in found {
+        for (k, v) in entries {
+            let Some(k4) = FlowKeyV4::of(&k) else {
+                continue;
+            };
             // An entry the new programs made meanwhile stays.
             if self.flows_v4.insert(k4, v, BPF_NOEXIST).is_ok() {
                 moved += 1;
@@ -159,12 +176,25 @@ impl FlowSweeper {
     /// found under an old key would leave that connection without its
     /// translation (its pod's replies reach the node's stack, which resets
     /// them, for as long as the client retries).
+    ///
+    /// The IPv6 table is walked once for both of its chores: IPv4 flows
+    /// found there are moved ([`FlowSweeper::move_ipv4_flows`]), closed
+    /// flows removed.
     pub fn sweep(&mut self, now_s: u32) -> Swept {
         let timeout = self.timeout_s;
-        let closed = |v: &FlowValue| v.closed_at;
+        let is_old = |v: &FlowValue| expired(v.closed_at, now_s, timeout);
+        let ipv6_table: Vec<(FlowKey, FlowValue)> =
+            self.flows.iter().filter_map(Result::ok).collect();
+        let old: Vec<FlowKey> = ipv6_table
+            .iter()
+            .filter(|(k, v)| FlowKeyV4::of(k).is_none() && is_old(v))
+            .map(|(k, _)| *k)
+            .collect();
+        let moved = self.move_ipv4_entries(ipv6_table);
         Swept {
-            flows: sweep_map(&mut self.flows_v4, now_s, closed, |_| timeout)
-                + sweep_map(&mut self.flows, now_s, closed, |_| timeout),
+            flows: sweep_map(&mut self.flows_v4, now_s, |v| v.closed_at, |_| timeout)
+                + remove_still_old(&mut self.flows, &old, is_old),
+            moved,
             reverse: sweep_map(
                 &mut self.reverse,
                 now_s,
@@ -193,11 +223,13 @@ impl FlowSweeper {
                         continue;
                     }
                     waited = std::time::Duration::ZERO;
-                    let moved = self.move_ipv4_flows();
-                    if moved > 0 {
-                        tracing::info!(moved, "IPv4 flows moved to the IPv4 connection table");
-                    }
                     let swept = self.sweep(monotonic_s());
+                    if swept.moved > 0 {
+                        tracing::info!(
+                            moved = swept.moved,
+                            "IPv4 flows moved to the IPv4 connection table"
+                        );
+                    }
                     if swept != Swept::default() {
                         tracing::debug!(
                             flows = swept.flows,
